@@ -1,0 +1,133 @@
+"""Processing element: one multiply-accumulate cell of the systolic array."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..numeric import FixedFormat, hdl_add_sat
+
+__all__ = ["ActivationLayout", "PartialSumLayout", "ProcessingElement"]
+
+
+class ActivationLayout(data.StructLayout):
+    """What travels east through a row of PEs each cycle.
+
+    ``data``: the input value; ``valid``: ``data`` belongs to a row of the
+    stream; ``switch``: this is the first row of a new tile, so every PE it
+    passes promotes its shadow weight to the active weight before using it.
+    """
+
+    def __init__(self, fmt: FixedFormat):
+        super().__init__({"data": fmt.shape, "valid": 1, "switch": 1})
+
+
+class PartialSumLayout(data.StructLayout):
+    """What travels south through a column of PEs: a partial sum and a sticky
+    flag telling that some addition on its way saturated."""
+
+    def __init__(self, acc: FixedFormat):
+        super().__init__({"value": acc.shape, "overflow": 1})
+
+
+class ProcessingElement(wiring.Component):
+    """Weight-stationary multiply-accumulate cell with a double-buffered weight.
+
+    Parameters
+    ----------
+    fmt : FixedFormat
+        Data format of inputs and weights.
+    acc : FixedFormat
+        Accumulator format of partial sums (``acc.frac == 2 * fmt.frac``).
+
+    Members
+    -------
+    act_in : In(ActivationLayout)
+        Input from the west neighbour (or the array's edge).
+    act_out : Out(ActivationLayout)
+        ``act_in`` registered, to the east neighbour.
+    psum_in : In(PartialSumLayout)
+        Partial sum from the north neighbour (zero for the top row).
+    psum_out : Out(PartialSumLayout)
+        Registered ``psum_in + act_in.data * weight``, saturated, to the south.
+    w_north, shift_south : In
+        When ``shift_south`` is high the shadow weight takes ``w_north``.
+    w_west, shift_east : In
+        Otherwise, when ``shift_east`` is high the shadow weight takes ``w_west``.
+    w_shadow : Out
+        The shadow weight, fed to the south and east neighbours' ``w_north``
+        and ``w_west``, so the shadow registers of a column (a row) form a
+        shift register for loading a tile (a transposed tile).
+
+    Timing
+    ------
+    A two-stage pipeline. If ``act_in`` carries a valid input ``x`` in cycle
+    ``t``, the product ``x * w`` is registered at the end of cycle ``t``;
+    ``psum_in`` must carry the matching partial sum in cycle ``t + 1``, and
+    ``psum_out`` holds the new sum in cycle ``t + 2``. ``act_out`` repeats
+    ``act_in`` one cycle later, so a neighbour one step east sees ``x`` in
+    cycle ``t + 1``, and one step south (fed one cycle later by the array's
+    input skew) in cycle ``t + 1`` too: the partial sums meet their products.
+
+    The weight ``w`` used in cycle ``t`` is the active weight, or the shadow
+    weight if ``act_in.switch`` is high, in which case the shadow weight
+    also becomes the active weight for the following cycles. A shift in the
+    same cycle as a switch is allowed: the switch takes the old shadow value.
+    ``psum_out`` changes only in cycles following a valid input.
+    """
+
+    def __init__(self, fmt: FixedFormat, acc: FixedFormat):
+        if acc.frac != 2 * fmt.frac or acc.width < 2 * fmt.width:
+            raise ValueError(f"Accumulator format {acc} cannot hold products of {fmt} exactly")
+        self._fmt = fmt
+        self._acc = acc
+        super().__init__({
+            "act_in": In(ActivationLayout(fmt)),
+            "act_out": Out(ActivationLayout(fmt)),
+            "psum_in": In(PartialSumLayout(acc)),
+            "psum_out": Out(PartialSumLayout(acc)),
+            "w_north": In(fmt.shape),
+            "shift_south": In(1),
+            "w_west": In(fmt.shape),
+            "shift_east": In(1),
+            "w_shadow": Out(fmt.shape),
+        })
+
+    @property
+    def fmt(self):
+        return self._fmt
+
+    @property
+    def acc(self):
+        return self._acc
+
+    def elaborate(self, platform):
+        m = Module()
+
+        active = Signal(self._fmt.shape)
+        product = Signal(2 * self._fmt.width)
+        product_valid = Signal()
+
+        weight = Mux(self.act_in.switch, self.w_shadow, active)
+
+        m.d.sync += [
+            self.act_out.eq(self.act_in),
+            product_valid.eq(self.act_in.valid),
+        ]
+        with m.If(self.act_in.valid):
+            m.d.sync += product.eq(self.act_in.data * weight)
+            with m.If(self.act_in.switch):
+                m.d.sync += active.eq(self.w_shadow)
+
+        with m.If(product_valid):
+            total, overflow = hdl_add_sat(self.psum_in.value, product.as_signed(), self._acc)
+            m.d.sync += [
+                self.psum_out.value.eq(total),
+                self.psum_out.overflow.eq(self.psum_in.overflow | overflow),
+            ]
+
+        with m.If(self.shift_south):
+            m.d.sync += self.w_shadow.eq(self.w_north)
+        with m.Elif(self.shift_east):
+            m.d.sync += self.w_shadow.eq(self.w_west)
+
+        return m

@@ -1,0 +1,261 @@
+"""The number formats of the TPU, defined once.
+
+Every value the TPU stores is a two's-complement signed fixed-point number
+described by a :class:`FixedFormat` (total ``width`` in bits, ``frac``
+fraction bits). Two formats matter:
+
+* the **data format** (default Q8.8: 16 bits, 8 fraction bits), used for
+  everything held in the unified buffer: inputs, weights, biases,
+  activations, targets, gradients and configuration values;
+* the **accumulator format** (default Q16.16: 32 bits, 16 fraction bits),
+  used for products and sums inside the systolic array and in the
+  accumulator memory. Its fraction is twice the data format's, so the
+  product of two data values is represented *exactly*; its width is at
+  least twice the data width so that a single product never overflows.
+
+Arithmetic rules (the only ones the project uses; gateware, reference model
+and compiler call the functions below):
+
+* **Products** are exact: ``a * b`` of two data values is an accumulator
+  value with no rounding.
+* **Sums** in the accumulator format *saturate*: a result outside
+  ``[min_int, max_int]`` is clamped to the nearest bound and an overflow is
+  flagged. Sums never wrap. A dot product is accumulated in a fixed order
+  (array row 0 first), and the saturation is applied after every addition,
+  so the order is part of the definition (see :func:`dot_chain`).
+* **Narrowing** (accumulator -> data, or any format to one with fewer
+  fraction bits) rounds to nearest with ties toward +infinity
+  (``floor(x / 2**s + 1/2)``, implemented as "add half an output LSB, then
+  arithmetic shift right") and then saturates to the destination range.
+  This is the cheapest round-to-nearest rule in hardware (one adder, no
+  sticky bits) and is bias-free except on exact ties.
+* **Encoding** a float applies the same rule: ``floor(x * 2**frac + 1/2)``
+  then saturation.
+
+The numpy functions work on ``int64`` arrays of raw integers; every format
+must therefore be at most 62 bits wide. The ``hdl_*`` functions build the
+corresponding Amaranth expressions.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Mux, Value, signed
+
+__all__ = [
+    "FixedFormat", "Q8_8", "Q16_16", "FormatError",
+    "round_shift", "saturate", "narrow", "add_sat", "mul_narrow", "dot_chain",
+    "hdl_saturate", "hdl_round_shift", "hdl_narrow", "hdl_add_sat", "hdl_mul_narrow",
+]
+
+
+class FormatError(ValueError):
+    """A value cannot be represented in a number format (NaN, infinity)."""
+
+
+@dataclass(frozen=True)
+class FixedFormat:
+    """A signed two's-complement fixed-point format with ``frac`` fraction bits.
+
+    A raw integer ``i`` represents the real value ``i / 2**frac``.
+    """
+
+    width: int = 16
+    frac: int = 8
+
+    def __post_init__(self):
+        if not isinstance(self.width, int) or isinstance(self.width, bool):
+            raise TypeError(f"Format width must be an integer, not {self.width!r}")
+        if not isinstance(self.frac, int) or isinstance(self.frac, bool):
+            raise TypeError(f"Format fraction bits must be an integer, not {self.frac!r}")
+        if not 2 <= self.width <= 62:
+            raise ValueError(f"Format width must be between 2 and 62 bits, not {self.width}")
+        if not 0 <= self.frac < self.width:
+            raise ValueError(f"Format fraction bits must be between 0 and width - 1 "
+                             f"({self.width - 1}), not {self.frac}")
+
+    def __str__(self):
+        return f"Q{self.width - self.frac}.{self.frac}"
+
+    @property
+    def shape(self):
+        """Amaranth shape of a raw value: ``signed(width)``."""
+        return signed(self.width)
+
+    @property
+    def min_int(self):
+        return -(1 << (self.width - 1))
+
+    @property
+    def max_int(self):
+        return (1 << (self.width - 1)) - 1
+
+    @property
+    def scale(self):
+        """Real value of ``2**frac`` raw units, i.e. raw value of 1.0."""
+        return 1 << self.frac
+
+    @property
+    def lsb(self):
+        """Real value of one raw unit."""
+        return 1.0 / self.scale
+
+    @property
+    def min_value(self):
+        return self.min_int / self.scale
+
+    @property
+    def max_value(self):
+        return self.max_int / self.scale
+
+    def encode(self, values, *, return_clipped=False):
+        """Encode real numbers into raw integers (round to nearest, ties up; saturate).
+
+        Raises :class:`FormatError` for NaN or infinite values. With
+        ``return_clipped=True`` also returns how many values were outside
+        the representable range and were saturated.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            raise FormatError(f"{bad} value(s) are NaN or infinite and cannot be encoded in {self}")
+        raw = np.floor(values * self.scale + 0.5)
+        clipped = int(np.count_nonzero((raw < self.min_int) | (raw > self.max_int)))
+        raw = np.clip(raw, self.min_int, self.max_int).astype(np.int64)
+        if return_clipped:
+            return raw, clipped
+        return raw
+
+    def decode(self, raw):
+        """Real values of raw integers (as ``float64``)."""
+        return np.asarray(raw, dtype=np.int64).astype(np.float64) / self.scale
+
+    def to_unsigned(self, raw):
+        """Raw integers as ``width``-bit unsigned bit patterns (for memories and wires)."""
+        return np.asarray(raw, dtype=np.int64) & ((1 << self.width) - 1)
+
+    def from_unsigned(self, bits):
+        """Inverse of :meth:`to_unsigned`: sign-extend ``width``-bit patterns."""
+        bits = np.asarray(bits, dtype=np.int64) & ((1 << self.width) - 1)
+        return np.where(bits >= (1 << (self.width - 1)), bits - (1 << self.width), bits)
+
+
+#: The default data format (16-bit, 8 fraction bits).
+Q8_8 = FixedFormat(16, 8)
+#: The default accumulator format (32-bit, 16 fraction bits).
+Q16_16 = FixedFormat(32, 16)
+
+
+# --- numpy implementation --------------------------------------------------------------------
+
+def round_shift(raw, shift):
+    """Divide by ``2**shift`` rounding to nearest, ties toward +infinity (``shift`` >= 0);
+    multiply by ``2**-shift`` for a negative ``shift``."""
+    raw = np.asarray(raw, dtype=np.int64)
+    if shift > 0:
+        return (raw + (1 << (shift - 1))) >> shift
+    if shift < 0:
+        return raw << -shift
+    return raw
+
+
+def saturate(raw, fmt, *, return_overflow=False):
+    """Clamp raw integers to the range of ``fmt``; optionally also return the overflow mask."""
+    raw = np.asarray(raw, dtype=np.int64)
+    overflow = (raw < fmt.min_int) | (raw > fmt.max_int)
+    out = np.clip(raw, fmt.min_int, fmt.max_int)
+    if return_overflow:
+        return out, overflow
+    return out
+
+
+def narrow(raw, src, dst, *, return_overflow=False):
+    """Convert raw values of format ``src`` to format ``dst``: round, then saturate."""
+    return saturate(round_shift(raw, src.frac - dst.frac), dst, return_overflow=return_overflow)
+
+
+def add_sat(a, b, fmt, *, return_overflow=False):
+    """Saturating sum of two raw values of the same format."""
+    return saturate(np.asarray(a, dtype=np.int64) + np.asarray(b, dtype=np.int64), fmt,
+                    return_overflow=return_overflow)
+
+
+def mul_narrow(a, fmt_a, b, fmt_b, dst, *, return_overflow=False):
+    """Exact product of ``a`` (format ``fmt_a``) and ``b`` (format ``fmt_b``), narrowed to ``dst``."""
+    prod = np.asarray(a, dtype=np.int64) * np.asarray(b, dtype=np.int64)
+    src = FixedFormat(min(62, fmt_a.width + fmt_b.width), fmt_a.frac + fmt_b.frac)
+    return narrow(prod, src, dst, return_overflow=return_overflow)
+
+
+def dot_chain(x, w, acc, *, psum=None, return_overflow=False):
+    """The systolic array's matrix product, bit-exact.
+
+    ``x`` is ``(M, K)`` and ``w`` is ``(K, C)``, raw data-format integers.
+    For every output ``(m, c)`` the partial sum starts at ``psum`` (0 by
+    default) and adds ``x[m, k] * w[k, c]`` for ``k = 0, 1, ..., K-1`` in
+    that order, saturating to ``acc`` after each addition, exactly as the
+    partial sums flow down a column of the array. Returns ``(M, C)`` raw
+    accumulator integers and, optionally, an ``(M,)`` mask of the rows in
+    which any addition saturated.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"dot_chain needs (M, K) and (K, C) arrays, not {x.shape} and {w.shape}")
+    out = np.zeros((x.shape[0], w.shape[1]), dtype=np.int64)
+    if psum is not None:
+        out = out + np.asarray(psum, dtype=np.int64)
+    overflow = np.zeros(x.shape[0], dtype=bool)
+    for k in range(x.shape[1]):
+        out, ovf = saturate(out + x[:, k:k + 1] * w[k:k + 1, :], acc, return_overflow=True)
+        overflow |= ovf.any(axis=1)
+    if return_overflow:
+        return out, overflow
+    return out
+
+
+# --- Amaranth expressions --------------------------------------------------------------------
+
+def hdl_saturate(value, fmt):
+    """Amaranth expression clamping the signed ``value`` to ``fmt``.
+
+    Returns ``(result, overflow)``: ``result`` has shape ``fmt.shape``;
+    ``overflow`` is a 1-bit expression, high when clamping happened.
+    """
+    value = Value.cast(value)
+    if not value.shape().signed:
+        value = Cat(value, Const(0, 1)).as_signed()
+    if len(value) <= fmt.width:
+        return value.as_signed() if len(value) == fmt.width else value, Const(0, 1)
+    # The value fits iff the bits from the destination's sign bit upwards are all equal.
+    top = value[fmt.width - 1:]
+    fits = ~top.any() | top.all()
+    bound = Mux(value[-1], Const(fmt.min_int, fmt.shape), Const(fmt.max_int, fmt.shape))
+    result = Mux(fits, value[:fmt.width].as_signed(), bound)
+    return result, ~fits
+
+
+def hdl_round_shift(value, shift):
+    """Amaranth expression for :func:`round_shift` (signed ``value``)."""
+    value = Value.cast(value)
+    if shift > 0:
+        return (value + (1 << (shift - 1))) >> shift
+    if shift < 0:
+        return value << -shift
+    return value
+
+
+def hdl_narrow(value, src, dst):
+    """Amaranth expression for :func:`narrow`: returns ``(result, overflow)``."""
+    return hdl_saturate(hdl_round_shift(value, src.frac - dst.frac), dst)
+
+
+def hdl_add_sat(a, b, fmt):
+    """Amaranth expression for :func:`add_sat`: returns ``(result, overflow)``."""
+    return hdl_saturate(Value.cast(a) + Value.cast(b), fmt)
+
+
+def hdl_mul_narrow(a, fmt_a, b, fmt_b, dst):
+    """Amaranth expression for :func:`mul_narrow`: returns ``(result, overflow)``."""
+    src = FixedFormat(min(62, fmt_a.width + fmt_b.width), fmt_a.frac + fmt_b.frac)
+    return hdl_narrow(Value.cast(a) * Value.cast(b), src, dst)
