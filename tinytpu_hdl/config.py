@@ -13,12 +13,22 @@ class TPUConfig:
 
     ``n`` is the side of the square systolic array. ``data`` is the storage
     format (default Q8.8); ``acc`` the accumulator format, by default twice
-    as wide with twice the fraction bits so that products are exact.
+    as wide with twice the fraction bits so that products are exact;
+    ``scalar`` the format of the configuration registers (leak factor,
+    learning rate, loss scale), by default 16 bits with 14 fraction bits
+    (range [-2, 2), resolution 6.1e-5). ``ub_depth``, ``acc_depth`` and
+    ``imem_depth`` are the sizes, in rows of ``n`` words or in
+    instructions, of the unified buffer, the accumulator memory and the
+    instruction memory (at most 65536 each: the ISA's addresses are 16-bit).
     """
 
     n: int = 2
     data: FixedFormat = Q8_8
     acc: FixedFormat = field(default=None)
+    scalar: FixedFormat = field(default=None)
+    ub_depth: int = 1024
+    acc_depth: int = 256
+    imem_depth: int = 256
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -28,6 +38,16 @@ class TPUConfig:
         if self.acc is None:
             object.__setattr__(self, "acc",
                                FixedFormat(min(62, 2 * self.data.width), 2 * self.data.frac))
+        if self.scalar is None:
+            width = min(16, self.data.width)
+            object.__setattr__(self, "scalar", FixedFormat(width, width - 2))
+        if not isinstance(self.scalar, FixedFormat) or self.scalar.width > 16:
+            raise ValueError(f"Scalar format must be a FixedFormat of at most 16 bits, "
+                             f"not {self.scalar!r}")
+        for name in ("ub_depth", "acc_depth", "imem_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
+                raise ValueError(f"{name} must be an integer from 1 to 65536, not {value!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         if self.acc.frac != 2 * self.data.frac or self.acc.width < 2 * self.data.width:

@@ -1,0 +1,94 @@
+"""Gradient-descent unit: ``theta <- theta - lr * grad`` in place in the unified buffer."""
+
+from amaranth.hdl import Const, Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..numeric import FixedFormat, hdl_narrow, hdl_saturate
+from .memory import addr_width, read_request, write_request
+from .signatures import valid_stream
+
+__all__ = ["GradientDescentUnit", "GradientCommandLayout"]
+
+
+class GradientCommandLayout(data.StructLayout):
+    def __init__(self, cfg):
+        super().__init__({"src": addr_width(cfg.acc_depth), "param": addr_width(cfg.ub_depth),
+                          "rows": 16})
+
+
+class GradientDescentUnit(wiring.Component):
+    """For ``i < rows``: ``ub[param + i] = sat(ub[param + i] - narrow(lr * acc[src + i]))``.
+
+    The gradient is taken at full accumulator precision: the product of the
+    learning rate (scalar format) and the gradient (accumulator format) is
+    exact, and only the update is rounded to the data format, with the rules
+    of :mod:`tinytpu_hdl.numeric`. ``overflow`` pulses for a row in which the
+    update or the new parameter saturated.
+
+    Timing
+    ------
+    A command accepted in cycle ``c`` reads row ``i`` of both memories in cycle
+    ``c+1+i`` and writes it back in cycle ``c+4+i``. ``busy`` is low from cycle
+    ``c+rows+4`` on.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "cmd": In(valid_stream(GradientCommandLayout(cfg))),
+            "acc_rd": Out(read_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
+            "ub_rd": Out(read_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
+            "ub_wr": Out(write_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
+            "lr": In(cfg.scalar.shape),
+            "busy": Out(1),
+            "overflow": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        n, fmt = cfg.n, cfg.data
+        prod_fmt = FixedFormat(min(62, cfg.acc.width + cfg.scalar.width),
+                               cfg.acc.frac + cfg.scalar.frac)
+
+        remaining = Signal(16)
+        src = Signal.like(self.cmd.payload.src)
+        param_rd = Signal.like(self.cmd.payload.param)
+        param_wr = Signal.like(self.cmd.payload.param)
+        active = remaining != 0
+        with m.If(active):
+            m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1),
+                         self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
+            m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), param_rd.eq(param_rd + 1)]
+        with m.If(self.cmd.valid):
+            m.d.sync += [remaining.eq(self.cmd.payload.rows), src.eq(self.cmd.payload.src),
+                         param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param)]
+
+        v0, v1, v2 = Signal(), Signal(), Signal()
+        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1)]
+
+        # Stage 1 (data of row i in cycle c+2+i): exact product lr * grad.
+        prods = [Signal(prod_fmt.shape, name=f"prod_{lane}") for lane in range(n)]
+        theta = Signal(data.ArrayLayout(fmt.shape, n))
+        for lane in range(n):
+            m.d.sync += prods[lane].eq(self.acc_rd.data[lane] * self.lr)
+        m.d.sync += theta.eq(self.ub_rd.data)
+
+        # Stage 2: round the update to the data format, subtract, saturate.
+        new = Signal(data.ArrayLayout(fmt.shape, n))
+        new_ovf = Signal()
+        ovf = Const(0, 1)
+        for lane in range(n):
+            update, o_update = hdl_narrow(prods[lane], prod_fmt, fmt)
+            value, o_value = hdl_saturate(theta[lane] - update, fmt)
+            m.d.sync += new[lane].eq(value)
+            ovf = ovf | o_update | o_value
+        m.d.sync += new_ovf.eq(ovf & v1)
+
+        with m.If(v2):
+            m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new),
+                         self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
+            m.d.sync += param_wr.eq(param_wr + 1)
+        m.d.comb += self.busy.eq(active | v0 | v1 | v2)
+        return m

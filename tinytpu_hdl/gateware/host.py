@@ -1,0 +1,231 @@
+"""Host interface: executes host-protocol packets against the memories and the control unit."""
+
+from amaranth.hdl import Const, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..host_protocol import Command, Space, Status, item_words, space_depth
+from ..isa import INSTRUCTION_BITS
+from .control import CSR
+from .memory import read_request, write_request
+
+__all__ = ["HostInterface"]
+
+
+class HostInterface(wiring.Component):
+    """Decodes the command stream of :mod:`tinytpu_hdl.host_protocol` and answers on the
+    response stream.
+
+    Memory reads and writes are refused with status ``BUSY`` while a program
+    runs; a refused write (of any space) also makes the control unit stop the
+    program with ``HOST_CONFLICT``. The control and status registers can be
+    read at any time. A write whose range does not fit is answered ``RANGE``
+    and its data words are consumed and dropped, so nothing is written.
+
+    Members
+    -------
+    cmd : In(stream.Signature(32))
+    resp : Out(stream.Signature(32))
+    ub_rd, ub_wr, acc_rd, acc_wr, imem_rd, imem_wr : memory requesters
+    csr_addr, csr_rdata, csr_wdata, csr_we : control-unit register access
+    start, stop, clear, host_conflict : Out(1)  -- one-cycle pulses to the control unit
+    running : In(1)
+
+    Timing
+    ------
+    Accepts one command word per cycle. A read answers each item after two
+    cycles of memory access, then its words one per cycle as ``resp.ready``
+    allows.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        ub_row = data.ArrayLayout(cfg.data.shape, cfg.n)
+        acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
+        super().__init__({
+            "cmd": In(stream.Signature(32)),
+            "resp": Out(stream.Signature(32)),
+            "ub_rd": Out(read_request(cfg.ub_depth, ub_row)),
+            "ub_wr": Out(write_request(cfg.ub_depth, ub_row)),
+            "acc_rd": Out(read_request(cfg.acc_depth, acc_row)),
+            "acc_wr": Out(write_request(cfg.acc_depth, acc_row)),
+            "imem_rd": Out(read_request(cfg.imem_depth, INSTRUCTION_BITS)),
+            "imem_wr": Out(write_request(cfg.imem_depth, INSTRUCTION_BITS)),
+            "csr_addr": Out(6), "csr_rdata": In(32), "csr_wdata": Out(32), "csr_we": Out(1),
+            "start": Out(1), "stop": Out(1), "clear": Out(1), "host_conflict": Out(1),
+            "running": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        spaces = list(Space)
+        max_words = max(item_words(cfg, s) for s in spaces)
+
+        command = Signal(8)
+        space = Signal(8)
+        count = Signal(16)
+        addr = Signal(32)
+        status = Signal(8)
+        remaining = Signal(16)       # items left
+        word_index = Signal(range(max_words + 1))
+        buf = Signal(32 * max_words)
+
+        words_of = Signal(range(max_words + 1))
+        depth_of = Signal(17)
+        with m.Switch(space):
+            for s in spaces:
+                with m.Case(s):
+                    m.d.comb += [words_of.eq(item_words(cfg, s)), depth_of.eq(space_depth(cfg, s))]
+        known_space = space < len(spaces)
+        fits = (addr + count) <= depth_of
+
+        item_addr = Signal(16)
+        m.d.comb += self.resp.payload.eq(0)
+
+        with m.FSM(init="HEADER"):
+            with m.State("HEADER"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += [command.eq(self.cmd.payload[:8]), space.eq(self.cmd.payload[8:16]),
+                                 count.eq(self.cmd.payload[16:])]
+                    m.next = "ADDRESS"
+            with m.State("ADDRESS"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += addr.eq(self.cmd.payload)
+                    m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr)]
+                is_csr = space == Space.CSR
+                with m.Switch(command):
+                    with m.Case(Command.WRITE):
+                        with m.If(~known_space):
+                            m.d.sync += status.eq(Status.BAD_COMMAND)
+                        with m.Elif(self.running):
+                            m.d.sync += status.eq(Status.BUSY)
+                            m.d.comb += self.host_conflict.eq(1)
+                        with m.Elif(~fits):
+                            m.d.sync += status.eq(Status.RANGE)
+                        with m.Else():
+                            m.d.sync += status.eq(Status.OK)
+                        # Data of an unknown space cannot be delimited: answer at once.
+                        m.next = "WRITE_DATA"
+                        with m.If(~known_space):
+                            m.next = "RESPOND"
+                    with m.Case(Command.READ):
+                        with m.If(~known_space):
+                            m.d.sync += status.eq(Status.BAD_COMMAND)
+                        with m.Elif(self.running & ~is_csr):
+                            m.d.sync += status.eq(Status.BUSY)
+                        with m.Elif(~fits):
+                            m.d.sync += status.eq(Status.RANGE)
+                        with m.Else():
+                            m.d.sync += status.eq(Status.OK)
+                        m.next = "RESPOND"
+                    with m.Case(Command.START):
+                        with m.If(self.running):
+                            m.d.sync += status.eq(Status.BUSY)
+                        with m.Else():
+                            m.d.comb += [self.csr_addr.eq(CSR.START_PC), self.csr_wdata.eq(addr),
+                                         self.csr_we.eq(1)]
+                            m.d.sync += status.eq(Status.OK)
+                        m.next = "START"
+                    with m.Case(Command.STOP):
+                        m.d.comb += self.stop.eq(1)
+                        m.d.sync += status.eq(Status.OK)
+                        m.next = "RESPOND"
+                    with m.Case(Command.CLEAR):
+                        with m.If(self.running):
+                            m.d.sync += status.eq(Status.BUSY)
+                        with m.Else():
+                            m.d.comb += self.clear.eq(1)
+                            m.d.sync += status.eq(Status.OK)
+                        m.next = "RESPOND"
+                    with m.Default():
+                        m.d.sync += status.eq(Status.BAD_COMMAND)
+                        m.next = "RESPOND"
+            with m.State("START"):
+                # The control unit refuses to start from the error state.
+                with m.If(status == Status.OK):
+                    m.d.comb += self.csr_addr.eq(CSR.STATUS)
+                    with m.If(self.csr_rdata[:2] == 3):
+                        m.d.sync += status.eq(Status.REFUSED)
+                    with m.Else():
+                        m.d.comb += self.start.eq(1)
+                m.next = "RESPOND"
+            with m.State("WRITE_DATA"):
+                with m.If(remaining == 0):
+                    m.next = "RESPOND"
+                with m.Else():
+                    m.d.comb += self.cmd.ready.eq(1)
+                    with m.If(self.cmd.valid):
+                        m.d.sync += buf.word_select(word_index, 32).eq(self.cmd.payload)
+                        with m.If(word_index == words_of - 1):
+                            m.d.sync += word_index.eq(0)
+                            m.next = "WRITE_ITEM"
+                        with m.Else():
+                            m.d.sync += word_index.eq(word_index + 1)
+            with m.State("WRITE_ITEM"):
+                with m.If(status == Status.OK):
+                    with m.Switch(space):
+                        with m.Case(Space.UB):
+                            m.d.comb += [self.ub_wr.addr.eq(item_addr), self.ub_wr.en.eq(1),
+                                         Value.cast(self.ub_wr.data).eq(buf)]
+                        with m.Case(Space.ACC):
+                            m.d.comb += [self.acc_wr.addr.eq(item_addr), self.acc_wr.en.eq(1),
+                                         Value.cast(self.acc_wr.data).eq(buf)]
+                        with m.Case(Space.IMEM):
+                            m.d.comb += [self.imem_wr.addr.eq(item_addr), self.imem_wr.en.eq(1),
+                                         self.imem_wr.data.eq(buf)]
+                        with m.Case(Space.CSR):
+                            m.d.comb += [self.csr_addr.eq(item_addr), self.csr_wdata.eq(buf[:32]),
+                                         self.csr_we.eq(1)]
+                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
+                             buf.eq(0)]
+                m.next = "WRITE_DATA"
+            with m.State("RESPOND"):
+                m.d.comb += [
+                    self.resp.valid.eq(1),
+                    self.resp.payload.eq(command | (status << 8) |
+                                         (Mux(status == Status.OK, count, 0) << 16)),
+                ]
+                with m.If(self.resp.ready):
+                    with m.If((command == Command.READ) & (status == Status.OK) & (count != 0)):
+                        m.next = "READ_ADDR"
+                    with m.Else():
+                        m.next = "HEADER"
+            with m.State("READ_ADDR"):
+                with m.Switch(space):
+                    with m.Case(Space.UB):
+                        m.d.comb += [self.ub_rd.addr.eq(item_addr), self.ub_rd.en.eq(1)]
+                    with m.Case(Space.ACC):
+                        m.d.comb += [self.acc_rd.addr.eq(item_addr), self.acc_rd.en.eq(1)]
+                    with m.Case(Space.IMEM):
+                        m.d.comb += [self.imem_rd.addr.eq(item_addr), self.imem_rd.en.eq(1)]
+                m.next = "READ_LATCH"
+            with m.State("READ_LATCH"):
+                with m.Switch(space):
+                    with m.Case(Space.UB):
+                        m.d.sync += buf.eq(Value.cast(self.ub_rd.data))
+                    with m.Case(Space.ACC):
+                        m.d.sync += buf.eq(Value.cast(self.acc_rd.data))
+                    with m.Case(Space.IMEM):
+                        m.d.sync += buf.eq(self.imem_rd.data)
+                    with m.Case(Space.CSR):
+                        m.d.comb += self.csr_addr.eq(item_addr)
+                        m.d.sync += buf.eq(self.csr_rdata)
+                m.d.sync += word_index.eq(0)
+                m.next = "READ_SEND"
+            with m.State("READ_SEND"):
+                m.d.comb += [self.resp.valid.eq(1), self.resp.payload.eq(buf.word_select(word_index, 32))]
+                with m.If(self.resp.ready):
+                    with m.If(word_index == words_of - 1):
+                        m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1)]
+                        with m.If(remaining == 1):
+                            m.next = "HEADER"
+                        with m.Else():
+                            m.next = "READ_ADDR"
+                    with m.Else():
+                        m.d.sync += word_index.eq(word_index + 1)
+        return m

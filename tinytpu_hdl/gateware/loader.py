@@ -1,0 +1,103 @@
+"""Weight loader: reads a weight tile from the unified buffer into the array's shadow registers."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .memory import addr_width, read_request
+from .signatures import valid_stream
+from .systolic import WeightRowLayout
+
+__all__ = ["WeightLoader", "LoadCommandLayout"]
+
+
+class LoadCommandLayout(data.StructLayout):
+    def __init__(self, cfg):
+        super().__init__({"addr": addr_width(cfg.ub_depth), "rows": 16, "transpose": 1})
+
+
+class WeightLoader(wiring.Component):
+    """Streams ``rows`` (1 to ``n``) unified-buffer rows into the array as a weight tile.
+
+    The array wants the tile's last vector first, so the loader pushes ``n``
+    vectors: first ``n - rows`` zero vectors (padding), then the rows at
+    ``addr + rows - 1`` down to ``addr``. The stored rows become the rows of
+    the stationary matrix (normal load) or its columns (``transpose``).
+
+    Members
+    -------
+    cmd : In(valid_stream(LoadCommandLayout))
+        A command accepted in a cycle in which ``ready`` is high.
+    ub : Out(read_request)
+        Unified-buffer read port.
+    weights : Out(valid_stream(WeightRowLayout))
+        To the array's ``weights`` input.
+    ready, busy : Out(1)
+        ``ready``: a command may be given this cycle. ``busy``: a load is in progress.
+
+    Timing
+    ------
+    A command accepted in cycle ``c`` reads in cycles ``c+1 .. c+n`` and presents
+    its ``n`` vectors to the array in cycles ``c+2 .. c+n+1``. ``ready`` is high
+    from cycle ``c+n`` on (a following command continues without a gap);
+    ``busy`` is low from cycle ``c+n+2`` on.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "cmd": In(valid_stream(LoadCommandLayout(cfg))),
+            "ub": Out(read_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
+            "weights": Out(valid_stream(WeightRowLayout(cfg.data, cfg.n))),
+            "ready": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self._cfg.n
+
+        remaining = Signal(range(n + 1))
+        vector = Signal(range(n))          # row of the tile pushed in this address phase
+        rows = Signal(16)
+        base = Signal.like(self.cmd.payload.addr)
+        transpose = Signal()
+        push_valid = Signal()
+        push_zero = Signal()
+        push_transpose = Signal()
+
+        m.d.comb += [
+            self.ready.eq(remaining <= 1),
+            self.busy.eq((remaining != 0) | push_valid),
+        ]
+
+        active = remaining != 0
+        is_row = vector < rows
+        m.d.comb += [
+            self.ub.addr.eq(Mux(active & is_row, base + vector, 0)),
+            self.ub.en.eq(active & is_row),
+        ]
+        m.d.sync += [
+            push_valid.eq(active),
+            push_zero.eq(~is_row),
+            push_transpose.eq(transpose),
+        ]
+        with m.If(active):
+            m.d.sync += [remaining.eq(remaining - 1), vector.eq(vector - 1)]
+
+        with m.If(self.cmd.valid):
+            m.d.sync += [
+                remaining.eq(n),
+                vector.eq(n - 1),
+                rows.eq(self.cmd.payload.rows),
+                base.eq(self.cmd.payload.addr),
+                transpose.eq(self.cmd.payload.transpose),
+            ]
+
+        m.d.comb += [
+            self.weights.valid.eq(push_valid),
+            self.weights.payload.transpose.eq(push_transpose),
+        ]
+        with m.If(push_valid & ~push_zero):
+            m.d.comb += self.weights.payload.data.eq(self.ub.data)
+        return m

@@ -1,0 +1,151 @@
+"""Matmul engine: streams unified-buffer rows through the array into the accumulators."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..numeric import hdl_add_sat
+from .delay import delayed
+from .memory import addr_width, read_request, write_request
+from .signatures import valid_stream
+from .systolic import InputRowLayout, ResultRowLayout
+
+__all__ = ["MatmulEngine", "MatmulCommandLayout"]
+
+
+class MatmulCommandLayout(data.StructLayout):
+    def __init__(self, cfg):
+        super().__init__({
+            "src": addr_width(cfg.ub_depth), "stride": 8, "rows": 16,
+            "dst": addr_width(cfg.acc_depth), "accumulate": 1,
+        })
+
+
+class _TagLayout(data.StructLayout):
+    def __init__(self, cfg):
+        super().__init__({"valid": 1, "addr": addr_width(cfg.acc_depth), "accumulate": 1})
+
+
+class MatmulEngine(wiring.Component):
+    """Feeds ``rows`` unified-buffer rows (``src``, ``src + stride``, ...) to the array and
+    writes the result rows to accumulator rows ``dst .. dst + rows - 1``, either replacing
+    them or adding to them (saturating) when ``accumulate`` is set.
+
+    The first row carries the array's ``switch`` flag, so a command computes with the
+    weight tile loaded most recently.
+
+    Members
+    -------
+    cmd : In(valid_stream(MatmulCommandLayout))
+    ub : Out(read_request)         -- unified-buffer read port (input rows)
+    act : Out(valid_stream)        -- to the array's ``act``
+    result : In(valid_stream)      -- from the array's ``result``
+    acc_rd : Out(read_request)     -- accumulator read port (accumulate mode)
+    acc_wr : Out(write_request)    -- accumulator write port
+    ready, busy : Out(1)
+    overflow : Out(1)              -- pulses when a written row saturated
+
+    Timing
+    ------
+    A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i`` and presents it
+    to the array in cycle ``c+2+i`` (so its switch is in cycle ``c+2``). Its result
+    leaves the array ``latency`` (= ``2n``) cycles later and is written in that same
+    cycle, ``c+2+i+2n``; in accumulate mode the old row is read one cycle earlier
+    (the accumulator read port is transparent, so back-to-back commands accumulating
+    into the same rows see each other's writes). ``ready`` is high from cycle
+    ``c+rows`` on, so the next command's first row follows the last one with no gap;
+    ``busy`` is low once the last row is written, from cycle ``c+rows+2n+2`` on.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        super().__init__({
+            "cmd": In(valid_stream(MatmulCommandLayout(cfg))),
+            "ub": Out(read_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
+            "act": Out(valid_stream(InputRowLayout(cfg.data, cfg.n))),
+            "result": In(valid_stream(ResultRowLayout(cfg.acc, cfg.n))),
+            "acc_rd": Out(read_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
+            "acc_wr": Out(write_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
+            "ready": Out(1),
+            "busy": Out(1),
+            "overflow": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        latency = 2 * cfg.n
+
+        remaining = Signal(16)
+        src = Signal.like(self.cmd.payload.src)
+        stride = Signal(8)
+        dst = Signal.like(self.cmd.payload.dst)
+        accumulate = Signal()
+        first = Signal()
+        in_flight = Signal(range(latency + 4))
+
+        active = remaining != 0
+        m.d.comb += [
+            self.ready.eq(remaining <= 1),
+            self.busy.eq(active | (in_flight != 0)),
+            self.ub.addr.eq(Mux(active, src, 0)),
+            self.ub.en.eq(active),
+        ]
+        feed_valid = Signal()
+        feed_switch = Signal()
+        m.d.sync += [feed_valid.eq(active), feed_switch.eq(active & first)]
+        with m.If(active):
+            m.d.sync += [
+                remaining.eq(remaining - 1),
+                src.eq(src + stride),
+                dst.eq(dst + 1),
+                first.eq(0),
+            ]
+        with m.If(self.cmd.valid):
+            m.d.sync += [
+                remaining.eq(self.cmd.payload.rows),
+                src.eq(self.cmd.payload.src),
+                stride.eq(self.cmd.payload.stride),
+                dst.eq(self.cmd.payload.dst),
+                accumulate.eq(self.cmd.payload.accumulate),
+                first.eq(1),
+            ]
+        m.d.comb += [
+            self.act.valid.eq(feed_valid),
+            self.act.payload.switch.eq(feed_switch),
+        ]
+        with m.If(feed_valid):
+            m.d.comb += self.act.payload.data.eq(self.ub.data)
+
+        # The destination of each row travels alongside the array, 2n cycles, to the
+        # cycle before its result appears (the accumulate read), then one more.
+        tag = Signal(_TagLayout(cfg))
+        m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst), tag.accumulate.eq(accumulate)]
+        read_tag = delayed(m, tag, latency, name="dst_tag")
+        write_tag = delayed(m, read_tag, 1, name="dst_tag_write")
+        m.d.comb += [
+            self.acc_rd.addr.eq(Mux(read_tag.valid & read_tag.accumulate, read_tag.addr, 0)),
+            self.acc_rd.en.eq(read_tag.valid & read_tag.accumulate),
+        ]
+
+        sums_overflow = 0
+        with m.If(write_tag.valid):
+            m.d.comb += [self.acc_wr.addr.eq(write_tag.addr), self.acc_wr.en.eq(1)]
+            with m.If(write_tag.accumulate):
+                for lane in range(cfg.n):
+                    total, ovf = hdl_add_sat(self.acc_rd.data[lane], self.result.payload.data[lane],
+                                             cfg.acc)
+                    m.d.comb += self.acc_wr.data[lane].eq(total)
+                    sums_overflow = sums_overflow | ovf
+            with m.Else():
+                m.d.comb += self.acc_wr.data.eq(self.result.payload.data)
+            m.d.comb += self.overflow.eq(self.result.payload.overflow |
+                                         (write_tag.accumulate & sums_overflow))
+
+        started = active
+        finished = write_tag.valid
+        with m.If(started & ~finished):
+            m.d.sync += in_flight.eq(in_flight + 1)
+        with m.Elif(~started & finished):
+            m.d.sync += in_flight.eq(in_flight - 1)
+        return m

@@ -1,0 +1,133 @@
+"""The TPU: array, memories, engines, control unit and host interface."""
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import TPUConfig
+from ..isa import INSTRUCTION_BITS
+from .control import ControlUnit, State
+from .gd_unit import GradientDescentUnit
+from .host import HostInterface
+from .loader import WeightLoader
+from .matmul_engine import MatmulEngine
+from .memory import AccumulatorMemory, RowMemory, UnifiedBuffer, share_read, share_write
+from .systolic import SystolicArray
+from .vector_unit import VectorUnit
+
+__all__ = ["TPU"]
+
+
+class TPU(wiring.Component):
+    """A complete TPU for a :class:`~tinytpu_hdl.config.TPUConfig`.
+
+    ::
+
+        host_cmd ──► HostInterface ──► memories, CSRs, start/stop
+        host_resp ◄──┘
+                      ControlUnit ── fetch ◄── instruction memory
+                        │ issue
+           ┌────────────┼───────────────┬─────────────────┐
+           ▼            ▼               ▼                 ▼
+        WeightLoader  MatmulEngine    VectorUnit     GradientDescentUnit
+           │ UB r1      │ UB r0         │ ACC r0, UB r0/r1/w  │ ACC r0, UB r0/w
+           ▼            ▼
+        SystolicArray (weights, act) ──► result ──► MatmulEngine ──► accumulators
+
+    Members
+    -------
+    host_cmd : In(stream.Signature(32))
+        Host-protocol command words (:mod:`tinytpu_hdl.host_protocol`).
+    host_resp : Out(stream.Signature(32))
+        Response words.
+    running, done, error : Out(1)
+        State of the control unit (for LEDs).
+    """
+
+    host_cmd: In(stream.Signature(32))
+    host_resp: Out(stream.Signature(32))
+    running: Out(1)
+    done: Out(1)
+    error: Out(1)
+
+    def __init__(self, cfg: TPUConfig):
+        if not isinstance(cfg, TPUConfig):
+            raise TypeError(f"TPU needs a TPUConfig, not {cfg!r}")
+        self._cfg = cfg
+        super().__init__()
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+
+        m.submodules.array = array = SystolicArray(cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc)
+        m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth)
+        m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
+        m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS)
+        m.submodules.control = control = ControlUnit(cfg)
+        m.submodules.loader = loader = WeightLoader(cfg)
+        m.submodules.matmul = matmul = MatmulEngine(cfg)
+        m.submodules.vector = vector = VectorUnit(cfg)
+        m.submodules.gd = gd = GradientDescentUnit(cfg)
+        m.submodules.host = host = HostInterface(cfg)
+
+        wiring.connect(m, wiring.flipped(self.host_cmd), host.cmd)
+        wiring.connect(m, host.resp, wiring.flipped(self.host_resp))
+
+        # Array.
+        wiring.connect(m, loader.weights, array.weights)
+        wiring.connect(m, matmul.act, array.act)
+        wiring.connect(m, array.result, matmul.result)
+
+        # Memory ports (engines sharing a port never use it in the same cycle).
+        share_read(m, ub.r0, [matmul.ub, vector.ub_aux, gd.ub_rd, host.ub_rd])
+        share_read(m, ub.r1, [loader.ub, vector.ub_bias])
+        share_write(m, ub.w, [vector.ub_wr, gd.ub_wr, host.ub_wr])
+        share_read(m, acc.r0, [matmul.acc_rd, vector.acc_rd, gd.acc_rd, host.acc_rd])
+        share_write(m, acc.w, [matmul.acc_wr, host.acc_wr])
+        share_read(m, imem.r0, [control.imem, host.imem_rd])
+        share_write(m, imem.w, [host.imem_wr])
+
+        # Control.
+        m.d.comb += [
+            loader.cmd.valid.eq(control.load_cmd.valid),
+            loader.cmd.payload.eq(control.load_cmd.payload),
+            control.load_ready.eq(loader.ready),
+            control.load_busy.eq(loader.busy),
+            matmul.cmd.valid.eq(control.matmul_cmd.valid),
+            matmul.cmd.payload.eq(control.matmul_cmd.payload),
+            control.matmul_ready.eq(matmul.ready),
+            control.matmul_busy.eq(matmul.busy),
+            vector.cmd.valid.eq(control.vpu_cmd.valid),
+            vector.cmd.payload.eq(control.vpu_cmd.payload),
+            control.vpu_busy.eq(vector.busy),
+            gd.cmd.valid.eq(control.gd_cmd.valid),
+            gd.cmd.payload.eq(control.gd_cmd.payload),
+            control.gd_busy.eq(gd.busy),
+            control.row_fed.eq(array.act.valid),
+            control.array_overflow.eq(matmul.overflow),
+            control.vpu_overflow.eq(vector.overflow),
+            control.gd_overflow.eq(gd.overflow),
+            vector.leak.eq(control.leak),
+            vector.loss_scale.eq(control.loss_scale),
+            gd.lr.eq(control.lr),
+            # Host.
+            control.start.eq(host.start),
+            control.stop.eq(host.stop),
+            control.clear.eq(host.clear),
+            control.host_conflict.eq(host.host_conflict),
+            control.csr_addr.eq(host.csr_addr),
+            control.csr_wdata.eq(host.csr_wdata),
+            control.csr_we.eq(host.csr_we),
+            host.csr_rdata.eq(control.csr_rdata),
+            host.running.eq(control.running),
+            # Status outputs.
+            self.running.eq(control.running),
+            self.done.eq(control.state == State.DONE),
+            self.error.eq(control.state == State.ERROR),
+        ]
+        return m

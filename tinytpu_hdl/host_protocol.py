@@ -1,0 +1,134 @@
+"""The host command/response protocol, defined once for the gateware and every backend.
+
+The host talks to the TPU through one stream of 32-bit command words and one
+stream of 32-bit response words (``docs/host-protocol.md``). A command is::
+
+    word 0   [7:0] command   [15:8] space   [31:16] count
+    word 1   address
+    ...      for WRITE: count items, each item_words(space) words
+
+and every command is answered by one response::
+
+    word 0   [7:0] command (echo)   [15:8] status   [31:16] count
+    ...      for a successful READ: count items
+
+Items are memory rows (or CSRs) split into 32-bit words, least significant
+word first; a unified-buffer row holds lane 0 in its lowest bits.
+"""
+
+from enum import IntEnum
+
+import numpy as np
+
+from .isa import INSTRUCTION_BITS
+
+__all__ = ["Command", "Space", "Status", "item_bits", "item_words", "pack_items",
+           "unpack_items", "header", "parse_header", "ProtocolError"]
+
+
+class Command(IntEnum):
+    WRITE = 0x01    # write count items from address on
+    READ = 0x02     # read count items from address on
+    START = 0x03    # set START_PC to address and start the program
+    STOP = 0x04     # stop a running program (error STOPPED)
+    CLEAR = 0x05    # clear an error or done state back to idle
+
+
+class Space(IntEnum):
+    UB = 0          # unified buffer, one item = one row of n data words
+    ACC = 1         # accumulators, one item = one row of n accumulator words
+    IMEM = 2        # instruction memory, one item = one 128-bit instruction
+    CSR = 3         # control and status registers, one item = 32 bits
+
+
+class Status(IntEnum):
+    OK = 0
+    BUSY = 1        # the program is running: memory access refused (a write also stops it)
+    RANGE = 2       # address + count beyond the end of the space
+    BAD_COMMAND = 3 # unknown command or space
+    REFUSED = 4     # START while in the error state (CLEAR first)
+
+
+class ProtocolError(RuntimeError):
+    """A response that does not follow the protocol."""
+
+
+def item_bits(cfg, space):
+    space = Space(space)
+    if space == Space.UB:
+        return cfg.n * cfg.data.width
+    if space == Space.ACC:
+        return cfg.n * cfg.acc.width
+    if space == Space.IMEM:
+        return INSTRUCTION_BITS
+    return 32
+
+
+def item_words(cfg, space):
+    return (item_bits(cfg, space) + 31) // 32
+
+
+def space_depth(cfg, space):
+    space = Space(space)
+    return {Space.UB: cfg.ub_depth, Space.ACC: cfg.acc_depth, Space.IMEM: cfg.imem_depth,
+            Space.CSR: 64}[space]
+
+
+def header(command, space=0, count=0):
+    if not 0 <= count < 1 << 16:
+        raise ValueError(f"count {count} does not fit in 16 bits")
+    return int(command) | (int(space) << 8) | (count << 16)
+
+
+def parse_header(word):
+    return word & 0xFF, (word >> 8) & 0xFF, (word >> 16) & 0xFFFF
+
+
+def _lanes(cfg, space):
+    if Space(space) == Space.UB:
+        return cfg.n, cfg.data
+    return cfg.n, cfg.acc
+
+
+def pack_items(cfg, space, items):
+    """Words of a sequence of items. UB/ACC items are rows of raw signed integers; IMEM
+    items are 128-bit integers; CSR items are 32-bit integers."""
+    space = Space(space)
+    words_per = item_words(cfg, space)
+    out = []
+    for item in items:
+        if space in (Space.UB, Space.ACC):
+            lanes, fmt = _lanes(cfg, space)
+            row = np.asarray(item, dtype=np.int64)
+            if row.shape != (lanes,):
+                raise ValueError(f"a {space.name} row has {lanes} lanes, not shape {row.shape}")
+            value = 0
+            for lane, v in enumerate(fmt.to_unsigned(row)):
+                value |= int(v) << (lane * fmt.width)
+        else:
+            value = int(item)
+            if not 0 <= value < 1 << item_bits(cfg, space):
+                raise ValueError(f"{space.name} item {value:#x} does not fit in "
+                                 f"{item_bits(cfg, space)} bits")
+        out.extend((value >> (32 * i)) & 0xFFFFFFFF for i in range(words_per))
+    return out
+
+
+def unpack_items(cfg, space, words):
+    """Inverse of :func:`pack_items`: a list of items (rows as int64 arrays)."""
+    space = Space(space)
+    words_per = item_words(cfg, space)
+    if len(words) % words_per:
+        raise ProtocolError(f"{len(words)} words do not make whole {space.name} items")
+    items = []
+    for start in range(0, len(words), words_per):
+        value = 0
+        for i, w in enumerate(words[start:start + words_per]):
+            value |= int(w) << (32 * i)
+        if space in (Space.UB, Space.ACC):
+            lanes, fmt = _lanes(cfg, space)
+            raw = [(value >> (lane * fmt.width)) & ((1 << fmt.width) - 1) for lane in range(lanes)]
+            items.append(fmt.from_unsigned(np.array(raw, dtype=np.int64)))
+        else:
+            items.append(value)
+    return items

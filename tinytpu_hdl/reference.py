@@ -1,0 +1,391 @@
+"""Bit-exact, cycle-exact reference model of the TPU, in numpy.
+
+:class:`ReferenceTPU` executes the ISA of :mod:`tinytpu_hdl.isa` over the same
+memories, registers and number format as the gateware, one instruction at a
+time, with whole-matrix numpy operations. It also computes the cycle at which
+the control unit would issue each instruction (the issue rules documented on
+:class:`~tinytpu_hdl.gateware.control.ControlUnit` and the engine timings
+documented on each engine), so its ``CYCLES`` counter and other counters
+equal the hardware's.
+
+:class:`ReferenceTransport` puts the model behind the host protocol, so the
+runtime drives it exactly like the simulated or real hardware.
+"""
+
+import numpy as np
+
+from .config import TPUConfig
+from .gateware.control import CSR, State
+from .host_protocol import (
+    Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
+)
+from .isa import (
+    FLAG_ACCUMULATE, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, DecodeError, ErrorCode, Op, Pathway,
+    decode,
+)
+from .numeric import add_sat, dot_chain, mul_narrow, narrow, saturate
+
+__all__ = ["ReferenceTPU", "ReferenceTransport"]
+
+# Engine timings (cycles after the issue cycle c), as documented on the engines.
+LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
+LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
+MATMUL_READY = lambda n, rows: rows               # noqa: E731
+MATMUL_IDLE = lambda n, rows: rows + 2 * n + 2    # noqa: E731
+VPU_IDLE = lambda n, rows: rows + 7               # noqa: E731
+GD_IDLE = lambda n, rows: rows + 4                # noqa: E731
+
+
+class _Fault(Exception):
+    def __init__(self, code):
+        self.code = code
+
+
+class ReferenceTPU:
+    """The architectural state of one TPU and an interpreter for its programs."""
+
+    def __init__(self, cfg: TPUConfig):
+        self.cfg = cfg
+        n = cfg.n
+        self.ub = np.zeros((cfg.ub_depth, n), dtype=np.int64)
+        self.acc = np.zeros((cfg.acc_depth, n), dtype=np.int64)
+        self.imem = [0] * cfg.imem_depth
+        self.regs = [0] * NUM_REGS
+        self.cfgs = [0] * len(ConfigReg)
+        self.shadow = np.zeros((n, n), dtype=np.int64)
+        self.active = np.zeros((n, n), dtype=np.int64)
+        self.state = State.IDLE
+        self.error_code = ErrorCode.NONE
+        self.error_pc = 0
+        self.pc = 0
+        self.start_pc = 0
+        self.watchdog = 0
+        self.cycles = 0
+        self.array_busy = 0
+        self.macs = 0
+        self.instructions = 0
+        self.flags = [False, False, False]   # array, vector, gradient-descent overflow
+
+    # --- CSRs ------------------------------------------------------------------------------
+
+    def read_csr(self, addr):
+        status = (int(self.state) | (int(self.error_code) << 8) | (self.flags[0] << 16) |
+                  (self.flags[1] << 17) | (self.flags[2] << 18))
+        cfg = self.cfg
+        values = {
+            CSR.STATUS: status, CSR.ERROR_PC: self.error_pc, CSR.PC: self.pc,
+            CSR.START_PC: self.start_pc,
+            CSR.WATCHDOG_LO: self.watchdog & 0xFFFFFFFF, CSR.WATCHDOG_HI: self.watchdog >> 32,
+            CSR.CYCLES_LO: self.cycles & 0xFFFFFFFF, CSR.CYCLES_HI: self.cycles >> 32,
+            CSR.ARRAY_BUSY_LO: self.array_busy & 0xFFFFFFFF,
+            CSR.ARRAY_BUSY_HI: self.array_busy >> 32,
+            CSR.MACS_LO: self.macs & 0xFFFFFFFF, CSR.MACS_HI: self.macs >> 32,
+            CSR.INSTRUCTIONS_LO: self.instructions & 0xFFFFFFFF,
+            CSR.INSTRUCTIONS_HI: self.instructions >> 32,
+            CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
+            CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
+            CSR.IMEM_DEPTH: cfg.imem_depth,
+        }
+        if addr in values:
+            return values[addr] & 0xFFFFFFFF
+        if CSR.REG_BASE <= addr < CSR.REG_BASE + NUM_REGS:
+            return self.regs[addr - CSR.REG_BASE]
+        if CSR.CFG_BASE <= addr < CSR.CFG_BASE + len(ConfigReg):
+            return self.cfgs[addr - CSR.CFG_BASE]
+        return 0
+
+    def write_csr(self, addr, value):
+        value &= 0xFFFFFFFF
+        if addr == CSR.START_PC:
+            self.start_pc = value & 0xFFFF
+        elif addr == CSR.WATCHDOG_LO:
+            self.watchdog = (self.watchdog & ~0xFFFFFFFF) | value
+        elif addr == CSR.WATCHDOG_HI:
+            self.watchdog = (self.watchdog & 0xFFFFFFFF) | (value << 32)
+        elif CSR.REG_BASE + 1 <= addr < CSR.REG_BASE + NUM_REGS:
+            self.regs[addr - CSR.REG_BASE] = value & 0xFFFF
+        elif CSR.CFG_BASE <= addr < CSR.CFG_BASE + len(ConfigReg):
+            self.cfgs[addr - CSR.CFG_BASE] = value & 0xFFFF
+
+    def clear(self):
+        self.state = State.IDLE
+        self.error_code = ErrorCode.NONE
+        self.error_pc = 0
+
+    def _scalar(self, reg):
+        return int(self.cfg.scalar.from_unsigned(self.cfgs[reg]))
+
+    # --- execution -------------------------------------------------------------------------
+
+    def start(self):
+        """Run the program from ``START_PC`` to its end (HALT or an error)."""
+        if self.state == State.ERROR:
+            raise RuntimeError("start refused in the error state")
+        self.pc = self.start_pc
+        self.cycles = self.array_busy = self.macs = self.instructions = 0
+        self.flags = [False, False, False]
+        self.error_code = ErrorCode.NONE
+        self.error_pc = 0
+        self.state = State.RUNNING
+        self._run()
+
+    def _run(self):
+        cfg = self.cfg
+        n = cfg.n
+        wd = self.watchdog
+        load_ready = load_idle = matmul_ready = matmul_idle = vpu_idle = gd_idle = 0
+        load_allowed = switch_allowed = 0
+        f = 0                                       # fetch cycle of the current instruction
+
+        def stop(code, cycle):
+            self.error_code = ErrorCode(code)
+            self.error_pc = self.pc
+            drain = max(cycle + 1, load_idle, matmul_idle, vpu_idle, gd_idle)
+            self.cycles = drain + 1
+            self.state = State.ERROR
+
+        while True:
+            if wd and f >= wd:
+                return stop(ErrorCode.WATCHDOG, wd)
+            if self.pc >= cfg.imem_depth:
+                return stop(ErrorCode.PC_RANGE, f)
+            e = f + 1
+            if wd and e >= wd:
+                return stop(ErrorCode.WATCHDOG, wd)
+            try:
+                ins = decode(self.imem[self.pc])
+                operands = self._check(ins)
+            except DecodeError:
+                return stop(ErrorCode.ILLEGAL_INSTRUCTION, e)
+            except _Fault as fault:
+                return stop(fault.code, e)
+            op = ins.op
+            all_idle = max(load_idle, matmul_idle, vpu_idle, gd_idle)
+            units_idle = max(vpu_idle, gd_idle)
+            ready = {
+                Op.LOADW: max(load_ready, load_allowed, units_idle),
+                Op.MATMUL: max(matmul_ready, switch_allowed, units_idle),
+                Op.VPU: all_idle, Op.GD: all_idle, Op.SYNC: all_idle, Op.HALT: all_idle,
+                Op.CFG: units_idle,
+            }.get(op, 0)
+            c = max(e, ready)
+            if wd and c >= wd:
+                return stop(ErrorCode.WATCHDOG, wd)
+            # Issue in cycle c.
+            self.instructions += 1
+            next_pc = self.pc + 1
+            rows = ins.count
+            if op == Op.HALT:
+                self.cycles = c + 1
+                self.pc = next_pc
+                self.state = State.DONE
+                return
+            if op == Op.SETR:
+                self._set_reg(ins.a[1], ins.a[0])
+            elif op == Op.ADDI:
+                self._set_reg(ins.a[1], self.regs[ins.b[1]] + ins.a[0])
+            elif op == Op.DJNZ:
+                value = (self.regs[ins.a[1]] - 1) & 0xFFFF
+                self._set_reg(ins.a[1], value)
+                if value:
+                    next_pc = ins.count
+            elif op == Op.CFG:
+                self.cfgs[ins.flags] = ins.count
+            elif op == Op.LOADW:
+                self._loadw(operands["src"], rows, bool(ins.flags & FLAG_TRANSPOSE))
+                load_ready, load_idle = c + LOAD_READY(n, rows), c + LOAD_IDLE(n, rows)
+                switch_allowed = c + n
+            elif op == Op.MATMUL:
+                self._matmul(operands["src"], ins.stride, rows, operands["dst"],
+                             bool(ins.flags & FLAG_ACCUMULATE))
+                matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(n, rows)
+                load_allowed = c + 1 + max(n - 2, 0)
+            elif op == Op.VPU:
+                self._vpu(ins, operands)
+                vpu_idle = c + VPU_IDLE(n, rows)
+            elif op == Op.GD:
+                self._gd(operands["src"], operands["param"], rows)
+                gd_idle = c + GD_IDLE(n, rows)
+            self.pc = next_pc
+            f = c + 1
+
+    def _set_reg(self, rd, value):
+        if rd:
+            self.regs[rd] = value & 0xFFFF
+
+    def _check(self, ins):
+        """The issue-time checks of the control unit, in its order. Returns the effective
+        addresses of the operands; raises :class:`_Fault`."""
+        cfg = self.cfg
+        op, rows, stride = ins.op, ins.count, ins.stride
+
+        def eff(slot):
+            base, reg = getattr(ins, slot)
+            return base + self.regs[reg]
+
+        if op not in (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD):
+            return {}
+        ea, eb, ec, ed = eff("a"), eff("b"), eff("c"), eff("d")
+        span = (rows - 1) * stride if rows else 0
+        last = rows - 1 if rows else 0
+        path = ins.flags
+        use_bias = bool(path & Pathway.BIAS)
+        use_aux = bool(path & (Pathway.LOSS | Pathway.DERIV))
+        if rows == 0 or (op == Op.LOADW and rows > cfg.n):
+            raise _Fault(ErrorCode.BAD_OPERAND)
+        if op == Op.VPU:
+            dst_end, aux_end = eb + span, ec + span
+            aux_overlap = ec <= dst_end and eb <= aux_end
+            in_place = ec == eb and (stride != 0 or rows == 1)
+            if (use_aux and aux_overlap and not in_place) or (use_bias and eb <= ed <= dst_end):
+                raise _Fault(ErrorCode.BAD_OPERAND)
+        ub = (cfg.ub_depth, ErrorCode.UB_RANGE)
+        acc = (cfg.acc_depth, ErrorCode.ACC_RANGE)
+        checks = {
+            Op.LOADW: [(ea + last, ub)],
+            Op.MATMUL: [(ea + span, ub), (eb + last, acc)],
+            Op.VPU: [(ea + last, acc), (eb + span, ub)] + ([(ec + span, ub)] if use_aux else [])
+            + ([(ed, ub)] if use_bias else []),
+            Op.GD: [(ea + last, acc), (eb + last, ub)],
+        }[op]
+        for end, (depth, code) in checks:
+            if end >= depth:
+                raise _Fault(code)
+        names = {Op.LOADW: ("src",), Op.MATMUL: ("src", "dst"),
+                 Op.VPU: ("src", "dst", "aux", "bias"), Op.GD: ("src", "param")}[op]
+        return dict(zip(names, (ea, eb, ec, ed)))
+
+    def _loadw(self, src, rows, transpose):
+        tile = np.zeros((self.cfg.n, self.cfg.n), dtype=np.int64)
+        tile[:rows] = self.ub[src:src + rows]
+        self.shadow = tile.T.copy() if transpose else tile
+
+    def _matmul(self, src, stride, rows, dst, accumulate):
+        cfg = self.cfg
+        self.active = self.shadow.copy()
+        x = self.ub[src + stride * np.arange(rows)]
+        result, ovf = dot_chain(x, self.active, cfg.acc, return_overflow=True)
+        if accumulate:
+            result, add_ovf = add_sat(self.acc[dst:dst + rows], result, cfg.acc,
+                                      return_overflow=True)
+            ovf = ovf | add_ovf.any(axis=1)
+        self.acc[dst:dst + rows] = result
+        self.flags[0] |= bool(ovf.any())
+        self.array_busy += rows
+        self.macs += rows * cfg.n * cfg.n
+
+    def _vpu(self, ins, operands):
+        cfg = self.cfg
+        fmt, sc = cfg.data, cfg.scalar
+        rows, stride, path = ins.count, ins.stride, ins.flags
+        leak = self._scalar(ConfigReg.LEAK)
+        loss_scale = self._scalar(ConfigReg.LOSS_SCALE)
+        src, dst, aux, bias = (operands[k] for k in ("src", "dst", "aux", "bias"))
+        x, ovf = narrow(self.acc[src:src + rows], cfg.acc, fmt, return_overflow=True)
+        if path & Pathway.BIAS:
+            x, o = add_sat(x, self.ub[bias][None, :], fmt, return_overflow=True)
+            ovf |= o
+        if path & Pathway.ACT:
+            scaled, o = mul_narrow(x, fmt, leak, sc, fmt, return_overflow=True)
+            neg = x < 0
+            x = np.where(neg, scaled, x)
+            ovf |= neg & o
+        h = x
+        y = self.ub[aux + stride * np.arange(rows)] if path & (Pathway.LOSS | Pathway.DERIV) \
+            else None
+        if path & Pathway.LOSS:
+            diff, o1 = add_sat(x, -y, fmt, return_overflow=True)
+            x, o2 = mul_narrow(diff, fmt, loss_scale, sc, fmt, return_overflow=True)
+            ovf |= o1 | o2
+        if path & Pathway.DERIV:
+            ref = h if path & Pathway.LOSS else y
+            scaled, o = mul_narrow(x, fmt, leak, sc, fmt, return_overflow=True)
+            keep = ref > 0
+            x = np.where(keep, x, scaled)
+            ovf |= ~keep & o
+        self.ub[dst + stride * np.arange(rows)] = x
+        self.flags[1] |= bool(ovf.any())
+
+    def _gd(self, src, param, rows):
+        cfg = self.cfg
+        lr = self._scalar(ConfigReg.LR)
+        update, o1 = mul_narrow(self.acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data,
+                                return_overflow=True)
+        theta, o2 = saturate(self.ub[param:param + rows] - update, cfg.data, return_overflow=True)
+        self.ub[param:param + rows] = theta
+        self.flags[2] |= bool((o1 | o2).any())
+
+
+class ReferenceTransport:
+    """A transport (see :mod:`tinytpu_hdl.runtime.driver`) to a :class:`ReferenceTPU`.
+
+    Implements the host protocol with the same statuses as the gateware. A ``START``
+    runs the whole program before it is answered, so the device is never seen running.
+    """
+
+    def __init__(self, cfg, model=None):
+        self.cfg = cfg
+        self.model = model or ReferenceTPU(cfg)
+
+    def idle(self, cycles):
+        pass
+
+    def exchange(self, words):
+        cfg, model = self.cfg, self.model
+        command, space, count = parse_header(words[0])
+        address = words[1] if len(words) > 1 else 0
+
+        def reply(status, data=()):
+            rcount = count if status == Status.OK else 0
+            return [command | (int(status) << 8) | (rcount << 16), *data]
+
+        if command in (Command.WRITE, Command.READ):
+            if space not in set(Space):
+                return reply(Status.BAD_COMMAND)
+            space = Space(space)
+            if address + count > space_depth(cfg, space):
+                return reply(Status.RANGE)
+            if command == Command.WRITE:
+                data = list(words[2:])
+                if len(data) != count * item_words(cfg, space):
+                    raise ValueError(f"WRITE of {count} items carries {len(data)} words")
+                items = unpack_items(cfg, space, data)
+                for i, item in enumerate(items):
+                    self._write_item(space, address + i, item)
+                return reply(Status.OK)
+            items = [self._read_item(space, address + i) for i in range(count)]
+            return reply(Status.OK, pack_items(cfg, space, items))
+        if command == Command.START:
+            if model.state == State.ERROR:
+                model.write_csr(CSR.START_PC, address)
+                return reply(Status.REFUSED)
+            model.write_csr(CSR.START_PC, address)
+            model.start()
+            return reply(Status.OK)
+        if command == Command.STOP:
+            return reply(Status.OK)
+        if command == Command.CLEAR:
+            model.clear()
+            return reply(Status.OK)
+        return reply(Status.BAD_COMMAND)
+
+    def _write_item(self, space, addr, item):
+        model = self.model
+        if space == Space.UB:
+            model.ub[addr] = item
+        elif space == Space.ACC:
+            model.acc[addr] = item
+        elif space == Space.IMEM:
+            model.imem[addr] = item
+        else:
+            model.write_csr(addr, item)
+
+    def _read_item(self, space, addr):
+        model = self.model
+        if space == Space.UB:
+            return model.ub[addr].copy()
+        if space == Space.ACC:
+            return model.acc[addr].copy()
+        if space == Space.IMEM:
+            return model.imem[addr]
+        return model.read_csr(addr)

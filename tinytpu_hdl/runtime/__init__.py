@@ -1,0 +1,1 @@
+"""Runtime: the host driver and the backends that carry its command stream."""

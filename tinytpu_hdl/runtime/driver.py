@@ -1,0 +1,176 @@
+"""Host driver: the host side of :mod:`tinytpu_hdl.host_protocol`, over any transport.
+
+A *transport* is an object with ``cfg`` and two methods:
+
+* ``exchange(words) -> list[int]``: send one command (its words) and return the words of
+  its response (header and, for a successful read, the data);
+* ``idle(cycles)``: let the device run for about ``cycles`` clock cycles.
+
+Every backend (reference model, Amaranth simulation, compiled simulation, a board over
+UART) provides one; everything above the transport is shared.
+"""
+
+from dataclasses import dataclass
+
+from ..asm import Program, format_instruction
+from ..gateware.control import CSR, State
+from ..host_protocol import (
+    Command, ProtocolError, Space, Status, header, item_words, pack_items, parse_header,
+    unpack_items,
+)
+from ..isa import ErrorCode, decode, encode
+
+__all__ = ["HostDriver", "TPUError", "HostError", "RunStats"]
+
+
+class HostError(RuntimeError):
+    """The device refused a host command (busy, out of range, ...)."""
+
+    def __init__(self, command, status, detail=""):
+        self.command = Command(command)
+        self.status = Status(status)
+        super().__init__(f"{self.command.name} refused: {self.status.name}{detail}")
+
+
+class TPUError(RuntimeError):
+    """A program stopped with an error. Carries the error code, the failing instruction's
+    address and, when known, its disassembly."""
+
+    def __init__(self, code, pc, instruction=None):
+        self.code = ErrorCode(code)
+        self.pc = pc
+        self.instruction = instruction
+        where = f" at pc {pc}"
+        if instruction is not None:
+            where += f" ({instruction})"
+        super().__init__(f"TPU error {self.code.name}{where}")
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """Counters of the last run, read from the device."""
+
+    cycles: int
+    array_busy_cycles: int
+    macs: int
+    instructions: int
+    n: int
+    overflow_array: bool
+    overflow_vector: bool
+    overflow_gd: bool
+
+    @property
+    def utilization(self):
+        """MACs performed over the array's peak (``cycles * n * n``)."""
+        return self.macs / (self.cycles * self.n * self.n) if self.cycles else 0.0
+
+
+class HostDriver:
+    """Reads and writes device memories, loads and runs programs."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.cfg = transport.cfg
+
+    def _command(self, command, space=0, address=0, count=0, data=()):
+        words = [header(command, space, count), address & 0xFFFFFFFF, *data]
+        resp = self.transport.exchange(words)
+        if not resp:
+            raise ProtocolError(f"no response to {Command(command).name}")
+        echo, status, rcount = parse_header(resp[0])
+        if echo != int(command):
+            raise ProtocolError(f"response to {Command(command).name} echoes command {echo}")
+        if status != Status.OK:
+            raise HostError(command, status, f" ({Space(space).name} address {address}, "
+                                             f"count {count})" if command in
+                            (Command.READ, Command.WRITE) else "")
+        return resp[1:], rcount
+
+    def write(self, space, address, items):
+        items = list(items)
+        for start in range(0, len(items), 0xFFFF):
+            chunk = items[start:start + 0xFFFF]
+            self._command(Command.WRITE, space, address + start, len(chunk),
+                          pack_items(self.cfg, space, chunk))
+
+    def read(self, space, address, count):
+        items = []
+        for start in range(0, count, 0xFFFF):
+            n = min(0xFFFF, count - start)
+            data, rcount = self._command(Command.READ, space, address + start, n)
+            if rcount != n or len(data) != n * item_words(self.cfg, space):
+                raise ProtocolError(f"read of {n} items returned {rcount} ({len(data)} words)")
+            items.extend(unpack_items(self.cfg, space, data))
+        return items
+
+    def csr(self, address):
+        return self.read(Space.CSR, address, 1)[0]
+
+    def write_csr(self, address, value):
+        self.write(Space.CSR, address, [value & 0xFFFFFFFF])
+
+    def csr64(self, lo):
+        lo_v, hi_v = self.read(Space.CSR, lo, 2)
+        return lo_v | (hi_v << 32)
+
+    def load_program(self, program, address=0):
+        words = program.words if isinstance(program, Program) else [
+            w if isinstance(w, int) else encode(w) for w in program]
+        self.write(Space.IMEM, address, words)
+
+    def start(self, pc=0):
+        self._command(Command.START, 0, pc)
+
+    def stop(self):
+        self._command(Command.STOP)
+
+    def clear(self):
+        self._command(Command.CLEAR)
+
+    def status(self):
+        word = self.csr(CSR.STATUS)
+        return State(word & 3), ErrorCode((word >> 8) & 0xF), word
+
+    def wait(self, *, max_polls=1_000_000):
+        """Poll until the program leaves the running state; raise :class:`TPUError` on error."""
+        pause = 16
+        for _ in range(max_polls):
+            state, code, _ = self.status()
+            if state != State.RUNNING:
+                break
+            self.transport.idle(pause)
+            pause = min(pause * 2, 4096)
+        else:
+            raise TimeoutError("the program is still running")
+        if state == State.ERROR:
+            pc = self.csr(CSR.ERROR_PC)
+            text = None
+            if pc < self.cfg.imem_depth:
+                try:
+                    text = format_instruction(decode(self.read(Space.IMEM, pc, 1)[0]))
+                except ValueError:
+                    text = "illegal instruction word"
+            raise TPUError(code, pc, text)
+        return state
+
+    def run(self, program=None, *, pc=0, watchdog=0):
+        """Load ``program`` (if given) at address 0, start it at ``pc``, wait for it."""
+        if program is not None:
+            self.load_program(program)
+        self.write(Space.CSR, CSR.WATCHDOG_LO, [watchdog & 0xFFFFFFFF, watchdog >> 32])
+        self.start(pc)
+        self.wait()
+        return self.stats()
+
+    def stats(self):
+        _, _, word = self.status()
+        return RunStats(
+            cycles=self.csr64(CSR.CYCLES_LO),
+            array_busy_cycles=self.csr64(CSR.ARRAY_BUSY_LO),
+            macs=self.csr64(CSR.MACS_LO),
+            instructions=self.csr64(CSR.INSTRUCTIONS_LO),
+            n=self.cfg.n,
+            overflow_array=bool(word >> 16 & 1),
+            overflow_vector=bool(word >> 17 & 1),
+            overflow_gd=bool(word >> 18 & 1),
+        )
