@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinytpu_hdl.cli import main
+from tinytpu_hdl.export import LINT_WAIVERS
 
 
 def _verilator():
@@ -18,23 +19,39 @@ def _verilator():
     return exe
 
 
-@pytest.mark.parametrize("n", [2, 4])
-def test_verilog_lints_clean(tmp_path, n):
-    out = tmp_path / f"tpu{n}.v"
-    assert main(["verilog", "--n", str(n), "-o", str(out)]) == 0
-    text = out.read_text()
-    assert "module tinytpu(" in text
-    # One PE instance per array position.
-    assert text.count("pe_0_0") >= 1 and f"pe_{n - 1}_{n - 1}" in text and f"pe_{n}_0" not in text
-    proc = subprocess.run([_verilator(), "--lint-only", out.name], cwd=tmp_path,
+def _lint(path, *flags):
+    proc = subprocess.run([_verilator(), "--lint-only", *flags, path.name], cwd=path.parent,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_array_verilog_lints_clean_without_waivers(tmp_path, n):
+    out = tmp_path / f"array{n}.v"
+    assert main(["verilog", "--top", "array", "--n", str(n), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "module tinytpu(" in text
+    # One PE instance per array position.
+    assert "pe_0_0" in text and f"pe_{n - 1}_{n - 1}" in text and f"pe_{n}_0" not in text
+    _lint(out)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_tpu_verilog_lints_clean(tmp_path, n):
+    out = tmp_path / f"tpu{n}.v"
+    assert main(["verilog", "--n", str(n), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "module tinytpu(" in text
+    for block in ("control", "loader", "matmul", "vector", "gd", "host", "array", "ub", "acc"):
+        assert f"module \\tinytpu.{block} (" in text, block
+    assert f"pe_{n - 1}_{n - 1}" in text
+    _lint(out, *LINT_WAIVERS)
+
+
 def test_verilog_custom_format(tmp_path):
     out = tmp_path / "tpu.v"
-    assert main(["verilog", "--n", "2", "--width", "8", "--frac", "4", "--name", "mytpu",
-                 "-o", str(out)]) == 0
+    assert main(["verilog", "--top", "array", "--n", "2", "--width", "8", "--frac", "4",
+                 "--name", "mytpu", "-o", str(out)]) == 0
     text = out.read_text()
     assert "module mytpu(" in text
     # 2 lanes x 8 bits of data + 1 switch bit.

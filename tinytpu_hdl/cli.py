@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .config import TPUConfig
+from .export import TOPS
 from .numeric import FixedFormat
 
 __all__ = ["main"]
@@ -14,7 +15,9 @@ __all__ = ["main"]
 
 def _config(args):
     data = FixedFormat(args.width, args.frac)
-    return TPUConfig(n=args.n, data=data)
+    extra = {k: getattr(args, k) for k in ("ub_depth", "acc_depth", "imem_depth")
+             if getattr(args, k, None) is not None}
+    return TPUConfig(n=args.n, data=data, **extra)
 
 
 def _add_format_args(parser):
@@ -26,13 +29,14 @@ def _add_format_args(parser):
 def _cmd_verilog(args):
     from .export import to_verilog
     cfg = _config(args)
-    text = to_verilog(cfg, name=args.name)
+    text = to_verilog(cfg, top=args.top, name=args.name)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         with open(args.output, "w") as f:
             f.write(text)
-        print(f"wrote {args.output}: top module {args.name!r}, N={cfg.n}, data {cfg.data}, "
+        what = "TPU" if args.top == "tpu" else "systolic array"
+        print(f"wrote {args.output}: {what} as module {args.name!r}, N={cfg.n}, data {cfg.data}, "
               f"accumulator {cfg.acc}", file=sys.stderr)
     return 0
 
@@ -90,6 +94,11 @@ def main(argv=None):
     _add_format_args(p)
     p.add_argument("-o", "--output", default="-", help="output file ('-' for stdout)")
     p.add_argument("--name", default="tinytpu", help="top module name")
+    p.add_argument("--top", choices=TOPS, default="tpu",
+                   help="what to emit: the whole TPU (default) or the bare array")
+    p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 1024)")
+    p.add_argument("--acc-depth", type=int, help="accumulator rows (default 256)")
+    p.add_argument("--imem-depth", type=int, help="instruction memory words (default 256)")
     p.set_defaults(func=_cmd_verilog)
 
     p = sub.add_parser("demo", help="run a demonstration on the simulated hardware")

@@ -1,0 +1,307 @@
+# amaranth: UnusedElaboratable=no
+"""Unit tests of the engines against the numpy model, with their documented timing."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.gateware.gd_unit import GradientDescentUnit
+from tinytpu_hdl.gateware.loader import WeightLoader
+from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
+from tinytpu_hdl.gateware.memory import RowMemory, read_request, share_read, share_write
+from tinytpu_hdl.gateware.systolic import SystolicArray
+from tinytpu_hdl.gateware.vector_unit import VectorUnit
+from tinytpu_hdl.isa import ConfigReg, Instruction, Op, Pathway
+from tinytpu_hdl.numeric import add_sat, dot_chain, mul_narrow
+from tinytpu_hdl.reference import ReferenceTPU
+
+CFG = TPUConfig(n=3, ub_depth=64, acc_depth=32)
+
+
+class Harness:
+    """An engine with its memories; the testbench reads memories back through extra ports."""
+
+    def __init__(self, cfg, ub_init, acc_init):
+        self.cfg = cfg
+        self.m = Module()
+        ub_row = data.ArrayLayout(cfg.data.shape, cfg.n)
+        acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
+        self.m.submodules.ub = self.ub = RowMemory(cfg.ub_depth, ub_row, read_ports=2,
+                                                   init=[list(r) for r in ub_init])
+        self.m.submodules.acc = self.acc = RowMemory(cfg.acc_depth, acc_row, read_ports=1,
+                                                     transparent=True,
+                                                     init=[list(r) for r in acc_init])
+        self.tb_ub = read_request(cfg.ub_depth, ub_row).create()
+        self.tb_acc = read_request(cfg.acc_depth, acc_row).create()
+
+    async def dump(self, ctx):
+        ub, acc = [], []
+        for port, depth, out in ((self.tb_ub, self.cfg.ub_depth, ub),
+                                 (self.tb_acc, self.cfg.acc_depth, acc)):
+            for addr in range(depth):
+                ctx.set(port.addr, addr)
+                ctx.set(port.en, 1)
+                await ctx.tick()
+                out.append([int(v) for v in ctx.get(port.data)])
+            ctx.set(port.en, 0)
+            ctx.set(port.addr, 0)
+        return np.array(ub), np.array(acc)
+
+    def run(self, testbench):
+        sim = Simulator(self.m)
+        sim.add_clock(1e-8)
+        sim.add_testbench(testbench)
+        sim.run()
+
+
+def random_memories(rng, cfg, big=False):
+    hi = 32768 if big else 3000
+    ub = rng.integers(-hi, hi, (cfg.ub_depth, cfg.n))
+    acc = rng.integers(-2**31 if big else -2**20, 2**31 if big else 2**20, (cfg.acc_depth, cfg.n))
+    return ub, acc
+
+
+def model_with(cfg, ub, acc, leak=0, lr=0, loss_scale=0):
+    model = ReferenceTPU(cfg)
+    model.ub[:] = ub
+    model.acc[:] = acc
+    model.cfgs[ConfigReg.LEAK] = leak & 0xFFFF
+    model.cfgs[ConfigReg.LR] = lr & 0xFFFF
+    model.cfgs[ConfigReg.LOSS_SCALE] = loss_scale & 0xFFFF
+    return model
+
+
+@pytest.mark.parametrize("pathway", range(16))
+def test_vector_unit_every_pathway(pathway):
+    cfg = CFG
+    rng = np.random.default_rng(pathway)
+    ub, acc = random_memories(rng, cfg, big=bool(pathway % 3 == 0))
+    leak = int(cfg.scalar.encode(0.3))
+    loss_scale = int(cfg.scalar.encode(-0.7))
+    rows, stride, src, dst, aux, bias = 9, 2, 5, 2, 30, 60
+    h = Harness(cfg, ub, acc)
+    vpu = VectorUnit(cfg)
+    h.m.submodules.vpu = vpu
+    share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
+    share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
+    share_read(h.m, h.ub.r1, [vpu.ub_bias])
+    share_write(h.m, h.ub.w, [vpu.ub_wr])
+    writes, busy = [], []
+    result = {}
+
+    async def tb(ctx):
+        ctx.set(vpu.leak, leak)
+        ctx.set(vpu.loss_scale, loss_scale)
+        ctx.set(vpu.cmd.payload, {"src": src, "dst": dst, "aux": aux, "bias": bias,
+                                  "rows": rows, "stride": stride, "pathway": pathway})
+        ctx.set(vpu.cmd.valid, 1)
+        await ctx.tick()                                   # accepted in cycle 0
+        ctx.set(vpu.cmd.valid, 0)
+        for cycle in range(1, rows + 12):
+            if ctx.get(vpu.ub_wr.en):
+                writes.append((cycle, ctx.get(vpu.ub_wr.addr)))
+            busy.append(ctx.get(vpu.busy))
+            await ctx.tick()
+        result["ub"], result["acc"] = await h.dump(ctx)
+
+    h.run(tb)
+    assert writes == [(7 + i, dst + i * stride) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 7
+    model = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
+    ins = Instruction(Op.VPU, flags=pathway, count=rows, a=(src, 0), b=(dst, 0), c=(aux, 0),
+                      d=(bias, 0), stride=stride)
+    model._vpu(ins, {"src": src, "dst": dst, "aux": aux, "bias": bias})
+    assert np.array_equal(result["ub"], model.ub)
+    assert np.array_equal(result["acc"], acc)
+
+
+def test_vector_unit_transition_matches_float_math():
+    """Independent of the model: bias + Leaky ReLU + MSE derivative + derivative, in floats."""
+    cfg = CFG
+    fmt = cfg.data
+    rng = np.random.default_rng(42)
+    z = rng.uniform(-3, 3, (6, cfg.n))
+    b = rng.uniform(-1, 1, cfg.n)
+    y = rng.uniform(-1, 1, (6, cfg.n))
+    leak, scale = 0.25, 0.5
+    ub = np.zeros((cfg.ub_depth, cfg.n), dtype=np.int64)
+    acc = np.zeros((cfg.acc_depth, cfg.n), dtype=np.int64)
+    acc[:6] = cfg.acc.encode(z)
+    ub[20:26] = fmt.encode(y)
+    ub[40] = fmt.encode(b)
+    model = model_with(cfg, ub, acc, leak=int(cfg.scalar.encode(leak)),
+                       loss_scale=int(cfg.scalar.encode(scale)))
+    path = Pathway.BIAS | Pathway.ACT | Pathway.LOSS | Pathway.DERIV
+    model._vpu(Instruction(Op.VPU, flags=path, count=6, stride=1),
+               {"src": 0, "dst": 10, "aux": 20, "bias": 40})
+    zb = z + b
+    hh = np.where(zb >= 0, zb, leak * zb)
+    want = scale * (hh - y) * np.where(hh > 0, 1, leak)
+    assert np.max(np.abs(fmt.decode(model.ub[10:16]) - want)) <= 4 * fmt.lsb
+
+
+def test_gradient_descent_unit():
+    cfg = CFG
+    rng = np.random.default_rng(3)
+    ub, acc = random_memories(rng, cfg, big=True)
+    lr = int(cfg.scalar.encode(0.61))
+    rows, src, param = 7, 4, 11
+    h = Harness(cfg, ub, acc)
+    gd = GradientDescentUnit(cfg)
+    h.m.submodules.gd = gd
+    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
+    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
+    share_read(h.m, h.ub.r1, [])
+    share_write(h.m, h.ub.w, [gd.ub_wr])
+    writes, busy, result = [], [], {}
+
+    async def tb(ctx):
+        ctx.set(gd.lr, lr)
+        ctx.set(gd.cmd.payload, {"src": src, "param": param, "rows": rows})
+        ctx.set(gd.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(gd.cmd.valid, 0)
+        for cycle in range(1, rows + 8):
+            if ctx.get(gd.ub_wr.en):
+                writes.append((cycle, ctx.get(gd.ub_wr.addr)))
+            busy.append(ctx.get(gd.busy))
+            await ctx.tick()
+        result["ub"], _ = await h.dump(ctx)
+
+    h.run(tb)
+    assert writes == [(4 + i, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 4
+    # Independent numpy computation of theta - lr * grad.
+    update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
+    want = ub.copy()
+    want[param:param + rows] = np.clip(ub[param:param + rows] - update, -32768, 32767)
+    assert np.array_equal(result["ub"], want)
+    assert (np.abs(update) == 32767).any() or (want[param:param + rows] != ub[param:param + rows]).any()
+
+
+@pytest.mark.parametrize("rows, transpose", [(3, False), (2, False), (1, True), (3, True)])
+def test_weight_loader_order_padding_and_timing(rows, transpose):
+    cfg = CFG
+    rng = np.random.default_rng(rows)
+    ub, acc = random_memories(rng, cfg)
+    h = Harness(cfg, ub, acc)
+    loader = WeightLoader(cfg)
+    h.m.submodules.loader = loader
+    share_read(h.m, h.ub.r0, [h.tb_ub])
+    share_read(h.m, h.ub.r1, [loader.ub])
+    share_read(h.m, h.acc.r0, [h.tb_acc])
+    share_write(h.m, h.ub.w, [])
+    pushes, ready, busy = [], [], []
+
+    async def tb(ctx):
+        ctx.set(loader.cmd.payload, {"addr": 17, "rows": rows, "transpose": int(transpose)})
+        ctx.set(loader.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(loader.cmd.valid, 0)
+        for cycle in range(1, cfg.n + 5):
+            if ctx.get(loader.weights.valid):
+                p = ctx.get(loader.weights.payload)
+                pushes.append((cycle, [int(v) for v in p.data], int(p.transpose)))
+            ready.append(ctx.get(loader.ready))
+            busy.append(ctx.get(loader.busy))
+            await ctx.tick()
+
+    h.run(tb)
+    n = cfg.n
+    want = [[0] * n] * (n - rows) + [list(ub[17 + r]) for r in reversed(range(rows))]
+    assert [p[1] for p in pushes] == want
+    assert [p[0] for p in pushes] == list(range(2, n + 2))
+    assert all(p[2] == int(transpose) for p in pushes)
+    assert ready.index(1) + 1 == n and busy.index(0) + 1 == n + 2
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_matmul_engine_with_array(accumulate):
+    cfg = CFG
+    n = cfg.n
+    rng = np.random.default_rng(5 + accumulate)
+    ub, acc = random_memories(rng, cfg, big=True)
+    weights = rng.integers(-32768, 32768, (n, n))
+    rows, src, stride, dst = 8, 3, 3, 6
+    weights[:, 0] = -32768                 # the first row's first column saturates
+    ub[src] = -32768
+    h = Harness(cfg, ub, acc)
+    eng = MatmulEngine(cfg)
+    arr = SystolicArray(n, fmt=cfg.data, acc=cfg.acc)
+    h.m.submodules.eng = eng
+    h.m.submodules.arr = arr
+    h.m.d.comb += [arr.act.valid.eq(eng.act.valid), arr.act.payload.eq(eng.act.payload),
+                   eng.result.valid.eq(arr.result.valid),
+                   eng.result.payload.eq(arr.result.payload)]
+    share_read(h.m, h.ub.r0, [eng.ub, h.tb_ub])
+    share_read(h.m, h.ub.r1, [])
+    share_read(h.m, h.acc.r0, [eng.acc_rd, h.tb_acc])
+    share_write(h.m, h.acc.w, [eng.acc_wr])
+    share_write(h.m, h.ub.w, [])
+    writes, feeds, busy, ovf, result = [], [], [], [], {}
+
+    async def tb(ctx):
+        for r in reversed(range(n)):                     # load the weights directly
+            ctx.set(arr.weights.payload, {"data": [int(v) for v in weights[r]], "transpose": 0})
+            ctx.set(arr.weights.valid, 1)
+            await ctx.tick()
+        ctx.set(arr.weights.valid, 0)
+        await ctx.tick().repeat(n)
+        ctx.set(eng.cmd.payload, {"src": src, "stride": stride, "rows": rows, "dst": dst,
+                                  "accumulate": int(accumulate)})
+        ctx.set(eng.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(eng.cmd.valid, 0)
+        for cycle in range(1, rows + 2 * n + 6):
+            if ctx.get(eng.acc_wr.en):
+                writes.append((cycle, ctx.get(eng.acc_wr.addr)))
+                ovf.append(ctx.get(eng.overflow))
+            if ctx.get(eng.act.valid):
+                feeds.append(cycle)
+            busy.append(ctx.get(eng.busy))
+            await ctx.tick()
+        result["ub"], result["acc"] = await h.dump(ctx)
+
+    h.run(tb)
+    assert feeds == [2 + i for i in range(rows)]
+    assert writes == [(2 + i + 2 * n, dst + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 2 * n + 2
+    x = ub[src + stride * np.arange(rows)]
+    want_rows, want_ovf = dot_chain(x, weights, cfg.acc, return_overflow=True)
+    if accumulate:
+        want_rows, add_ovf = add_sat(acc[dst:dst + rows], want_rows, cfg.acc, return_overflow=True)
+        want_ovf |= add_ovf.any(axis=1)
+    want = acc.copy()
+    want[dst:dst + rows] = want_rows
+    assert np.array_equal(result["acc"], want)
+    assert ovf == [int(o) for o in want_ovf] and any(ovf)
+    assert np.array_equal(result["ub"], ub)
+
+
+def test_row_memory_transparent_read():
+    cfg = CFG
+    h = Harness(cfg, np.zeros((cfg.ub_depth, cfg.n), int), np.zeros((cfg.acc_depth, cfg.n), int))
+    wr = h.acc.w
+    share_read(h.m, h.acc.r0, [h.tb_acc])
+    share_read(h.m, h.ub.r0, [h.tb_ub])
+    share_read(h.m, h.ub.r1, [])
+    seen = {}
+
+    async def tb(ctx):
+        ctx.set(wr.addr, 5)
+        ctx.set(wr.data, [1, -2, 3])
+        ctx.set(wr.en, 1)
+        ctx.set(h.tb_acc.addr, 5)
+        ctx.set(h.tb_acc.en, 1)
+        await ctx.tick()
+        seen["same_cycle"] = [int(v) for v in ctx.get(h.tb_acc.data)]
+        ctx.set(wr.en, 0)
+        ctx.set(h.tb_acc.en, 0)
+        await ctx.tick()
+        seen["held"] = [int(v) for v in ctx.get(h.tb_acc.data)]
+
+    h.run(tb)
+    assert seen == {"same_cycle": [1, -2, 3], "held": [1, -2, 3]}

@@ -1,0 +1,201 @@
+"""The whole TPU: programs loaded through the host interface run on their own in simulation
+and give the reference model's results bit for bit, with the same cycle counts."""
+
+import numpy as np
+import pytest
+
+from tinytpu_hdl.asm import assemble
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.isa import ErrorCode, Pathway
+from tinytpu_hdl.numeric import Q8_8
+
+from tpu_helpers import run_both, run_on
+
+SMALL = dict(ub_depth=64, acc_depth=32, imem_depth=64)
+
+
+def pad(a, n):
+    a = np.atleast_2d(np.asarray(a))
+    out = np.zeros((a.shape[0], max(n, a.shape[1])), dtype=np.int64)
+    out[:, :a.shape[1]] = a
+    return out
+
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+XOR_W1 = np.array([[0.8, -0.6], [-0.7, 0.9]])       # (out, in) like torch
+XOR_B1 = np.array([0.1, -0.2])
+XOR_W2 = np.array([[1.1, 0.95]])
+XOR_B2 = np.array([-0.3])
+XOR_FORWARD = """
+    cfg leak, 0.5
+    loadw ub[8], rows={k1}              # S = W1^T: rows of W1^T are the input features
+    matmul ub[0], acc[0], rows=4
+    vpu acc[0], ub[16], rows=4, bias=ub[12], path=bias|act
+    loadw ub[20], rows={k2}             # S = W2^T
+    matmul ub[16], acc[4], rows=4
+    vpu acc[4], ub[24], rows=4, bias=ub[14], path=bias|act
+    halt
+"""
+
+
+def xor_forward(n):
+    enc = Q8_8.encode
+    ub = {0: pad(enc(XOR_X), n), 8: pad(enc(XOR_W1.T), n), 12: pad(enc(XOR_B1), n),
+          14: pad(enc(XOR_B2), n), 20: pad(enc(XOR_W2.T), n)}
+    program = assemble(XOR_FORWARD.format(k1=2, k2=2))
+    return ub, program
+
+
+def leaky(z, a=0.5):
+    return np.where(z >= 0, z, a * z)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_xor_forward_pass(n):
+    cfg = TPUConfig(n=n, **SMALL)
+    ub, program = xor_forward(n)
+    state, error = run_both(cfg, program, ub=ub)
+    assert error is None
+    h1 = leaky(XOR_X @ XOR_W1.T + XOR_B1)
+    h2 = leaky(h1 @ XOR_W2.T + XOR_B2)
+    got_h1 = Q8_8.decode(state["ub"][16:20, :2])
+    got_h2 = Q8_8.decode(state["ub"][24:28, :1])
+    assert np.max(np.abs(got_h1 - h1)) < 4 * Q8_8.lsb
+    assert np.max(np.abs(got_h2 - h2)) < 8 * Q8_8.lsb
+    # Padding lanes stay exactly zero.
+    assert not state["ub"][16:20, 2:].any() and not state["ub"][24:28, 1:].any()
+    cycles, _, busy, _, macs, _, instructions, _ = state["counters"]
+    assert (busy, macs, instructions) == (8, 8 * n * n, 8)
+    assert cycles > busy
+
+
+def test_matmul_with_k_larger_than_n_accumulates_over_tiles():
+    n = 2
+    cfg = TPUConfig(n=n, **SMALL)
+    rng = np.random.default_rng(0)
+    M, K, C = 5, 6, 4
+    x = rng.integers(-2000, 2000, (M, K))
+    w = rng.integers(-2000, 2000, (K, C))           # stationary S = w, tiled N x N
+    ub = {}
+    for kt in range(K // n):                       # x stored as K/N blocks of M rows
+        ub[kt * M] = x[:, kt * n:(kt + 1) * n]
+    lines = []
+    for ct in range(C // n):
+        for kt in range(K // n):
+            ub[32 + (ct * (K // n) + kt) * n] = w[kt * n:(kt + 1) * n, ct * n:(ct + 1) * n]
+            lines.append(f"loadw ub[{32 + (ct * (K // n) + kt) * n}], rows={n}")
+            acc_flag = ", accumulate" if kt else ""
+            lines.append(f"matmul ub[{kt * M}], acc[{ct * M}], rows={M}{acc_flag}")
+    lines.append("halt")
+    state, error = run_both(cfg, assemble("\n".join(lines)), ub=ub)
+    assert error is None
+    got = np.concatenate([state["acc"][ct * M:(ct + 1) * M] for ct in range(C // n)], axis=1)
+    assert np.array_equal(got, x @ w)
+
+
+def test_every_vector_pathway():
+    n = 2
+    cfg = TPUConfig(n=n, **SMALL)
+    rng = np.random.default_rng(1)
+    acc = {0: rng.integers(-2**24, 2**24, (4, n))}
+    acc[0][0, 0] = 2**31 - 1                        # saturates when narrowed
+    ub = {0: rng.integers(-3000, 3000, (4, n)), 4: rng.integers(-3000, 3000, (1, n))}
+    lines = ["cfg leak, 0.25", "cfg loss_scale, -0.75"]
+    for path in range(16):
+        names = "|".join(p.name.lower() for p in Pathway if path & p)
+        p = f", path={names}" if names else ""
+        lines.append(f"vpu acc[0], ub[{8 + 3 * path}], rows=3, aux=ub[0], bias=ub[4]{p}")
+    lines.append("halt")
+    state, error = run_both(cfg, assemble("\n".join(lines)), ub=ub, acc=acc)
+    assert error is None
+    outputs = [state["ub"][8 + 3 * p: 11 + 3 * p] for p in range(16)]
+    assert len({o.tobytes() for o in outputs}) == 16     # every pathway does something else
+    assert state["status"] >> 17 & 1                     # the vector-unit overflow flag
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_weight_loads_overlap_streaming(n):
+    """Tiles back to back: every extra tile costs exactly its rows in cycles, so no array cycle
+    is lost to weight loading between tiles. The shortest such tile has 2n-1 rows (the
+    array's double-buffering rule) and at least 4 (a LOADW and a MATMUL take the control unit
+    two cycles each)."""
+    cfg = TPUConfig(n=n, **SMALL)
+    rng = np.random.default_rng(n)
+    m = max(2 * n - 1, 4)
+    ub = {0: rng.integers(-500, 500, (m, n)), 16: rng.integers(-500, 500, (n, n))}
+
+    def program(tiles):
+        lines = []
+        for t in range(tiles):
+            lines += [f"loadw ub[16], rows={n}{', transpose' if t % 2 else ''}",
+                      f"matmul ub[0], acc[{t % 2 * m}], rows={m}"]
+        return assemble("\n".join(lines + ["halt"]))
+
+    counts = {}
+    for tiles in (3, 6):
+        state, error = run_both(cfg, program(tiles), ub=ub)
+        assert error is None
+        cycles, _, busy, _, macs, _, _, _ = state["counters"]
+        assert busy == tiles * m and macs == tiles * m * n * n
+        counts[tiles] = cycles
+    assert counts[6] - counts[3] == 3 * m
+
+
+@pytest.mark.parametrize("text, code, pc", [
+    ("nop\nloadw ub[0], rows=3\nhalt", ErrorCode.BAD_OPERAND, 1),
+    ("matmul ub[60], acc[0], rows=5\nhalt", ErrorCode.UB_RANGE, 0),
+    ("setr r1, 30\nmatmul ub[0], acc[r1], rows=3\nhalt", ErrorCode.ACC_RANGE, 1),
+    ("vpu acc[0], ub[4], rows=4, aux=ub[6], path=deriv\nhalt", ErrorCode.BAD_OPERAND, 0),
+    ("vpu acc[0], ub[4], rows=4, bias=ub[5], path=bias\nhalt", ErrorCode.BAD_OPERAND, 0),
+    ("gd acc[0], ub[0], rows=0\nhalt", ErrorCode.BAD_OPERAND, 0),
+    ("setr r1, 2\nloop: djnz r1, 70\nhalt", ErrorCode.PC_RANGE, 70),
+    ("nop\nnop", ErrorCode.PC_RANGE, 64),
+])
+def test_errors_agree(text, code, pc):
+    cfg = TPUConfig(n=2, **SMALL)
+    program = assemble(text)
+    program_words = program.words
+    if code == ErrorCode.PC_RANGE and text.startswith("nop"):
+        program_words = [0] * 64                     # 64 NOPs: falls off the end
+    state, error = run_both(cfg, program_words, ub={0: np.ones((4, 2), dtype=int)})
+    assert error is not None and error.code == code and error.pc == pc
+    assert state["status"] & 3 == 3
+
+
+def test_illegal_instruction_word():
+    cfg = TPUConfig(n=2, **SMALL)
+    words = assemble("nop\nhalt").words
+    words[1] |= 1 << 120                             # a reserved bit
+    state, error = run_both(cfg, words)
+    assert error.code == ErrorCode.ILLEGAL_INSTRUCTION and error.pc == 1
+    assert error.instruction == "illegal instruction word"
+
+
+def test_loop_and_registers():
+    cfg = TPUConfig(n=2, **SMALL)
+    rng = np.random.default_rng(9)
+    ub = {0: rng.integers(-100, 100, (8, 2)), 40: rng.integers(-100, 100, (2, 2))}
+    program = assemble("""
+        setr r1, 4
+        setr r2, 0
+        loadw ub[40], rows=2
+    loop:
+        matmul ub[r2], acc[r2+1], rows=2
+        addi r2, r2, 2
+        djnz r1, loop
+        sync
+        halt
+    """)
+    state, error = run_both(cfg, program, ub=ub)
+    assert error is None
+    assert state["regs"][1:3] == [0, 8]
+    assert np.array_equal(state["acc"][1:9], ub[0] @ ub[40])
+
+
+def test_watchdog_stops_an_endless_loop():
+    cfg = TPUConfig(n=2, **SMALL)
+    program = assemble("loop: nop\ndjnz r0, loop")
+    state, error = run_both(cfg, program, watchdog=100)
+    assert error.code == ErrorCode.WATCHDOG
+    # The watchdog fires in cycle 100; one cycle of draining (nothing in flight) follows.
+    assert state["counters"][0] == 102
