@@ -136,3 +136,15 @@ def test_assembler_errors_name_the_line(text, line, message):
         assemble(text)
     assert exc.value.line_no == line
     assert str(exc.value).startswith(f"line {line}:")
+
+
+def test_isa_document_lists_every_opcode_and_error():
+    from pathlib import Path
+
+    from tinytpu_hdl.isa import ErrorCode
+    text = (Path(__file__).parent.parent / "docs" / "isa.md").read_text()
+    for op in Op:
+        assert f"| {int(op):#04x} | `{op.name.lower()}" in text, op
+    for code in ErrorCode:
+        if code:
+            assert f"| {int(code)} | {code.name} |" in text, code

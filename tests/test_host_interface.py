@@ -1,0 +1,124 @@
+"""The host protocol, answered identically by the gateware and the reference model."""
+
+import numpy as np
+import pytest
+
+from tinytpu_hdl.asm import assemble
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.gateware.control import CSR, State
+from tinytpu_hdl.host_protocol import (
+    Command, Space, Status, header, item_words, pack_items, parse_header, unpack_items,
+)
+from tinytpu_hdl.isa import ErrorCode
+from tinytpu_hdl.runtime.driver import HostDriver, HostError, TPUError
+
+from tpu_helpers import BACKENDS
+
+CFG = TPUConfig(n=3, ub_depth=16, acc_depth=8, imem_depth=16)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def transport(request):
+    return BACKENDS[request.param](CFG)
+
+
+def status_of(resp):
+    return Status(parse_header(resp[0])[1])
+
+
+def test_pack_unpack_roundtrip():
+    rng = np.random.default_rng(0)
+    rows = rng.integers(-32768, 32768, (5, CFG.n))
+    words = pack_items(CFG, Space.UB, rows)
+    assert len(words) == 5 * item_words(CFG, Space.UB) == 10
+    assert np.array_equal(np.array(unpack_items(CFG, Space.UB, words)), rows)
+    acc_rows = rng.integers(-2**31, 2**31, (3, CFG.n))
+    assert np.array_equal(np.array(unpack_items(CFG, Space.ACC, pack_items(CFG, Space.ACC,
+                                                                           acc_rows))), acc_rows)
+    # Lane 0 in the low bits.
+    assert pack_items(CFG, Space.UB, [[1, -1, 2]]) == [0xFFFF0001, 0x0002]
+
+
+def test_write_then_read_every_space(transport):
+    d = HostDriver(transport)
+    rng = np.random.default_rng(1)
+    ub = rng.integers(-32768, 32768, (CFG.ub_depth, CFG.n))
+    acc = rng.integers(-2**31, 2**31, (CFG.acc_depth, CFG.n))
+    imem = [int(v) for v in rng.integers(0, 2**62, CFG.imem_depth)]
+    d.write(Space.UB, 0, ub)
+    d.write(Space.ACC, 0, acc)
+    d.write(Space.IMEM, 0, imem)
+    d.write_csr(CSR.REG_BASE + 3, 0x1234)
+    d.write_csr(CSR.REG_BASE + 0, 0x9999)              # R0 stays zero
+    assert np.array_equal(np.array(d.read(Space.UB, 0, CFG.ub_depth)), ub)
+    assert np.array_equal(np.array(d.read(Space.ACC, 0, CFG.acc_depth)), acc)
+    assert d.read(Space.IMEM, 0, CFG.imem_depth) == imem
+    assert d.read(Space.CSR, CSR.REG_BASE, 4) == [0, 0, 0, 0x1234]
+    assert d.csr(CSR.INFO) == CFG.n | 16 << 8 | 8 << 16
+    assert d.read(Space.CSR, CSR.UB_DEPTH, 3) == [16, 8, 16]
+
+
+def test_out_of_range_write_changes_nothing(transport):
+    d = HostDriver(transport)
+    d.write(Space.UB, 14, [[1, 2, 3], [4, 5, 6]])
+    words = [header(Command.WRITE, Space.UB, 3), 14] + pack_items(CFG, Space.UB, [[9, 9, 9]] * 3)
+    assert status_of(transport.exchange(words)) == Status.RANGE
+    assert np.array_equal(np.array(d.read(Space.UB, 14, 2)), [[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(HostError, match="READ refused: RANGE"):
+        d.read(Space.ACC, 7, 2)
+    # The stream is still in step: the next command works.
+    assert d.read(Space.UB, 15, 1)[0].tolist() == [4, 5, 6]
+
+
+def test_bad_commands(transport):
+    d = HostDriver(transport)
+    resp = transport.exchange([header(0x77, 0, 0), 0])
+    assert resp == [0x77 | Status.BAD_COMMAND << 8]
+    resp = transport.exchange([header(Command.READ, 9, 1), 0])
+    assert status_of(resp) == Status.BAD_COMMAND
+    assert d.csr(CSR.STATUS) == State.IDLE
+
+
+def test_start_is_refused_in_the_error_state_until_cleared(transport):
+    d = HostDriver(transport)
+    d.load_program(assemble("loadw ub[0], rows=9\nhalt"))
+    with pytest.raises(TPUError) as exc:
+        d.run()
+    assert exc.value.code == ErrorCode.BAD_OPERAND and exc.value.pc == 0
+    assert exc.value.instruction == "loadw ub[0], rows=9"
+    with pytest.raises(HostError, match="START refused: REFUSED"):
+        d.start(1)
+    d.clear()
+    assert d.status()[0] == State.IDLE and d.csr(CSR.ERROR_PC) == 0
+    d.start(1)                                             # runs the HALT at address 1
+    assert d.wait() == State.DONE
+
+
+def test_host_write_while_running_stops_the_program():
+    transport = BACKENDS["pysim"](CFG)
+    d = HostDriver(transport)
+    d.write(Space.UB, 3, [[7, 7, 7]])
+    d.load_program(assemble("loop: nop\ndjnz r0, loop"))
+    d.start(0)
+    assert d.status()[0] == State.RUNNING                  # CSR reads work while running
+    with pytest.raises(HostError, match="READ refused: BUSY"):
+        d.read(Space.UB, 0, 1)
+    assert d.status()[0] == State.RUNNING                  # a refused read changes nothing
+    with pytest.raises(HostError, match="WRITE refused: BUSY"):
+        d.write(Space.UB, 3, [[1, 2, 3]])
+    with pytest.raises(TPUError) as exc:
+        d.wait()
+    assert exc.value.code == ErrorCode.HOST_CONFLICT
+    d.clear()
+    assert d.read(Space.UB, 3, 1)[0].tolist() == [7, 7, 7]  # the refused write wrote nothing
+
+
+def test_stop_command():
+    transport = BACKENDS["pysim"](CFG)
+    d = HostDriver(transport)
+    d.load_program(assemble("loop: nop\ndjnz r0, loop"))
+    d.start(0)
+    d.stop()
+    with pytest.raises(TPUError) as exc:
+        d.wait()
+    assert exc.value.code == ErrorCode.STOPPED and exc.value.pc in (0, 1)
