@@ -11,7 +11,7 @@ Syntax (one instruction per line; ``#`` starts a comment; ``name:`` defines a la
     matmul ub[A], acc[A], rows=N [, stride=S] [, accumulate]
     vpu    acc[A], ub[A], rows=N [, aux=ub[A]] [, bias=ub[A]] [, path=bias|act|loss|deriv]
            [, stride=S]
-    gd     acc[A], ub[A], rows=N
+    gd     acc[A], ub[A], rows=N [, stochastic]
 
 An address ``A`` is ``NUM``, ``rK`` or ``rK+NUM``. ``stride`` defaults to 1.
 """
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_TRANSPOSE, OPCODES, ConfigReg, Instruction, Op, Pathway, decode, encode,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, OPCODES, ConfigReg, Instruction, Op, Pathway, decode, encode,
 )
 from .numeric import FixedFormat
 
@@ -151,10 +151,11 @@ def _parse(body, labels, scalar):
     except KeyError:
         raise ValueError(f"unknown mnemonic {mnemonic!r}") from None
     ops = _split_operands(rest)
-    positional = [o for o in ops if "=" not in o and o not in ("transpose", "accumulate")]
+    flag_names = ("transpose", "accumulate", "stochastic")
+    positional = [o for o in ops if "=" not in o and o not in flag_names]
     keywords = dict(o.split("=", 1) for o in ops if "=" in o)
     keywords = {k.strip(): v.strip() for k, v in keywords.items()}
-    words = {o for o in ops if o in ("transpose", "accumulate")}
+    words = {o for o in ops if o in flag_names}
 
     def need(n):
         if len(positional) != n:
@@ -166,7 +167,8 @@ def _parse(body, labels, scalar):
     unknown = set(keywords) - allowed
     if unknown:
         raise ValueError(f"{op.name.lower()} has no operand {sorted(unknown)[0]!r}")
-    flag_words = {Op.LOADW: {"transpose"}, Op.MATMUL: {"accumulate"}}.get(op, set())
+    flag_words = {Op.LOADW: {"transpose"}, Op.MATMUL: {"accumulate"},
+                  Op.GD: {"stochastic"}}.get(op, set())
     if words - flag_words:
         raise ValueError(f"{op.name.lower()} takes no flag {sorted(words - flag_words)[0]!r}")
 
@@ -241,7 +243,8 @@ def _parse(body, labels, scalar):
                            stride=stride())
     if op == Op.GD:
         need(2)
-        return Instruction(op, count=rows(), a=_address(positional[0], "acc"),
+        return Instruction(op, flags=FLAG_STOCHASTIC if "stochastic" in words else 0,
+                           count=rows(), a=_address(positional[0], "acc"),
                            b=_address(positional[1], "ub"))
     raise ValueError(f"no syntax for {op.name}")  # every Op is handled above
 
@@ -289,7 +292,8 @@ def format_instruction(ins: Instruction, labels_by_index=None) -> str:
             text += f", stride={ins.stride}"
         return text
     if op == Op.GD:
-        return f"gd {_fmt_addr('acc', ins.a)}, {_fmt_addr('ub', ins.b)}, rows={ins.count}"
+        text = f"gd {_fmt_addr('acc', ins.a)}, {_fmt_addr('ub', ins.b)}, rows={ins.count}"
+        return text + (", stochastic" if ins.flags & FLAG_STOCHASTIC else "")
     raise ValueError(f"no syntax for {op.name}")
 
 

@@ -86,6 +86,20 @@ def _cmd_demo_matmul(args):
     return 0 if ok else 1
 
 
+def _cmd_demo_xor(args):
+    from .demos.xor import run_xor
+    ok, _, _ = run_xor(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
+                       seed=args.seed, plot=args.plot)
+    return 0 if ok else 1
+
+
+def _cmd_demo_digits(args):
+    from .demos.digits import run_digits
+    run_digits(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
+               batch_size=args.batch, hidden=args.hidden, seed=args.seed, plot=args.plot)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tinytpu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +123,24 @@ def main(argv=None):
     d.add_argument("--rows", type=int, default=8, help="input rows per tile (default 8)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo_matmul)
+    d = demos.add_parser("xor", help="train the 2-2-1 XOR network on the device")
+    d.add_argument("--backend", default="reference", help="reference (default) or pysim")
+    d.add_argument("--n", type=int, default=2, help="array size N (default 2)")
+    d.add_argument("--epochs", type=int, default=300)
+    d.add_argument("--lr", type=float, default=0.5)
+    d.add_argument("--seed", type=int, default=13)
+    d.add_argument("--plot", default="xor_loss.png", help="loss-curve PNG ('' for none)")
+    d.set_defaults(func=_cmd_demo_xor)
+    d = demos.add_parser("digits", help="train an MLP on the 8x8 digits on the device")
+    d.add_argument("--backend", default="reference", help="reference (default) or pysim")
+    d.add_argument("--n", type=int, default=8, help="array size N (default 8)")
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--lr", type=float, default=0.5)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--hidden", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--plot", default="digits_loss.png", help="loss-curve PNG ('' for none)")
+    d.set_defaults(func=_cmd_demo_digits)
 
     args = parser.parse_args(argv)
     try:

@@ -101,9 +101,10 @@ class ErrorCode(IntEnum):
     STOPPED = 8               # the host stopped the program
 
 
-#: Flag bits of LOADW / MATMUL.
+#: Flag bits of LOADW / MATMUL / GD.
 FLAG_TRANSPOSE = 1
 FLAG_ACCUMULATE = 1
+FLAG_STOCHASTIC = 1
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,8 @@ OPCODES = {
     Op.VPU: OpSpec(Op.VPU, {"src": "a", "dst": "b", "aux": "c", "bias": "d", "rows": "count",
                             "stride": "stride", "flags": "flags"},
                    {"src": "acc", "dst": "ub", "aux": "ub", "bias": "ub"}, flag_mask=0xF),
-    Op.GD: OpSpec(Op.GD, {"src": "a", "param": "b", "rows": "count"},
-                  {"src": "acc", "param": "ub"}),
+    Op.GD: OpSpec(Op.GD, {"src": "a", "param": "b", "rows": "count", "flags": "flags"},
+                  {"src": "acc", "param": "ub"}, flag_mask=FLAG_STOCHASTIC),
 }
 
 

@@ -31,6 +31,11 @@ and compiler call the functions below):
   sticky bits) and is bias-free except on exact ties.
 * **Encoding** a float applies the same rule: ``floor(x * 2**frac + 1/2)``
   then saturation.
+* **Stochastic narrowing** (used only by the gradient-descent unit when an
+  instruction asks for it): ``floor(x / 2**s + r / 2**s)`` with ``r`` a
+  pseudo-random integer in ``[0, 2**s)`` from :func:`xorshift32`, then
+  saturation. It rounds up with probability equal to the discarded
+  fraction, so updates smaller than one LSB survive on average.
 
 The numpy functions work on ``int64`` arrays of raw integers; every format
 must therefore be at most 62 bits wide. The ``hdl_*`` functions build the
@@ -45,7 +50,9 @@ from amaranth.hdl import Cat, Const, Mux, Value, signed
 __all__ = [
     "FixedFormat", "Q8_8", "Q16_16", "FormatError",
     "round_shift", "saturate", "narrow", "add_sat", "mul_narrow", "dot_chain",
+    "stochastic_narrow", "xorshift32", "xorshift_seed",
     "hdl_saturate", "hdl_round_shift", "hdl_narrow", "hdl_add_sat", "hdl_mul_narrow",
+    "hdl_stochastic_narrow", "hdl_xorshift32",
 ]
 
 
@@ -159,6 +166,33 @@ def round_shift(raw, shift):
     return raw
 
 
+def stochastic_narrow(raw, src, dst, random_bits, *, return_overflow=False):
+    """Narrow ``raw`` (format ``src``) to ``dst`` adding ``random_bits`` (uniform 32-bit
+    integers; their low ``s`` bits are used, ``s = src.frac - dst.frac > 0``) before the
+    arithmetic shift, then saturate."""
+    shift = src.frac - dst.frac
+    if shift <= 0:
+        raise ValueError("stochastic narrowing needs fewer fraction bits in the destination")
+    offset = np.asarray(random_bits, dtype=np.int64) & ((1 << shift) - 1)
+    value = (np.asarray(raw, dtype=np.int64) + offset) >> shift
+    return saturate(value, dst, return_overflow=return_overflow)
+
+
+def xorshift32(state):
+    """One step of Marsaglia's xorshift32 on ``uint32`` values (never 0 for a nonzero state)."""
+    x = np.asarray(state, dtype=np.uint64) & 0xFFFFFFFF
+    x ^= (x << np.uint64(13)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(17)
+    x ^= (x << np.uint64(5)) & np.uint64(0xFFFFFFFF)
+    return x.astype(np.int64)
+
+
+def xorshift_seed(seed, lane):
+    """Initial xorshift32 state of ``lane`` for a 32-bit ``seed`` (never zero)."""
+    state = (seed ^ ((lane + 1) * 0x9E3779B9)) & 0xFFFFFFFF
+    return state or 0x6D2B79F5
+
+
 def saturate(raw, fmt, *, return_overflow=False):
     """Clamp raw integers to the range of ``fmt``; optionally also return the overflow mask."""
     raw = np.asarray(raw, dtype=np.int64)
@@ -243,6 +277,21 @@ def hdl_round_shift(value, shift):
     if shift < 0:
         return value << -shift
     return value
+
+
+def hdl_stochastic_narrow(value, src, dst, random_bits):
+    """Amaranth expression for :func:`stochastic_narrow`: returns ``(result, overflow)``."""
+    shift = src.frac - dst.frac
+    offset = Value.cast(random_bits)[:shift]
+    return hdl_saturate((Value.cast(value) + offset) >> shift, dst)
+
+
+def hdl_xorshift32(state):
+    """Amaranth expression: the next xorshift32 state after the 32-bit ``state``."""
+    x = Value.cast(state)[:32]
+    x = (x ^ (x << 13))[:32]
+    x = (x ^ (x >> 17))[:32]
+    return (x ^ (x << 5))[:32]
 
 
 def hdl_narrow(value, src, dst):

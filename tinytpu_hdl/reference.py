@@ -20,10 +20,13 @@ from .host_protocol import (
     Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
 )
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, DecodeError, ErrorCode, Op, Pathway,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, DecodeError, ErrorCode, Op, Pathway,
     decode,
 )
-from .numeric import add_sat, dot_chain, mul_narrow, narrow, saturate
+from .numeric import (
+    FixedFormat, add_sat, dot_chain, mul_narrow, narrow, saturate, stochastic_narrow, xorshift32,
+    xorshift_seed,
+)
 
 __all__ = ["ReferenceTPU", "ReferenceTransport"]
 
@@ -65,6 +68,8 @@ class ReferenceTPU:
         self.macs = 0
         self.instructions = 0
         self.flags = [False, False, False]   # array, vector, gradient-descent overflow
+        self.seed = 0
+        self.rng = np.array([xorshift_seed(0, lane) for lane in range(n)], dtype=np.int64)
 
     # --- CSRs ------------------------------------------------------------------------------
 
@@ -84,7 +89,7 @@ class ReferenceTPU:
             CSR.INSTRUCTIONS_HI: self.instructions >> 32,
             CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
             CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
-            CSR.IMEM_DEPTH: cfg.imem_depth,
+            CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,
         }
         if addr in values:
             return values[addr] & 0xFFFFFFFF
@@ -102,6 +107,10 @@ class ReferenceTPU:
             self.watchdog = (self.watchdog & ~0xFFFFFFFF) | value
         elif addr == CSR.WATCHDOG_HI:
             self.watchdog = (self.watchdog & 0xFFFFFFFF) | (value << 32)
+        elif addr == CSR.SEED:
+            self.seed = value
+            self.rng = np.array([xorshift_seed(value, lane) for lane in range(self.cfg.n)],
+                                dtype=np.int64)
         elif CSR.REG_BASE + 1 <= addr < CSR.REG_BASE + NUM_REGS:
             self.regs[addr - CSR.REG_BASE] = value & 0xFFFF
         elif CSR.CFG_BASE <= addr < CSR.CFG_BASE + len(ConfigReg):
@@ -204,7 +213,8 @@ class ReferenceTPU:
                 self._vpu(ins, operands)
                 vpu_idle = c + VPU_IDLE(n, rows)
             elif op == Op.GD:
-                self._gd(operands["src"], operands["param"], rows)
+                self._gd(operands["src"], operands["param"], rows,
+                         bool(ins.flags & FLAG_STOCHASTIC))
                 gd_idle = c + GD_IDLE(n, rows)
             self.pc = next_pc
             f = c + 1
@@ -306,11 +316,23 @@ class ReferenceTPU:
         self.ub[dst + stride * np.arange(rows)] = x
         self.flags[1] |= bool(ovf.any())
 
-    def _gd(self, src, param, rows):
+    def _gd(self, src, param, rows, stochastic=False):
         cfg = self.cfg
         lr = self._scalar(ConfigReg.LR)
-        update, o1 = mul_narrow(self.acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data,
-                                return_overflow=True)
+        grad = self.acc[src:src + rows]
+        if stochastic:
+            prod_fmt = FixedFormat(min(62, cfg.acc.width + cfg.scalar.width),
+                                   cfg.acc.frac + cfg.scalar.frac)
+            bits = np.empty((rows, cfg.n), dtype=np.int64)
+            state = self.rng
+            for i in range(rows):
+                bits[i] = state
+                state = xorshift32(state)
+            self.rng = state
+            update, o1 = stochastic_narrow(grad * lr, prod_fmt, cfg.data, bits,
+                                           return_overflow=True)
+        else:
+            update, o1 = mul_narrow(grad, cfg.acc, lr, cfg.scalar, cfg.data, return_overflow=True)
         theta, o2 = saturate(self.ub[param:param + rows] - update, cfg.data, return_overflow=True)
         self.ub[param:param + rows] = theta
         self.flags[2] |= bool((o1 | o2).any())

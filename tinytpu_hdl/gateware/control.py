@@ -48,6 +48,7 @@ class CSR(IntEnum):
     UB_DEPTH = 15
     ACC_DEPTH = 16
     IMEM_DEPTH = 17
+    SEED = 18           # read/write: writing reseeds the stochastic-rounding generators
     REG_BASE = 32       # R0..R7, read/write (R0 reads 0)
     CFG_BASE = 40       # LEAK, LR, LOSS_SCALE, read/write
 
@@ -77,6 +78,7 @@ class ControlUnit(wiring.Component):
     host_conflict : In(1)              -- the host wrote a memory while the program ran
     csr_addr, csr_rdata, csr_wdata, csr_we : host access to the CSRs
     running : Out(1)
+    seed, reseed : Out                 -- the SEED CSR and a pulse when the host writes it
     state : Out(2)                     -- the ``State`` of the status register
 
     Timing
@@ -126,6 +128,7 @@ class ControlUnit(wiring.Component):
             "csr_addr": In(6), "csr_rdata": Out(32), "csr_wdata": In(32), "csr_we": In(1),
             "running": Out(1),
             "state": Out(2),
+            "seed": Out(32), "reseed": Out(1),
         })
 
     def elaborate(self, platform):
@@ -289,6 +292,7 @@ class ControlUnit(wiring.Component):
             self.gd_cmd.payload.src.eq(ea),
             self.gd_cmd.payload.param.eq(eb),
             self.gd_cmd.payload.rows.eq(rows),
+            self.gd_cmd.payload.stochastic.eq(ins.flags[0]),
         ]
         assert FLAG_TRANSPOSE == 1 and FLAG_ACCUMULATE == 1
 
@@ -401,6 +405,7 @@ class ControlUnit(wiring.Component):
             CSR.INSTRUCTIONS_LO: issued[:32], CSR.INSTRUCTIONS_HI: issued[32:],
             CSR.INFO: info, CSR.UB_DEPTH: Const(cfg.ub_depth, 32),
             CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),
+            CSR.SEED: self.seed,
         }
         with m.Switch(self.csr_addr):
             for addr, value in readable.items():
@@ -421,6 +426,9 @@ class ControlUnit(wiring.Component):
                     m.d.sync += watchdog[:32].eq(self.csr_wdata)
                 with m.Case(CSR.WATCHDOG_HI):
                     m.d.sync += watchdog[32:].eq(self.csr_wdata)
+                with m.Case(CSR.SEED):
+                    m.d.sync += self.seed.eq(self.csr_wdata)
+                    m.d.comb += self.reseed.eq(1)
                 for i in range(1, NUM_REGS):
                     with m.Case(CSR.REG_BASE + i):
                         m.d.sync += regs[i].eq(self.csr_wdata)

@@ -1,10 +1,12 @@
 """Gradient-descent unit: ``theta <- theta - lr * grad`` in place in the unified buffer."""
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..numeric import FixedFormat, hdl_narrow, hdl_saturate
+from ..numeric import (
+    FixedFormat, hdl_saturate, hdl_stochastic_narrow, hdl_xorshift32, xorshift_seed,
+)
 from .memory import addr_width, read_request, write_request
 from .signatures import valid_stream
 
@@ -14,7 +16,7 @@ __all__ = ["GradientDescentUnit", "GradientCommandLayout"]
 class GradientCommandLayout(data.StructLayout):
     def __init__(self, cfg):
         super().__init__({"src": addr_width(cfg.acc_depth), "param": addr_width(cfg.ub_depth),
-                          "rows": 16})
+                          "rows": 16, "stochastic": 1})
 
 
 class GradientDescentUnit(wiring.Component):
@@ -23,8 +25,11 @@ class GradientDescentUnit(wiring.Component):
     The gradient is taken at full accumulator precision: the product of the
     learning rate (scalar format) and the gradient (accumulator format) is
     exact, and only the update is rounded to the data format, with the rules
-    of :mod:`tinytpu_hdl.numeric`. ``overflow`` pulses for a row in which the
-    update or the new parameter saturated.
+    of :mod:`tinytpu_hdl.numeric`: to nearest, or stochastically when the
+    command's ``stochastic`` bit is set. Each lane has its own xorshift32
+    generator, advanced once per stochastically rounded row; writing ``seed``
+    (pulse ``reseed``) restarts them. ``overflow`` pulses for a row in which
+    the update or the new parameter saturated.
 
     Timing
     ------
@@ -41,6 +46,7 @@ class GradientDescentUnit(wiring.Component):
             "ub_rd": Out(read_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
             "ub_wr": Out(write_request(cfg.ub_depth, data.ArrayLayout(cfg.data.shape, cfg.n))),
             "lr": In(cfg.scalar.shape),
+            "seed": In(32), "reseed": In(1),
             "busy": Out(1),
             "overflow": Out(1),
         })
@@ -56,6 +62,7 @@ class GradientDescentUnit(wiring.Component):
         src = Signal.like(self.cmd.payload.src)
         param_rd = Signal.like(self.cmd.payload.param)
         param_wr = Signal.like(self.cmd.payload.param)
+        stochastic = Signal()
         active = remaining != 0
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1),
@@ -63,7 +70,8 @@ class GradientDescentUnit(wiring.Component):
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), param_rd.eq(param_rd + 1)]
         with m.If(self.cmd.valid):
             m.d.sync += [remaining.eq(self.cmd.payload.rows), src.eq(self.cmd.payload.src),
-                         param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param)]
+                         param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
+                         stochastic.eq(self.cmd.payload.stochastic)]
 
         v0, v1, v2 = Signal(), Signal(), Signal()
         m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1)]
@@ -76,14 +84,22 @@ class GradientDescentUnit(wiring.Component):
         m.d.sync += theta.eq(self.ub_rd.data)
 
         # Stage 2: round the update to the data format, subtract, saturate.
+        shift = prod_fmt.frac - fmt.frac
+        states = [Signal(32, name=f"rng_{lane}", init=xorshift_seed(0, lane)) for lane in range(n)]
         new = Signal(data.ArrayLayout(fmt.shape, n))
         new_ovf = Signal()
         ovf = Const(0, 1)
         for lane in range(n):
-            update, o_update = hdl_narrow(prods[lane], prod_fmt, fmt)
+            offset = Mux(stochastic, states[lane], 1 << (shift - 1))
+            update, o_update = hdl_stochastic_narrow(prods[lane], prod_fmt, fmt, offset)
             value, o_value = hdl_saturate(theta[lane] - update, fmt)
             m.d.sync += new[lane].eq(value)
             ovf = ovf | o_update | o_value
+            with m.If(self.reseed):
+                seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
+                m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
+            with m.Elif(v1 & stochastic):
+                m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
         m.d.sync += new_ovf.eq(ovf & v1)
 
         with m.If(v2):

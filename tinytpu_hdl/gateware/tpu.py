@@ -115,6 +115,8 @@ class TPU(wiring.Component):
             vector.leak.eq(control.leak),
             vector.loss_scale.eq(control.loss_scale),
             gd.lr.eq(control.lr),
+            gd.seed.eq(control.seed),
+            gd.reseed.eq(control.reseed),
             # Host.
             control.start.eq(host.start),
             control.stop.eq(host.stop),

@@ -1,0 +1,72 @@
+"""Train a small MLP on scikit-learn's 8x8 digits on the device, next to the same network
+trained in float64 numpy with the same initialisation and schedule."""
+
+import numpy as np
+
+from ..config import TPUConfig
+from ..model import MLP
+from ..runtime.accelerator import Accelerator
+from .common import ProgressBar, save_loss_plot
+
+__all__ = ["load_digits_split", "digits_model", "run_digits"]
+
+
+def load_digits_split(seed=0, train_fraction=0.8):
+    """The bundled digits (no download), pixels scaled to [0, 1], shuffled, split."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RuntimeError("the digits demo needs scikit-learn (pip install scikit-learn)") \
+            from None
+    digits = load_digits()
+    x = digits.data / 16.0
+    y = digits.target
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    cut = int(train_fraction * len(x))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def digits_model(hidden=32, seed=0):
+    return MLP.random([64, hidden, 10], seed=seed, leak=0.01,
+                      activations=["leaky_relu", "none"])
+
+
+def train_float(model, x, y_onehot, *, lr, epochs, batch_size):
+    batches = len(x) // batch_size
+    losses = []
+    for _ in range(epochs):
+        epoch = [model.sgd_step_float(x[j * batch_size:(j + 1) * batch_size],
+                                      y_onehot[j * batch_size:(j + 1) * batch_size], lr)
+                 for j in range(batches)]
+        losses.append(float(np.mean(epoch)))
+    return losses
+
+
+def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=32, hidden=32,
+               seed=0, plot="digits_loss.png", out=print):
+    x_train, y_train, x_test, y_test = load_digits_split(seed)
+    onehot = np.eye(10)[y_train]
+    cfg = TPUConfig(n=n, ub_depth=65536, acc_depth=256, imem_depth=1024)
+    acc = Accelerator(cfg, backend=backend)
+    model = digits_model(hidden, seed)
+    reference = model.copy()
+    out(f"Training a 64-{hidden}-10 MLP on {len(x_train)} digits ({len(x_test)} held out), "
+        f"MSE on one-hot targets, SGD lr {lr}, batch {batch_size}, {epochs} epochs, on the "
+        f"{backend} backend (N={n})")
+    losses = acc.train(model, x_train, onehot, lr=lr, epochs=epochs, batch_size=batch_size,
+                       progress=ProgressBar(epochs))
+    device_acc = float(np.mean(np.argmax(acc.forward(model, x_test), axis=1) == y_test))
+    stats = acc.stats
+    float_losses = train_float(reference, x_train, onehot, lr=lr, epochs=epochs,
+                               batch_size=batch_size)
+    float_acc = float(np.mean(np.argmax(reference.forward_float(x_test), axis=1) == y_test))
+    out(f"{'':>22} {'device':>10} {'float64':>10}")
+    out(f"{'final training loss':>22} {losses[-1]:>10.5f} {float_losses[-1]:>10.5f}")
+    out(f"{'test accuracy':>22} {100 * device_acc:>9.1f}% {100 * float_acc:>9.1f}%")
+    out(f"Training ran {stats.cycles} device cycles ({stats.cycles // epochs} per epoch) in "
+        f"{stats.runs} program runs, array utilization {100 * stats.utilization:.1f}%")
+    if plot and save_loss_plot(losses, plot, f"digits on tinytpu_hdl (N={n}, {backend})",
+                               extra=[("float64", float_losses)]):
+        out(f"loss curves written to {plot}")
+    return device_acc, float_acc, losses, float_losses
