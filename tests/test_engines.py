@@ -143,6 +143,51 @@ def test_vector_unit_transition_matches_float_math():
     assert np.max(np.abs(fmt.decode(model.ub[10:16]) - want)) <= 4 * fmt.lsb
 
 
+@pytest.mark.parametrize("seed", [None, 12345])
+def test_gradient_descent_unit_stochastic(seed):
+    """Stochastic rounding against the reference model's generator, also after a reseed."""
+    cfg = CFG
+    rng = np.random.default_rng(7)
+    ub, acc = random_memories(rng, cfg)
+    lr = int(cfg.scalar.encode(0.013))
+    rows = 6
+    h = Harness(cfg, ub, acc)
+    gd = GradientDescentUnit(cfg)
+    h.m.submodules.gd = gd
+    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
+    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
+    share_read(h.m, h.ub.r1, [])
+    share_write(h.m, h.ub.w, [gd.ub_wr])
+    result = {}
+
+    async def tb(ctx):
+        ctx.set(gd.lr, lr)
+        if seed is not None:
+            ctx.set(gd.seed, seed)
+            ctx.set(gd.reseed, 1)
+            await ctx.tick()
+            ctx.set(gd.reseed, 0)
+        for start in (0, 10):                       # two commands: the generators carry on
+            ctx.set(gd.cmd.payload, {"src": start, "param": start, "rows": rows, "stochastic": 1})
+            ctx.set(gd.cmd.valid, 1)
+            await ctx.tick()
+            ctx.set(gd.cmd.valid, 0)
+            await ctx.tick().repeat(rows + 6)
+        result["ub"], _ = await h.dump(ctx)
+
+    h.run(tb)
+    model = model_with(cfg, ub, acc, lr=lr)
+    if seed is not None:
+        from tinytpu_hdl.gateware.control import CSR
+        model.write_csr(CSR.SEED, seed)
+    model._gd(0, 0, rows, stochastic=True)
+    model._gd(10, 10, rows, stochastic=True)
+    assert np.array_equal(result["ub"], model.ub)
+    nearest = model_with(cfg, ub, acc, lr=lr)
+    nearest._gd(0, 0, rows)
+    assert not np.array_equal(nearest.ub[:rows], model.ub[:rows])
+
+
 def test_gradient_descent_unit():
     cfg = CFG
     rng = np.random.default_rng(3)

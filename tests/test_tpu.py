@@ -199,3 +199,19 @@ def test_watchdog_stops_an_endless_loop():
     assert error.code == ErrorCode.WATCHDOG
     # The watchdog fires in cycle 100; one cycle of draining (nothing in flight) follows.
     assert state["counters"][0] == 102
+
+
+def test_stochastic_gradient_descent_program():
+    cfg = TPUConfig(n=2, **SMALL)
+    rng = np.random.default_rng(4)
+    ub = {0: rng.integers(-3000, 3000, (8, 2))}
+    acc = {0: rng.integers(-2**20, 2**20, (8, 2))}
+    program = assemble("""
+        cfg lr, 0.01
+        gd acc[0], ub[0], rows=4, stochastic
+        gd acc[4], ub[4], rows=4
+        gd acc[0], ub[0], rows=4, stochastic
+        halt
+    """)
+    state, error = run_both(cfg, program, ub=ub, acc=acc)
+    assert error is None and state["ub"][:8].any()

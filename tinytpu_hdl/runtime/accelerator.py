@@ -138,7 +138,9 @@ class Accelerator:
         n_out = b_raw.shape[1]
         plan = compile_matmul(cfg, m, k, n_out)
         self.driver.write(Space.UB, plan.a_base, to_blocked(a_raw, n))
-        self.driver.write(Space.UB, plan.b_base, to_blocked(b_raw, n))
+        b_padded = np.zeros((plan.b_rows, n_out), dtype=np.int64)
+        b_padded[:k] = b_raw
+        self.driver.write(Space.UB, plan.b_base, to_blocked(b_padded, n))
         out = np.zeros((m, ceil_div(n_out, n) * n), dtype=np.int64)
         stats = Stats(n)
         for p in plan.passes:
