@@ -63,9 +63,3 @@ def test_cli_rejects_bad_config(capsys):
         main(["verilog", "--n", "0"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
-
-
-def test_demo_matmul(capsys):
-    assert main(["demo", "matmul", "--n", "2", "--tiles", "3", "--rows", "4"]) == 0
-    out = capsys.readouterr().out
-    assert out.count(" yes") == 3 and "idle cycles between tiles: 0" in out
