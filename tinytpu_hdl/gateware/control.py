@@ -78,7 +78,8 @@ class ControlUnit(wiring.Component):
     host_conflict : In(1)              -- the host wrote a memory while the program ran
     csr_addr, csr_rdata, csr_wdata, csr_we : host access to the CSRs
     running : Out(1)
-    seed, reseed : Out                 -- the SEED CSR and a pulse when the host writes it
+    seed, reseed : Out                 -- the SEED CSR, and a pulse in the cycle after the host
+                                          writes it
     state : Out(2)                     -- the ``State`` of the status register
 
     Timing
@@ -418,6 +419,7 @@ class ControlUnit(wiring.Component):
                 with m.Case(CSR.CFG_BASE + r):
                     m.d.comb += self.csr_rdata.eq(cfgs[r])
 
+        m.d.sync += self.reseed.eq(0)
         with m.If(self.csr_we & ~running):
             with m.Switch(self.csr_addr):
                 with m.Case(CSR.START_PC):
@@ -427,8 +429,8 @@ class ControlUnit(wiring.Component):
                 with m.Case(CSR.WATCHDOG_HI):
                     m.d.sync += watchdog[32:].eq(self.csr_wdata)
                 with m.Case(CSR.SEED):
-                    m.d.sync += self.seed.eq(self.csr_wdata)
-                    m.d.comb += self.reseed.eq(1)
+                    # The pulse follows the write, so that ``seed`` holds the new value.
+                    m.d.sync += [self.seed.eq(self.csr_wdata), self.reseed.eq(1)]
                 for i in range(1, NUM_REGS):
                     with m.Case(CSR.REG_BASE + i):
                         m.d.sync += regs[i].eq(self.csr_wdata)

@@ -1,0 +1,56 @@
+"""Differential fuzzing of the gateware against the reference model (a short run here; a
+long one behind the ``slow`` marker and in scripts/fuzz.py)."""
+
+import numpy as np
+import pytest
+
+from tinytpu_hdl.asm import assemble
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.reference import ReferenceTransport
+from tinytpu_hdl.runtime.pysim import PysimTransport
+from tinytpu_hdl.testing.differential import compare, run_case
+from tinytpu_hdl.testing.program_gen import FuzzCase, random_case
+
+CFG = TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=32)
+
+
+def fuzz(cfg, seeds):
+    sim, ref = PysimTransport(cfg), ReferenceTransport(cfg)
+    outcomes = set()
+    for seed in seeds:
+        case = random_case(cfg, seed)
+        (ro, re_), (so, se) = run_case(ref, case), run_case(sim, case)
+        assert not compare(ro, so), f"seed {seed} ({case.description}): {compare(ro, so)}"
+        assert re_ == se, f"seed {seed} ({case.description}): {re_} vs {se}"
+        outcomes.add("ok" if re_ is None else re_[0].name)
+    return outcomes
+
+
+def test_generator_makes_valid_and_invalid_programs():
+    kinds = {random_case(CFG, s).description.split(" ")[0].rstrip(",") for s in range(30)}
+    assert kinds == {"valid", "invalid"}
+
+
+def test_fuzz_short():
+    outcomes = fuzz(CFG, range(40))
+    assert "ok" in outcomes and "ILLEGAL_INSTRUCTION" in outcomes and len(outcomes) >= 3
+
+
+def test_fuzz_n3():
+    fuzz(TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32), range(100, 115))
+
+
+@pytest.mark.slow
+def test_fuzz_long():
+    fuzz(CFG, range(1000, 1600))
+
+
+def test_regression_seed_written_by_the_host_reseeds_the_generators():
+    """Found by the fuzzer: the gradient-descent unit reseeded from the previous SEED value
+    because the reseed pulse came in the same cycle as the register write."""
+    rng = np.random.default_rng(0)
+    case = FuzzCase(assemble("cfg lr, 0x2697\ngd acc[5], ub[27], rows=4, stochastic\nhalt").words,
+                    rng.integers(-32768, 32768, (32, 2)), rng.integers(-2**26, 2**26, (16, 2)),
+                    {}, {}, 5, 0, "regression")
+    (ro, _), (so, _) = run_case(ReferenceTransport(CFG), case), run_case(PysimTransport(CFG), case)
+    assert not compare(ro, so)
