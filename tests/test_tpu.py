@@ -215,3 +215,44 @@ def test_stochastic_gradient_descent_program():
     """)
     state, error = run_both(cfg, program, ub=ub, acc=acc)
     assert error is None and state["ub"][:8].any()
+
+
+def test_overflow_flags_are_sticky_per_run():
+    cfg = TPUConfig(n=2, **SMALL)
+    big = np.full((2, 2), -32768)
+    ub = {0: big, 8: big, 16: np.full((2, 2), 32767)}
+    program = assemble("""
+        loadw ub[8], rows=2
+        matmul ub[0], acc[0], rows=2            # 2 * 2**30 saturates the accumulators
+        vpu acc[0], ub[20], rows=2               # narrowing a saturated sum saturates
+        cfg lr, -1.5
+        gd acc[0], ub[16], rows=2                # 32767 + 1.5 * huge saturates
+        loadw ub[16], rows=1
+        matmul ub[16], acc[4], rows=1
+        halt
+    """)
+    state, error = run_both(cfg, program, ub=ub)
+    assert error is None
+    assert state["status"] >> 16 & 7 == 7
+    small, _ = run_both(cfg, assemble("loadw ub[16], rows=1\nmatmul ub[16], acc[4], rows=1\n"
+                                      "halt"), ub={16: np.full((2, 2), 16)})
+    assert small["status"] >> 16 & 7 == 0
+
+
+def test_fault_leaves_memory_as_the_instructions_before_it_left_it():
+    cfg = TPUConfig(n=2, **SMALL)
+    rng = np.random.default_rng(8)
+    ub = {0: rng.integers(-1000, 1000, (40, 2))}
+    acc = {0: rng.integers(-2**20, 2**20, (16, 2))}
+    prefix = """
+        loadw ub[0], rows=2
+        matmul ub[4], acc[0], rows=6
+        vpu acc[0], ub[30], rows=6, path=act
+        gd acc[6], ub[10], rows=3
+    """
+    faulting, error = run_both(cfg, assemble(prefix + "vpu acc[0], ub[60], rows=6\nhalt"),
+                               ub=ub, acc=acc)
+    assert error.code == ErrorCode.UB_RANGE and error.pc == 4
+    clean, _ = run_both(cfg, assemble(prefix + "halt"), ub=ub, acc=acc)
+    assert np.array_equal(faulting["ub"], clean["ub"])
+    assert np.array_equal(faulting["acc"], clean["acc"])

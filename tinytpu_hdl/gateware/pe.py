@@ -57,6 +57,9 @@ class ProcessingElement(wiring.Component):
         The shadow weight, fed to the south and east neighbours' ``w_north``
         and ``w_west``, so the shadow registers of a column (a row) form a
         shift register for loading a tile (a transposed tile).
+    w_active : Out
+        The active weight (for observation and formal proofs; the array does
+        not use it).
 
     Timing
     ------
@@ -90,6 +93,7 @@ class ProcessingElement(wiring.Component):
             "w_west": In(fmt.shape),
             "shift_east": In(1),
             "w_shadow": Out(fmt.shape),
+            "w_active": Out(fmt.shape),
         })
 
     @property
@@ -103,7 +107,7 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        active = Signal(self._fmt.shape)
+        active = self.w_active
         product = Signal(2 * self._fmt.width)
         product_valid = Signal()
 

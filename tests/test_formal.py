@@ -1,0 +1,257 @@
+# amaranth: UnusedElaboratable=no
+"""Formal properties, checked by SymbiYosys with yices (all from PyPI).
+
+Every property is listed with its mode and depth in docs/verification.md.
+"""
+
+import pytest
+from amaranth.asserts import AnyConst, AnySeq
+from amaranth.hdl import Assert, Assume, Cover, Module, Mux, Signal, signed
+from amaranth.lib import data
+
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.gateware.control import ControlUnit
+from tinytpu_hdl.gateware.gd_unit import GradientDescentUnit
+from tinytpu_hdl.gateware.host import HostInterface
+from tinytpu_hdl.gateware.loader import WeightLoader
+from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
+from tinytpu_hdl.gateware.pe import ProcessingElement
+from tinytpu_hdl.gateware.vector_unit import VectorUnit
+from tinytpu_hdl.isa import Op
+from tinytpu_hdl.numeric import FixedFormat, Q8_8, Q16_16
+from tinytpu_hdl.testing.formal import formal_tools_missing, run_formal
+
+pytestmark = pytest.mark.skipif(formal_tools_missing() is not None,
+                                reason=f"formal tool missing: {formal_tools_missing()}")
+
+SMALL = TPUConfig(n=1, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+
+
+def check(spec, mode, depth, name):
+    result = run_formal(spec, mode=mode, depth=depth, name=name)
+    assert result.passed, result.log[-3000:]
+
+
+def drive_anyseq(m, *signals):
+    for sig in signals:
+        width = len(sig.as_value()) if isinstance(sig, data.View) else len(sig)
+        m.d.comb += sig.as_value().eq(AnySeq(width)) if isinstance(sig, data.View) \
+            else sig.eq(AnySeq(width))
+
+
+def pe_spec(fmt, acc, *, wrong=False):
+    """Shadow = last weight shifted in; active = shadow at the last switch; psum_out two
+    cycles after a valid input = saturate(psum_in one cycle after it + x * w), with w the
+    shadow weight on a switch, else the active one; overflow = incoming flag or saturation."""
+    m = Module()
+    m.submodules.pe = pe = ProcessingElement(fmt, acc)
+    drive_anyseq(m, pe.act_in, pe.psum_in, pe.w_north, pe.shift_south, pe.w_west, pe.shift_east)
+    shadow, active = Signal(fmt.shape), Signal(fmt.shape)
+    with m.If(pe.shift_south):
+        m.d.sync += shadow.eq(pe.w_north)
+    with m.Elif(pe.shift_east):
+        m.d.sync += shadow.eq(pe.w_west)
+    switch = pe.act_in.valid & pe.act_in.switch
+    with m.If(switch):
+        m.d.sync += active.eq(shadow)
+    m.d.comb += [Assert(pe.w_shadow == shadow), Assert(pe.w_active == active)]
+    x1, w1 = Signal(fmt.shape), Signal(fmt.shape)
+    v1, v2 = Signal(), Signal()
+    m.d.sync += [x1.eq(pe.act_in.data), w1.eq(Mux(switch, shadow, active)),
+                 v1.eq(pe.act_in.valid), v2.eq(v1)]
+    exact = Signal(signed(acc.width + 2))
+    m.d.comb += exact.eq(pe.psum_in.value + x1 * w1)
+    high, low = exact > acc.max_int, exact < acc.min_int
+    expected = Signal(acc.shape)
+    expected_ovf = Signal()
+    if wrong:       # wrap-around instead of saturation: must be refuted
+        m.d.sync += expected.eq(exact)
+    else:
+        m.d.sync += expected.eq(Mux(high, acc.max_int, Mux(low, acc.min_int, exact)))
+    m.d.sync += expected_ovf.eq(pe.psum_in.overflow | high | low)
+    with m.If(v2):
+        m.d.comb += [Assert(pe.psum_out.value == expected),
+                     Assert(pe.psum_out.overflow == expected_ovf)]
+    return m
+
+
+def test_pe_small_format_by_induction():
+    check(pe_spec(FixedFormat(4, 2), FixedFormat(8, 4)), "prove", 4, "pe_small")
+
+
+def test_pe_spec_is_not_vacuous():
+    result = run_formal(pe_spec(FixedFormat(4, 2), FixedFormat(8, 4), wrong=True), mode="bmc",
+                        depth=6, name="pe_wrong")
+    assert not result.passed and "Assert failed" in result.log
+
+
+@pytest.mark.slow
+def test_pe_q8_8_by_induction():
+    check(pe_spec(Q8_8, Q16_16), "prove", 4, "pe_q88")
+
+
+def engine_writes_spec(engine_cls, cfg, port, base_field, *, stride=True, count=None):
+    """After a command is accepted, the k-th write (or read) of ``port`` goes to
+    ``base + k * stride`` and there are at most ``rows`` of them; none happens while idle."""
+    m = Module()
+    m.submodules.eng = eng = engine_cls(cfg)
+    inputs = [eng.cmd.payload]
+    for name in ("leak", "loss_scale", "lr", "seed", "reseed"):
+        if hasattr(eng, name):
+            inputs.append(getattr(eng, name))
+    for name in ("acc_rd", "ub_aux", "ub_bias", "ub_rd", "ub"):
+        if hasattr(eng, name):
+            inputs.append(getattr(eng, name).data)
+    if hasattr(eng, "result"):
+        inputs += [eng.result.payload, eng.result.valid]
+    drive_anyseq(m, *inputs)
+    valid = Signal()
+    m.d.comb += [valid.eq(AnySeq(1)), eng.cmd.valid.eq(valid)]
+    busy = eng.busy
+    ready = getattr(eng, "ready", ~busy)
+    m.d.comb += Assume(~valid | ready)
+    payload = eng.cmd.payload
+    base = Signal(17)
+    step = Signal(9)
+    rows = Signal(16)
+    k = Signal(17)
+    accepted = Signal()
+    access = getattr(eng, port)
+    enable = access.en
+    with m.If(valid):
+        m.d.sync += [base.eq(getattr(payload, base_field)), rows.eq(payload.rows), k.eq(0),
+                     accepted.eq(1),
+                     step.eq(payload.stride if stride else 1)]
+    with m.Elif(enable):
+        m.d.sync += k.eq(k + 1)
+    # One command at a time in this harness: the next is accepted only when idle.
+    m.d.comb += Assume(~valid | ~busy)
+    with m.If(enable):
+        m.d.comb += [Assert(accepted), Assert(k < rows),
+                     Assert(access.addr == (base + k * step)[:len(access.addr)])]
+    m.d.comb += Cover(accepted & (k == 3) & ~busy)
+    return m
+
+
+@pytest.mark.parametrize("engine, port, base, stride", [
+    (VectorUnit, "ub_wr", "dst", True),
+    (VectorUnit, "acc_rd", "src", False),
+    (GradientDescentUnit, "ub_wr", "param", False),
+    (MatmulEngine, "acc_wr", "dst", False),
+    (MatmulEngine, "ub", "src", True),
+])
+def test_engine_accesses_stay_in_the_commanded_rows(engine, port, base, stride):
+    check(engine_writes_spec(engine, SMALL, port, base, stride=stride), "bmc", 16,
+          f"{engine.__name__}_{port}")
+
+
+def test_weight_loader_reads_only_the_tile():
+    cfg = TPUConfig(n=3, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+    m = Module()
+    m.submodules.ld = ld = WeightLoader(cfg)
+    drive_anyseq(m, ld.cmd.payload, ld.ub.data)
+    valid = Signal()
+    m.d.comb += [valid.eq(AnySeq(1)), ld.cmd.valid.eq(valid), Assume(~valid | ld.ready)]
+    base, rows = Signal(17), Signal(16)
+    with m.If(valid):
+        m.d.sync += [base.eq(ld.cmd.payload.addr), rows.eq(ld.cmd.payload.rows)]
+    # What the control unit guarantees before it issues a LOADW.
+    m.d.comb += Assume(~valid | ((ld.cmd.payload.rows >= 1) & (ld.cmd.payload.rows <= cfg.n) &
+                                 (ld.cmd.payload.addr + ld.cmd.payload.rows <= cfg.ub_depth)))
+    with m.If(ld.ub.en):
+        m.d.comb += [Assert(ld.ub.addr >= base), Assert(ld.ub.addr < base + rows)]
+    check(m, "bmc", 16, "loader")
+
+
+def control_spec(cfg, *, watchdog_bound=None, cover_op=None):
+    """The control unit with an arbitrary instruction memory and idle engines."""
+    m = Module()
+    m.submodules.cu = cu = ControlUnit(cfg)
+    word = Signal(128)
+    with m.If(cu.imem.en):
+        m.d.sync += word.eq(AnySeq(128))
+    m.d.comb += cu.imem.data.eq(word)
+    m.d.comb += [cu.load_ready.eq(1), cu.matmul_ready.eq(1), cu.load_busy.eq(0),
+                 cu.matmul_busy.eq(0), cu.vpu_busy.eq(0), cu.gd_busy.eq(0), cu.stop.eq(0),
+                 cu.host_conflict.eq(0)]
+    drive_anyseq(m, cu.start, cu.clear, cu.row_fed, cu.array_overflow, cu.vpu_overflow,
+                 cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we)
+    issued = cu.load_cmd.valid | cu.matmul_cmd.valid | cu.vpu_cmd.valid | cu.gd_cmd.valid
+    return m, cu, issued
+
+
+def test_control_issues_or_faults_within_n_cycles_when_engines_are_idle():
+    """No deadlock: with idle engines no instruction waits in issue longer than the array's
+    double-buffering holds (n cycles), so the unit always fetches again, halts or faults."""
+    cfg = TPUConfig(n=3, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+    m, cu, _ = control_spec(cfg)
+    stuck = Signal(range(16))
+    pc_prev = Signal(16)
+    m.d.sync += pc_prev.eq(cu.csr_rdata)
+    # The control unit is in the issue state when it is running and did not just read imem.
+    fetched = Signal()
+    m.d.sync += fetched.eq(cu.imem.en)
+    waiting = cu.running & ~cu.imem.en & ~fetched
+    with m.If(waiting):
+        m.d.sync += stuck.eq(stuck + 1)
+    with m.Else():
+        m.d.sync += stuck.eq(0)
+    m.d.comb += Assert(stuck <= cfg.n)
+    check(m, "bmc", 24, "control_liveness")
+
+
+def test_control_watchdog_bounds_every_run():
+    """With a watchdog of W cycles, a run ends (done or error) within W + 2 cycles of its
+    start, whatever the program, when the engines are idle."""
+    cfg = SMALL
+    m, cu, _ = control_spec(cfg)
+    budget = Signal(4)
+    m.d.comb += [budget.eq(AnyConst(4)), Assume(budget != 0)]
+    # The host sets the watchdog before starting; CSR writes only reach it while idle.
+    m.d.comb += Assume(~cu.csr_we | (cu.csr_addr != 5))
+    with m.If(cu.csr_we & (cu.csr_addr == 4)):
+        m.d.comb += Assume(cu.csr_wdata == budget)
+    armed = Signal()
+    with m.If(cu.csr_we & (cu.csr_addr == 4) & ~cu.running):
+        m.d.sync += armed.eq(1)
+    m.d.comb += Assume(~cu.start | armed)
+    elapsed = Signal(8)
+    with m.If(cu.running):
+        m.d.sync += elapsed.eq(elapsed + 1)
+    with m.Else():
+        m.d.sync += elapsed.eq(0)
+    m.d.comb += Assert(elapsed <= budget + 2)
+    check(m, "bmc", 24, "control_watchdog")
+
+
+@pytest.mark.parametrize("op", [Op.LOADW, Op.MATMUL, Op.VPU, Op.GD])
+def test_every_engine_instruction_can_issue(op):
+    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+    m, cu, _ = control_spec(cfg)
+    command = {Op.LOADW: cu.load_cmd, Op.MATMUL: cu.matmul_cmd, Op.VPU: cu.vpu_cmd,
+               Op.GD: cu.gd_cmd}[op]
+    m.d.comb += Cover(command.valid)
+    check(m, "cover", 8, f"cover_{op.name}")
+
+
+def test_host_interface_never_writes_outside_a_memory():
+    """Whatever the command stream, a memory write address is inside the memory, and no
+    write happens while a program runs."""
+    cfg = SMALL
+    m = Module()
+    m.submodules.host = host = HostInterface(cfg)
+    drive_anyseq(m, host.cmd.valid, host.cmd.payload, host.resp.ready, host.ub_rd.data,
+                 host.acc_rd.data, host.imem_rd.data, host.csr_rdata)
+    # A program runs from a START until it ends, at any time.
+    running = Signal()
+    with m.If(host.start):
+        m.d.sync += running.eq(1)
+    with m.Elif(AnySeq(1)):
+        m.d.sync += running.eq(0)
+    m.d.comb += host.running.eq(running)
+    for port, depth in ((host.ub_wr, cfg.ub_depth), (host.acc_wr, cfg.acc_depth),
+                        (host.imem_wr, cfg.imem_depth)):
+        with m.If(port.en):
+            m.d.comb += [Assert(port.addr < depth), Assert(~host.running)]
+    m.d.comb += Cover(host.ub_wr.en)
+    check(m, "bmc", 14, "host_ranges")
