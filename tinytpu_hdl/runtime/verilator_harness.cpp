@@ -1,0 +1,104 @@
+// Host-stream harness for the Verilated TPU, loaded by tinytpu_hdl/runtime/verilator.py with
+// ctypes. One call moves a whole command packet in and its whole response packet out, so
+// Python is crossed once per host command, not once per cycle.
+#include <cstdint>
+#include <memory>
+#include "Vtinytpu.h"
+#include "verilated.h"
+
+// Verilator spells the "__" of Amaranth's port names as "___05F".
+#define CMD_VALID host_cmd___05Fvalid
+#define CMD_READY host_cmd___05Fready
+#define CMD_PAYLOAD host_cmd___05Fpayload
+#define RESP_VALID host_resp___05Fvalid
+#define RESP_READY host_resp___05Fready
+#define RESP_PAYLOAD host_resp___05Fpayload
+
+struct Harness {
+    std::unique_ptr<VerilatedContext> context;
+    std::unique_ptr<Vtinytpu> top;
+    uint64_t cycles = 0;
+    int item_words[4] = {1, 1, 4, 1};
+};
+
+static void tick(Harness *h) {
+    h->top->clk = 0;
+    h->top->eval();
+    h->top->clk = 1;
+    h->top->eval();
+    h->cycles++;
+}
+
+extern "C" {
+
+Harness *tpu_create(int ub_words, int acc_words, int imem_words, int csr_words) {
+    Harness *h = new Harness;
+    h->context.reset(new VerilatedContext);
+    h->top.reset(new Vtinytpu(h->context.get()));
+    h->item_words[0] = ub_words;
+    h->item_words[1] = acc_words;
+    h->item_words[2] = imem_words;
+    h->item_words[3] = csr_words;
+    h->top->CMD_VALID = 0;
+    h->top->RESP_READY = 1;
+    h->top->rst = 1;
+    tick(h);
+    tick(h);
+    h->top->rst = 0;
+    h->cycles = 0;
+    return h;
+}
+
+void tpu_destroy(Harness *h) {
+    h->top->final();
+    delete h;
+}
+
+uint64_t tpu_cycles(Harness *h) { return h->cycles; }
+
+void tpu_idle(Harness *h, uint64_t cycles) {
+    h->top->CMD_VALID = 0;
+    h->top->RESP_READY = 1;
+    for (uint64_t i = 0; i < cycles; i++) tick(h);
+}
+
+// Send n command words, return the number of response words written to out (-1: timeout,
+// -2: out too small).
+int64_t tpu_exchange(Harness *h, const uint32_t *in, int64_t n, uint32_t *out,
+                     int64_t max_out, uint64_t timeout) {
+    int64_t sent = 0, got = 0, expected = -1;
+    uint64_t start = h->cycles;
+    uint32_t command = n ? in[0] : 0;
+    while (true) {
+        h->top->CMD_VALID = sent < n;
+        h->top->CMD_PAYLOAD = sent < n ? in[sent] : 0;
+        h->top->RESP_READY = 1;
+        h->top->clk = 0;
+        h->top->eval();
+        bool cmd_fire = h->top->CMD_VALID && h->top->CMD_READY;
+        bool resp_fire = h->top->RESP_VALID;
+        uint32_t word = h->top->RESP_PAYLOAD;
+        h->top->clk = 1;
+        h->top->eval();
+        h->cycles++;
+        if (cmd_fire) sent++;
+        if (resp_fire) {
+            if (got >= max_out) return -2;
+            out[got++] = word;
+            if (got == 1) {
+                expected = 1;
+                uint32_t status = (word >> 8) & 0xff, count = word >> 16;
+                uint32_t space = (command >> 8) & 0xff;
+                if ((word & 0xff) == 0x02 && status == 0 && space < 4)
+                    expected += (int64_t)count * h->item_words[space];
+            }
+        }
+        if (expected >= 0 && got >= expected && sent >= n) {
+            h->top->CMD_VALID = 0;
+            return got;
+        }
+        if (h->cycles - start > timeout) return -1;
+    }
+}
+
+}
