@@ -143,6 +143,17 @@ def test_vector_unit_transition_matches_float_math():
     assert np.max(np.abs(fmt.decode(model.ub[10:16]) - want)) <= 4 * fmt.lsb
 
 
+def gd_harness(cfg, ub, acc):
+    h = Harness(cfg, ub, acc)
+    gd = GradientDescentUnit(cfg)
+    h.m.submodules.gd = gd
+    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
+    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
+    share_read(h.m, h.ub.r1, [])
+    share_write(h.m, h.ub.w, [gd.ub_wr])
+    return h, gd
+
+
 @pytest.mark.parametrize("seed", [None, 12345])
 def test_gradient_descent_unit_stochastic(seed):
     """Stochastic rounding against the reference model's generator, also after a reseed."""
@@ -151,13 +162,7 @@ def test_gradient_descent_unit_stochastic(seed):
     ub, acc = random_memories(rng, cfg)
     lr = int(cfg.scalar.encode(0.013))
     rows = 6
-    h = Harness(cfg, ub, acc)
-    gd = GradientDescentUnit(cfg)
-    h.m.submodules.gd = gd
-    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
-    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
-    share_read(h.m, h.ub.r1, [])
-    share_write(h.m, h.ub.w, [gd.ub_wr])
+    h, gd = gd_harness(cfg, ub, acc)
     result = {}
 
     async def tb(ctx):
@@ -194,13 +199,7 @@ def test_gradient_descent_unit():
     ub, acc = random_memories(rng, cfg, big=True)
     lr = int(cfg.scalar.encode(0.61))
     rows, src, param = 7, 4, 11
-    h = Harness(cfg, ub, acc)
-    gd = GradientDescentUnit(cfg)
-    h.m.submodules.gd = gd
-    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
-    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
-    share_read(h.m, h.ub.r1, [])
-    share_write(h.m, h.ub.w, [gd.ub_wr])
+    h, gd = gd_harness(cfg, ub, acc)
     writes, busy, result = [], [], {}
 
     async def tb(ctx):

@@ -206,5 +206,5 @@ class TestConfig:
             TPUConfig(n=n)
 
     def test_bad_accumulator(self):
-        with pytest.raises(ValueError, match="must have 16 fraction bits"):
+        with pytest.raises(ValueError, match="needs 16 fraction bits"):
             TPUConfig(n=2, acc=FixedFormat(32, 8))

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from .numeric import FixedFormat, Q8_8
+from .numeric import FixedFormat, Q8_8, check_accumulator
 
 __all__ = ["TPUConfig"]
 
@@ -50,7 +50,4 @@ class TPUConfig:
                 raise ValueError(f"{name} must be an integer from 1 to 65536, not {value!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
-        if self.acc.frac != 2 * self.data.frac or self.acc.width < 2 * self.data.width:
-            raise ValueError(f"Accumulator format {self.acc} must have {2 * self.data.frac} "
-                             f"fraction bits and at least {2 * self.data.width} bits to hold "
-                             f"products of {self.data} exactly")
+        check_accumulator(self.data, self.acc)

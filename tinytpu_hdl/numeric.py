@@ -48,7 +48,7 @@ import numpy as np
 from amaranth.hdl import Cat, Const, Mux, Value, signed
 
 __all__ = [
-    "FixedFormat", "Q8_8", "Q16_16", "FormatError",
+    "FixedFormat", "Q8_8", "Q16_16", "FormatError", "check_accumulator",
     "round_shift", "saturate", "narrow", "add_sat", "mul_narrow", "dot_chain",
     "stochastic_narrow", "xorshift32", "xorshift_seed",
     "hdl_saturate", "hdl_round_shift", "hdl_narrow", "hdl_add_sat", "hdl_mul_narrow",
@@ -145,6 +145,14 @@ class FixedFormat:
         """Inverse of :meth:`to_unsigned`: sign-extend ``width``-bit patterns."""
         bits = np.asarray(bits, dtype=np.int64) & ((1 << self.width) - 1)
         return np.where(bits >= (1 << (self.width - 1)), bits - (1 << self.width), bits)
+
+
+def check_accumulator(fmt, acc):
+    """Raise ``ValueError`` unless ``acc`` holds every product of two ``fmt`` values exactly
+    (twice the fraction bits, at least twice the width)."""
+    if acc.frac != 2 * fmt.frac or acc.width < 2 * fmt.width:
+        raise ValueError(f"Accumulator format {acc} cannot hold products of {fmt} exactly: it "
+                         f"needs {2 * fmt.frac} fraction bits and at least {2 * fmt.width} bits")
 
 
 #: The default data format (16-bit, 8 fraction bits).

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..numeric import FixedFormat, hdl_add_sat
+from ..numeric import FixedFormat, check_accumulator, hdl_add_sat
 
 __all__ = ["ActivationLayout", "PartialSumLayout", "ProcessingElement"]
 
@@ -79,8 +79,7 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, fmt: FixedFormat, acc: FixedFormat):
-        if acc.frac != 2 * fmt.frac or acc.width < 2 * fmt.width:
-            raise ValueError(f"Accumulator format {acc} cannot hold products of {fmt} exactly")
+        check_accumulator(fmt, acc)
         self._fmt = fmt
         self._acc = acc
         super().__init__({

@@ -4,7 +4,7 @@ from amaranth.hdl import Const, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..numeric import FixedFormat, Q8_8, Q16_16
+from ..numeric import FixedFormat, Q8_8, Q16_16, check_accumulator
 from .delay import delayed
 from .signatures import valid_stream
 from .pe import ActivationLayout, PartialSumLayout, ProcessingElement
@@ -104,8 +104,7 @@ class SystolicArray(wiring.Component):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Array {name} must be a positive integer, not {value!r}")
-        if acc.frac != 2 * fmt.frac or acc.width < 2 * fmt.width:
-            raise ValueError(f"Accumulator format {acc} cannot hold products of {fmt} exactly")
+        check_accumulator(fmt, acc)
         self._rows = rows
         self._cols = cols
         self._fmt = fmt
