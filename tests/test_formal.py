@@ -257,3 +257,80 @@ def test_host_interface_never_writes_outside_a_memory():
             m.d.comb += [Assert(port.addr < depth), Assert(~host.running)]
     m.d.comb += Cover(host.ub_wr.en)
     check(m, "bmc", 14, "host_ranges")
+
+
+def test_bridge_crc_check_matches_the_reference_crc():
+    """The gateware CRC byte step equals the host's crc16 (checked exhaustively over bytes)."""
+    from amaranth.sim import Simulator
+    from tinytpu_hdl.gateware.uart_bridge import hdl_crc16_byte
+    from tinytpu_hdl.host_protocol import crc16
+    m = Module()
+    state, byte, out = Signal(16), Signal(8), Signal(16)
+    m.d.comb += out.eq(hdl_crc16_byte(state, byte))
+    mismatches = []
+
+    async def tb(ctx):
+        for s in (0xFFFF, 0x0000, 0x1D0F, 0xA5A5):
+            for b in range(256):
+                ctx.set(state, s)
+                ctx.set(byte, b)
+                if ctx.get(out) != crc16(bytes([b]), s):
+                    mismatches.append((s, b))
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+    assert not mismatches
+
+
+def bridge_crc_spec(max_words):
+    """A frame with a bad CRC never reaches the TPU: no word is forwarded unless the last
+    complete frame's CRC (computed here independently of the receiver's state machine)
+    matched, and never more words than that frame carried."""
+    from tinytpu_hdl.gateware.uart_bridge import FrameReceiver, hdl_crc16_byte
+    from tinytpu_hdl.host_protocol import FRAME_TO_DEVICE
+    m = Module()
+    m.submodules.fr = fr = FrameReceiver(max_words=max_words, timeout=1000)
+    drive_anyseq(m, fr.bytes.valid, fr.bytes.payload, fr.error_ack, fr.reply_done, fr.cmd.ready)
+    m.d.comb += fr.framing_error.eq(0)
+    got, byte = fr.bytes.valid, fr.bytes.payload
+    # Independent parser of the wire format.
+    state = Signal(3)       # 0 sync, 1 len0, 2 len1, 3 data, 4 crc0, 5 crc1
+    length, seen, crc, crc_lo = Signal(16), Signal(16), Signal(16), Signal(8)
+    matched, budget = Signal(), Signal(16)
+    listening = fr.listening
+    with m.If(got & listening):
+        with m.Switch(state):
+            with m.Case(0):
+                with m.If(byte == FRAME_TO_DEVICE):
+                    m.d.sync += [state.eq(1), crc.eq(0xFFFF), seen.eq(0), matched.eq(0)]
+            with m.Case(1):
+                m.d.sync += [length[:8].eq(byte), crc.eq(hdl_crc16_byte(crc, byte)), state.eq(2)]
+            with m.Case(2):
+                total = length[:8] | (byte << 8)
+                m.d.sync += [length[8:].eq(byte), crc.eq(hdl_crc16_byte(crc, byte))]
+                m.d.sync += state.eq(Mux((total == 0) | (total > max_words), 0, 3))
+            with m.Case(3):
+                m.d.sync += [crc.eq(hdl_crc16_byte(crc, byte)), seen.eq(seen + 1)]
+                with m.If(seen == length * 4 - 1):
+                    m.d.sync += state.eq(4)
+            with m.Case(4):
+                m.d.sync += [crc_lo.eq(byte), state.eq(5)]
+            with m.Case(5):
+                ok = (crc[:8] == crc_lo) & (crc[8:] == byte)
+                m.d.sync += [matched.eq(ok), budget.eq(Mux(ok, length, 0)), state.eq(0)]
+    with m.If(fr.cmd.valid & fr.cmd.ready):
+        m.d.sync += budget.eq(budget - 1)
+    with m.If(fr.cmd.valid):
+        m.d.comb += [Assert(matched), Assert(budget != 0)]
+    m.d.comb += Cover(fr.cmd.valid & fr.cmd.ready & (budget == 1))
+    return m
+
+
+def test_bridge_forwards_only_frames_whose_crc_matches():
+    check(bridge_crc_spec(max_words=1), "bmc", 14, "bridge_crc")
+
+
+@pytest.mark.slow
+def test_bridge_forwards_only_frames_whose_crc_matches_two_word_frames():
+    check(bridge_crc_spec(max_words=2), "bmc", 22, "bridge_crc2")

@@ -23,7 +23,49 @@ import numpy as np
 from .isa import INSTRUCTION_BITS
 
 __all__ = ["Command", "Space", "Status", "item_bits", "item_words", "pack_items",
-           "unpack_items", "header", "parse_header", "ProtocolError"]
+           "unpack_items", "header", "parse_header", "ProtocolError", "crc16", "frame",
+           "FRAME_TO_DEVICE", "FRAME_TO_HOST", "BRIDGE_ERROR", "BridgeError", "response_length"]
+
+#: Serial framing (the UART bridge): sync byte, 16-bit word count, words (little endian),
+#: CRC-16/CCITT-FALSE of the count and word bytes.
+FRAME_TO_DEVICE = 0xA5
+FRAME_TO_HOST = 0x5A
+#: Low byte of the single word of a bridge error frame; the error is in bits [15:8].
+BRIDGE_ERROR = 0xEE
+
+
+class BridgeError(IntEnum):
+    CRC = 1          # the frame's CRC did not match: nothing was executed
+    LENGTH = 2       # zero words, or more than the bridge buffers
+    TIMEOUT = 3      # the frame stopped arriving
+    FRAMING = 4      # a byte without its stop bit
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def frame(words, sync=FRAME_TO_DEVICE):
+    """Bytes of a serial frame carrying ``words``."""
+    body = bytes([len(words) & 0xFF, len(words) >> 8]) + b"".join(
+        int(w).to_bytes(4, "little") for w in words)
+    crc = crc16(body)
+    return bytes([sync]) + body + bytes([crc & 0xFF, crc >> 8])
+
+
+def response_length(cfg, command_word, header_word):
+    """Words in the response whose first word is ``header_word`` to ``command_word``."""
+    command, space, _ = parse_header(command_word)
+    echo, status, count = parse_header(header_word)
+    if echo == Command.READ and status == Status.OK and space < len(Space):
+        return 1 + count * item_words(cfg, Space(space))
+    return 1
 
 
 class Command(IntEnum):

@@ -122,11 +122,12 @@ class MLP:
     # --- torch -------------------------------------------------------------------------------
 
     def to_torch(self):
-        """A ``torch.nn.Sequential`` of ``Linear`` and ``LeakyReLU``/``ReLU`` (torch needed)."""
+        """A ``torch.nn.Sequential`` of float64 ``Linear`` and ``LeakyReLU``/``ReLU`` layers
+        (torch needed; ``.float()`` it for float32)."""
         import torch
         layers = []
         for i, (w, b, act) in enumerate(zip(self.weights, self.biases, self.activations)):
-            lin = torch.nn.Linear(w.shape[1], w.shape[0])
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], dtype=torch.float64)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(w))
                 lin.bias.copy_(torch.from_numpy(b))

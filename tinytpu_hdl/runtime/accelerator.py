@@ -21,7 +21,7 @@ from .driver import HostDriver
 __all__ = ["Accelerator", "Stats", "BACKENDS"]
 
 #: Backend names and the transports that implement them.
-BACKENDS = ("reference", "pysim", "verilator")
+BACKENDS = ("reference", "pysim", "verilator", "uart", "serial-sim")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ def _transport(cfg, backend, options):
     if backend == "verilator":
         from .verilator import VerilatorTransport
         return VerilatorTransport(cfg, **options)
+    if backend == "uart":
+        from .uart import UARTTransport
+        return UARTTransport(cfg, **options)
+    if backend == "serial-sim":
+        from .serial_sim import SimulatedSerialTransport
+        return SimulatedSerialTransport(cfg, **options)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

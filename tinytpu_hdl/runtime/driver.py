@@ -88,8 +88,12 @@ class HostDriver:
 
     def write(self, space, address, items):
         items = list(items)
-        for start in range(0, len(items), 0xFFFF):
-            chunk = items[start:start + 0xFFFF]
+        per = 0xFFFF
+        limit = getattr(self.transport, "max_packet_words", None)
+        if limit is not None:                 # a link that buffers whole packets (UART)
+            per = max(1, (limit - 2) // item_words(self.cfg, space))
+        for start in range(0, len(items), per):
+            chunk = items[start:start + per]
             self._command(Command.WRITE, space, address + start, len(chunk),
                           pack_items(self.cfg, space, chunk))
 

@@ -1,0 +1,110 @@
+"""The UART host bridge: bytes at the bit level, framing, CRC and timeout errors, and the
+runtime's serial backend driving the simulated board top level end to end."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from tinytpu_hdl.asm import assemble
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.gateware.uart import UARTReceiver, UARTTransmitter
+from tinytpu_hdl.host_protocol import (
+    BridgeError, Command, Space, crc16, frame, header, pack_items,
+)
+from tinytpu_hdl.reference import ReferenceTransport
+from tinytpu_hdl.runtime.driver import HostDriver
+from tinytpu_hdl.runtime.serial_sim import SimulatedSerialTransport
+from tinytpu_hdl.runtime.uart import BridgeFault
+
+from tpu_helpers import snapshot
+
+CFG = TPUConfig(n=2, ub_depth=64, acc_depth=32, imem_depth=64)
+
+
+def test_crc16_known_value():
+    assert crc16(b"123456789") == 0x29B1            # CRC-16/CCITT-FALSE check value
+
+
+def test_uart_loopback_bit_level():
+    m = Module()
+    m.submodules.tx = tx = UARTTransmitter(5)
+    m.submodules.rx = rx = UARTReceiver(5)
+    m.d.comb += rx.rx.eq(tx.tx)
+    sent = list(np.random.default_rng(0).integers(0, 256, 12))
+    got = []
+
+    async def tb(ctx):
+        for value in sent:
+            ctx.set(tx.data.payload, int(value))
+            ctx.set(tx.data.valid, 1)
+            await ctx.tick().until(tx.data.ready)
+        ctx.set(tx.data.valid, 0)
+        for _ in range(200):
+            await ctx.tick()
+
+    async def collect(ctx):
+        async for _, _, valid, data in ctx.tick().sample(rx.data.valid, rx.data.payload):
+            if valid:
+                got.append(data)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.add_process(collect)
+    sim.run()
+    assert got == sent
+
+
+@pytest.fixture(scope="module")
+def serial():
+    return SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400)
+
+
+def test_corrupted_frame_is_rejected_and_changes_nothing(serial):
+    d = HostDriver(serial)
+    d.write(Space.UB, 5, [[7, 8]])
+    words = [header(Command.WRITE, Space.UB, 1), 5] + pack_items(CFG, Space.UB, [[-1, -1]])
+    bad = bytearray(frame(words))
+    bad[9] ^= 0x10                                   # a payload bit flips on the line
+    serial.write_bytes(bytes(bad))
+    with pytest.raises(BridgeFault) as exc:
+        serial.exchange_reply()
+    assert exc.value.code == BridgeError.CRC
+    assert d.read(Space.UB, 5, 1)[0].tolist() == [7, 8]
+
+
+def test_truncated_frame_times_out_and_changes_nothing(serial):
+    d = HostDriver(serial)
+    words = [header(Command.WRITE, Space.UB, 1), 6] + pack_items(CFG, Space.UB, [[-1, -1]])
+    serial.write_bytes(frame(words)[:7])
+    with pytest.raises(BridgeFault) as exc:
+        serial.exchange_reply()
+    assert exc.value.code == BridgeError.TIMEOUT
+    assert d.read(Space.UB, 6, 1)[0].tolist() == [0, 0]
+
+
+def test_too_long_frame_is_rejected(serial):
+    serial.write_bytes(frame([0] * 17))
+    with pytest.raises(BridgeFault) as exc:
+        serial.exchange_reply()
+    assert exc.value.code == BridgeError.LENGTH
+    serial.idle(2000)                                # let the rest of the frame pass by
+    assert HostDriver(serial).csr(14) & 0xFF == CFG.n
+
+
+def test_xor_forward_over_the_serial_line_matches_the_reference():
+    from test_tpu import xor_forward
+    ub, program = xor_forward(2)
+    results = []
+    for transport in (SimulatedSerialTransport(CFG, divisor=4, max_words=16),
+                      ReferenceTransport(CFG)):
+        d = HostDriver(transport)
+        for addr, rows in ub.items():
+            d.write(Space.UB, addr, rows)
+        stats = d.run(program)
+        results.append((snapshot(d), stats))
+    (a, sa), (b, sb) = results
+    for key in ("ub", "status", "counters"):
+        assert np.array_equal(a[key], b[key]), key
+    assert sa == sb and a["ub"][24:28, 0].any()
