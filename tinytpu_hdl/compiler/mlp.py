@@ -106,10 +106,11 @@ def _alloc_params(plan, layers, n):
             for i, layer in enumerate(layers)]
 
 
-def _forward_layer(e, layer, params, src, dst, acc_base, batch, *, leak_known=None):
-    """Emit ``dst = act(src @ W^T + b)`` for one layer. ``src``/``dst`` are ``(base, reg)`` of
-    blocked matrices with ``batch`` rows per block. Returns nothing; ``dst=None`` leaves the
-    last output tile's pre-activations in the accumulators (the caller emits the vector pass)."""
+def _forward_layer(e, layer, params, src, acc_base, batch):
+    """Emit ``src @ W^T`` for one layer, one output tile at a time, into the accumulators.
+    ``src`` is ``(base, reg)`` of a blocked matrix with ``batch`` rows per block. A generator:
+    after each output tile's matrix products it yields ``(tile, bias_row)`` so that the caller
+    emits that tile's vector pass before the next tile reuses the accumulators."""
     n = e.n
     in_f = layer.in_features
     for ot, (o0, _) in enumerate(e.tiles(layer.out_features)):
@@ -160,7 +161,7 @@ def compile_forward(cfg, layers, batch, batches):
     for i, layer in enumerate(layers):
         src = (x.base, 2) if i == 0 else (hidden[i - 1].base, 0)
         last = i == len(layers) - 1
-        for ot, bias in _forward_layer(e, layer, params[i], src, None, acc.base, batch):
+        for ot, bias in _forward_layer(e, layer, params[i], src, acc.base, batch):
             path = ("bias", "act") if layer.leaky else ("bias",)
             if layer.leaky:
                 e.config(ConfigReg.LEAK, layer.leak)
@@ -273,7 +274,7 @@ def compile_training(cfg, layers, batch, batches, lr, *, log_slots=None, stochas
     for i, layer in enumerate(layers):
         src = (x.base, 2) if i == 0 else (hidden[i - 1].base, 0)
         last = i == L - 1
-        for ot, bias in _forward_layer(e, layer, params[i], src, None, acc.base, batch):
+        for ot, bias in _forward_layer(e, layer, params[i], src, acc.base, batch):
             act = ("act",) if layer.leaky else ()
             if layer.leaky:
                 e.config(ConfigReg.LEAK, layer.leak)

@@ -303,6 +303,14 @@ class ControlUnit(wiring.Component):
 
         wd_expired = (watchdog != 0) & (cycles >= watchdog)
 
+        def stop_from_outside():
+            """The first branches of FETCH and ISSUE: the host or the watchdog stops the run
+            (the caller continues the chain with ``m.Elif``)."""
+            with m.If(self.stop | self.host_conflict):
+                fail(Mux(self.stop, ErrorCode.STOPPED, ErrorCode.HOST_CONFLICT))
+            with m.Elif(wd_expired):
+                fail(ErrorCode.WATCHDOG)
+
         with m.FSM(init="IDLE"):
             def host_commands(allow_start):
                 if allow_start:
@@ -329,10 +337,7 @@ class ControlUnit(wiring.Component):
                 host_commands(False)
             with m.State("FETCH"):
                 m.d.comb += mode.eq(_Mode.FETCH)
-                with m.If(self.stop | self.host_conflict):
-                    fail(Mux(self.stop, ErrorCode.STOPPED, ErrorCode.HOST_CONFLICT))
-                with m.Elif(wd_expired):
-                    fail(ErrorCode.WATCHDOG)
+                stop_from_outside()
                 with m.Elif(pc >= cfg.imem_depth):
                     fail(ErrorCode.PC_RANGE)
                 with m.Else():
@@ -340,10 +345,7 @@ class ControlUnit(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += mode.eq(_Mode.ISSUE)
-                with m.If(self.stop | self.host_conflict):
-                    fail(Mux(self.stop, ErrorCode.STOPPED, ErrorCode.HOST_CONFLICT))
-                with m.Elif(wd_expired):
-                    fail(ErrorCode.WATCHDOG)
+                stop_from_outside()
                 with m.Elif(error != 0):
                     fail(error)
                 with m.Elif(can_issue):
