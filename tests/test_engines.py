@@ -100,7 +100,7 @@ def test_vector_unit_every_pathway(pathway):
         ctx.set(vpu.cmd.valid, 1)
         await ctx.tick()                                   # accepted in cycle 0
         ctx.set(vpu.cmd.valid, 0)
-        for cycle in range(1, rows + 12):
+        for cycle in range(1, rows + 16):
             if ctx.get(vpu.ub_wr.en):
                 writes.append((cycle, ctx.get(vpu.ub_wr.addr)))
             busy.append(ctx.get(vpu.busy))
@@ -108,8 +108,8 @@ def test_vector_unit_every_pathway(pathway):
         result["ub"], result["acc"] = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(7 + i, dst + i * stride) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 7
+    assert writes == [(12 + i, dst + i * stride) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 12
     model = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
     ins = Instruction(Op.VPU, flags=pathway, count=rows, a=(src, 0), b=(dst, 0), c=(aux, 0),
                       d=(bias, 0), stride=stride)
@@ -208,7 +208,7 @@ def test_gradient_descent_unit():
         ctx.set(gd.cmd.valid, 1)
         await ctx.tick()
         ctx.set(gd.cmd.valid, 0)
-        for cycle in range(1, rows + 8):
+        for cycle in range(1, rows + 10):
             if ctx.get(gd.ub_wr.en):
                 writes.append((cycle, ctx.get(gd.ub_wr.addr)))
             busy.append(ctx.get(gd.busy))
@@ -216,8 +216,8 @@ def test_gradient_descent_unit():
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(4 + i, param + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 4
+    assert writes == [(6 + i, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 6
     # Independent numpy computation of theta - lr * grad.
     update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
     want = ub.copy()

@@ -1,4 +1,4 @@
-"""Command-line interface: ``tinytpu verilog`` and ``tinytpu demo``."""
+"""Command-line interface: ``tinytpu verilog``, ``tinytpu demo`` and ``tinytpu build``."""
 
 import argparse
 import sys
@@ -86,10 +86,30 @@ def _cmd_demo_matmul(args):
     return 0 if ok else 1
 
 
+def _board_backend(args):
+    """(cfg, transport options) for ``--board``/``--port``: the board's TPU configuration,
+    and its baud rate on the serial port."""
+    if args.board is None:
+        if args.backend == "uart":
+            raise ValueError("the uart backend needs --board (its TPU configuration and baud "
+                             "rate) and --port")
+        return None, None
+    from .boards import get_board
+    board = get_board(args.board)
+    if args.n_given:
+        board = board.with_n(args.n)
+    if args.backend != "uart":
+        return board.cfg, None
+    if not args.port:
+        raise ValueError("the uart backend needs --port (e.g. /dev/ttyUSB1)")
+    return board.cfg, {"port": args.port, "baudrate": board.baud}
+
+
 def _cmd_demo_xor(args):
     from .demos.xor import run_xor
+    cfg, options = _board_backend(args)
     ok, _, _ = run_xor(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, plot=args.plot)
+                       seed=args.seed, plot=args.plot, cfg=cfg, options=options)
     return 0 if ok else 1
 
 
@@ -97,6 +117,28 @@ def _cmd_demo_digits(args):
     from .demos.digits import run_digits
     run_digits(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
                batch_size=args.batch, hidden=args.hidden, seed=args.seed, plot=args.plot)
+    return 0
+
+
+def _cmd_build(args):
+    from .boards import get_board
+    from .build import BuildError, build_board, program_board
+    board = get_board(args.board)
+    if args.n is not None:
+        board = board.with_n(args.n)
+    out = args.out or f"build/{board.name}"
+    print(f"building {board.name}: {board.cfg.n}x{board.cfg.n} TPU, {board.clock_hz / 1e6:g} MHz, "
+          f"UART {board.baud} baud, in {out} (the first run of each YoWASP tool compiles it, "
+          f"about a minute)", flush=True)
+    try:
+        report = build_board(board, build_dir=out)
+        print(report.table())
+        if args.program:
+            tool = program_board(board, report.bitstream)
+            print(f"programmed with {tool}")
+    except BuildError as exc:
+        print(f"tinytpu build: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -124,8 +166,12 @@ def main(argv=None):
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo_matmul)
     d = demos.add_parser("xor", help="train the 2-2-1 XOR network on the device")
-    d.add_argument("--backend", default="reference", help="reference (default) or pysim")
-    d.add_argument("--n", type=int, default=2, help="array size N (default 2)")
+    d.add_argument("--backend", default="reference",
+                   help="reference (default), pysim, verilator, serial-sim or uart (a board)")
+    d.add_argument("--n", type=int, help="array size N (default 2, or the board's)")
+    d.add_argument("--board", help="the board's configuration (with --backend uart: the board "
+                                   "on --port)")
+    d.add_argument("--port", help="serial port of the board (uart backend)")
     d.add_argument("--epochs", type=int, default=300)
     d.add_argument("--lr", type=float, default=0.5)
     d.add_argument("--seed", type=int, default=13)
@@ -142,7 +188,20 @@ def main(argv=None):
     d.add_argument("--plot", default="digits_loss.png", help="loss-curve PNG ('' for none)")
     d.set_defaults(func=_cmd_demo_digits)
 
+    from .boards import board_names
+    p = sub.add_parser("build", help="build (and load) a bitstream for a board with the "
+                                     "YoWASP tools")
+    p.add_argument("--board", required=True, choices=board_names())
+    p.add_argument("--n", type=int, help="array size (default: the board's)")
+    p.add_argument("--out", help="build folder (default build/<board>)")
+    p.add_argument("--program", action="store_true",
+                   help="load the bitstream with openFPGALoader or iceprog")
+    p.set_defaults(func=_cmd_build)
+
     args = parser.parse_args(argv)
+    if getattr(args, "demo", None) == "xor":
+        args.n_given = args.n is not None
+        args.n = 2 if args.n is None else args.n
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:

@@ -35,8 +35,8 @@ LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.rea
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = lambda n, rows: rows + 2 * n + 2    # noqa: E731
-VPU_IDLE = lambda n, rows: rows + 7               # noqa: E731
-GD_IDLE = lambda n, rows: rows + 4                # noqa: E731
+VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
+GD_IDLE = lambda n, rows: rows + 6                # noqa: E731
 
 
 class _Fault(Exception):
@@ -144,7 +144,8 @@ class ReferenceTPU:
         wd = self.watchdog
         load_ready = load_idle = matmul_ready = matmul_idle = vpu_idle = gd_idle = 0
         load_allowed = switch_allowed = 0
-        f = 0                                       # fetch cycle of the current instruction
+        f = 0                       # first cycle of the current instruction (fetch or decode)
+        first = True
 
         def stop(code, cycle):
             self.error_code = ErrorCode(code)
@@ -158,7 +159,10 @@ class ReferenceTPU:
                 return stop(ErrorCode.WATCHDOG, wd)
             if self.pc >= cfg.imem_depth:
                 return stop(ErrorCode.PC_RANGE, f)
-            e = f + 1
+            # The first instruction is fetched, latched and decoded before it can issue;
+            # later ones were fetched while their predecessor was decoded.
+            e = f + (3 if first else 1)
+            first = False
             if wd and e >= wd:
                 return stop(ErrorCode.WATCHDOG, wd)
             try:

@@ -19,9 +19,13 @@ def xor_model(seed=13):
 
 
 def run_xor(*, backend="reference", n=2, epochs=300, lr=0.5, seed=13, plot="xor_loss.png",
-            out=print):
-    cfg = TPUConfig(n=n)
-    acc = Accelerator(cfg, backend=backend)
+            out=print, cfg=None, options=None):
+    """Train XOR on ``backend``. ``cfg`` (default: a ``TPUConfig`` with an ``n`` x ``n``
+    array) must match the hardware behind the backend, e.g. a board's configuration;
+    ``options`` go to the backend's transport (e.g. ``port`` and ``baudrate`` for uart)."""
+    cfg = cfg or TPUConfig(n=n)
+    n = cfg.n
+    acc = Accelerator(cfg, backend=backend, **(options or {}))
     model = xor_model(seed)
     out(f"Training XOR: 2-2-1 MLP, Leaky ReLU 0.5, MSE, SGD lr {lr}, seed {seed}, batch 4, "
         f"on the {backend} backend (N={n}, {cfg.data} data)")

@@ -1,13 +1,15 @@
-"""The TPU behind a UART host bridge: what a board carries (pins added per board)."""
+"""The TPU behind a UART host bridge (:class:`SerialTPU`), and on a board's pins
+(:class:`BoardTop`)."""
 
-from amaranth.hdl import Module
-from amaranth.lib import wiring
+from amaranth.hdl import ClockDomain, Elaboratable, Module
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
+from .clocking import BoardClocking
 from .tpu import TPU
 from .uart_bridge import UARTHostBridge
 
-__all__ = ["SerialTPU"]
+__all__ = ["SerialTPU", "BoardTop"]
 
 
 class SerialTPU(wiring.Component):
@@ -35,4 +37,60 @@ class SerialTPU(wiring.Component):
         wiring.connect(m, tpu.host_resp, bridge.resp)
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx), self.running.eq(tpu.running),
                      self.done.eq(tpu.done), self.error.eq(tpu.error)]
+        return m
+
+
+class BoardTop(Elaboratable):
+    """A :class:`SerialTPU` on a board: clock (and PLL), reset button, USB UART, LEDs.
+
+    ``board`` is a :class:`tinytpu_hdl.boards.Board`. The UART divisor comes from the
+    clock the PLL actually makes; a baud rate that the clock cannot make within 2 %
+    is refused.
+    """
+
+    def __init__(self, board):
+        self._board = board
+        #: The frequency of the TPU's clock in Hz, known once elaborated (after the PLL's
+        #: rounding).
+        self.clock_hz = None
+
+    @property
+    def board(self):
+        return self._board
+
+    def uart_divisor(self, clock_hz):
+        baud = self._board.baud
+        divisor = round(clock_hz / baud)
+        if divisor < 4:
+            raise ValueError(f"{baud} baud needs at least 4 clock cycles per bit; the "
+                             f"{clock_hz / 1e6:g} MHz clock gives {clock_hz / baud:.2f}")
+        error = abs(clock_hz / divisor - baud) / baud
+        if error > 0.02:
+            raise ValueError(f"{baud} baud is {error:.1%} off with a {clock_hz / 1e6:g} MHz "
+                             f"clock (at most 2 %)")
+        return divisor
+
+    def elaborate(self, platform):
+        board = self._board
+        m = Module()
+        m.domains.sync = ClockDomain("sync")
+        m.submodules.clocking = clocking = BoardClocking(
+            platform, board.clock_hz, reset_button=board.reset_button)
+        self.clock_hz = clocking.frequency
+        m.submodules.tpu = tpu = SerialTPU(board.cfg,
+                                           divisor=self.uart_divisor(clocking.frequency))
+
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        # (The UART receiver synchronizes the line itself.)
+        m.d.comb += [tpu.rx.eq(rx_buf.i), tx_buf.o.eq(tpu.tx)]
+
+        for what in ("running", "done", "error"):
+            if what not in board.leds:
+                continue
+            name, number = board.leds[what]
+            led = platform.request(name, number, dir="-")
+            m.submodules[f"led_{what}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(getattr(tpu, what))
         return m

@@ -56,10 +56,24 @@ class CSR(IntEnum):
 class _Mode(IntEnum):
     IDLE = 0
     FETCH = 1
-    ISSUE = 2
-    DRAIN = 3
-    DONE = 4
-    ERROR = 5
+    DECODE = 2
+    ISSUE = 3
+    DRAIN = 4
+    DONE = 5
+    ERROR = 6
+
+
+def _bit_groups():
+    """The instruction word cut into the fewest bit ranges ``(lo, hi)`` that every opcode
+    either uses entirely or not at all: legality then needs one OR per range."""
+    cuts = {0, INSTRUCTION_BITS}
+    for code in Op:
+        mask = used_mask(code)
+        for bit in range(1, INSTRUCTION_BITS):
+            if ((mask >> bit) & 1) != ((mask >> (bit - 1)) & 1):
+                cuts.add(bit)
+    cuts = sorted(cuts)
+    return list(zip(cuts, cuts[1:]))
 
 
 class ControlUnit(wiring.Component):
@@ -76,7 +90,8 @@ class ControlUnit(wiring.Component):
     leak, lr, loss_scale : Out         -- configuration registers
     start, stop, clear : In(1)         -- host commands (one-cycle pulses)
     host_conflict : In(1)              -- the host wrote a memory while the program ran
-    csr_addr, csr_rdata, csr_wdata, csr_we : host access to the CSRs
+    csr_addr, csr_rdata, csr_wdata, csr_we : host access to the CSRs (a read presented in
+                                       cycle t answers in cycle t + 1)
     running : Out(1)
     seed, reseed : Out                 -- the SEED CSR, and a pulse in the cycle after the host
                                           writes it
@@ -84,16 +99,28 @@ class ControlUnit(wiring.Component):
 
     Timing
     ------
+    Three stages: fetch (instruction memory read), decode (from the instruction
+    register: effective addresses, ``(rows - 1) * stride``, legality, the
+    branch decision and next pc, all registered) and issue (range and overlap
+    checks from the decoded registers, waits, engine commands)::
+
+        cycle        s      s+1     s+2     s+3      ...  c       c+1     c+2
+        state        start  FETCH   LATCH   DECODE   ISSUE...     DECODE  ISSUE
+        imem read           pc0             pc1                           (pc2 in c+1)
+        instruction                         i0 dec   i0 issues    i1 dec  i1 ...
+
     A ``start`` in cycle ``s`` fetches the instruction at ``START_PC`` in cycle
-    ``s+1``. Each instruction spends one cycle in fetch (the instruction memory
-    is read) and at least one in issue, where it is checked and waits for the
-    engines it depends on; it issues in the first cycle its conditions hold,
-    and the next instruction is fetched in the following cycle. An error found
-    in issue (or a fetch beyond the instruction memory, or the watchdog) stops
-    fetching, waits until the engines have finished the instructions already
-    issued, then enters the error state. ``HALT`` issues when every engine is
-    idle and enters the done state. ``CYCLES`` counts the cycles from the first
-    fetch to the halt (or the end of draining) inclusive.
+    ``s+1``; it is latched in ``s+2``, decoded in ``s+3`` and may issue from
+    ``s+4``. The decode cycle also fetches the next instruction (the branch is
+    resolved there), so each later instruction is decoded in the cycle after
+    its predecessor issues and may issue one cycle later: two cycles per
+    instruction when nothing waits. An instruction issues in the first cycle
+    its conditions hold. An error found in issue (or a fetch beyond the
+    instruction memory, or the watchdog, or a host stop) stops the run, waits
+    until the engines have finished the instructions already issued, then
+    enters the error state. ``HALT`` issues when every engine is idle and
+    enters the done state. ``CYCLES`` counts the cycles from the first fetch
+    to the halt (or the end of draining) inclusive.
 
     Issue conditions (in-order issue, engine-level hazards):
 
@@ -155,7 +182,7 @@ class ControlUnit(wiring.Component):
         load_hold = Signal(range(n + 1))     # cycles until a LOADW may issue
         switch_hold = Signal(range(n + 1))   # cycles until a MATMUL may issue
 
-        running = mode.matches(_Mode.FETCH, _Mode.ISSUE, _Mode.DRAIN)
+        running = mode.matches(_Mode.FETCH, _Mode.DECODE, _Mode.ISSUE, _Mode.DRAIN)
         m.d.comb += [
             self.running.eq(running),
             self.leak.eq(cfgs[ConfigReg.LEAK]),
@@ -179,81 +206,129 @@ class ControlUnit(wiring.Component):
         with m.If(switch_hold != 0):
             m.d.sync += switch_hold.eq(switch_hold - 1)
 
-        # --- decode ---------------------------------------------------------------------
-        word = self.imem.data
-        ins = data.View(InstructionLayout, word)
+        # --- fetch ----------------------------------------------------------------------
+        # The instruction register latches the instruction memory's output in the cycle
+        # after each fetch, so that no decode logic hangs off the block RAM's output.
+        fetched = Signal()
+        ir = Signal(INSTRUCTION_BITS)
+        m.d.sync += fetched.eq(self.imem.en)
+        with m.If(fetched):
+            m.d.sync += ir.eq(self.imem.data)
+
+        # --- decode (from the instruction register and the index registers) -------------
+        ins = data.View(InstructionLayout, ir)
         op = ins.opcode
         rows = ins.count
-        stride = ins.stride
-
-        def eff(slot):
-            operand = getattr(ins, slot)
-            return (operand.addr + regs[operand.reg])[:17]
-
-        ea, eb, ec, ed = eff("a"), eff("b"), eff("c"), eff("d")
-        rows_m1 = (rows - 1)[:16]
-        span = Signal(24)
-        m.d.comb += span.eq(rows_m1 * stride)
-
-        def fits(addr, extent, depth):
-            return (addr + extent) < depth
+        reg_a = regs[ins.a.reg]
+        reg_b = regs[ins.b.reg]
 
         legal = Signal()
+        groups = _bit_groups()
+        nonzero = Signal(len(groups))
+        for i, (lo, hi) in enumerate(groups):
+            m.d.comb += nonzero[i].eq(ir[lo:hi].any())
         with m.Switch(op):
             for code in Op:
                 with m.Case(code):
-                    mask = ((1 << INSTRUCTION_BITS) - 1) & ~used_mask(code)
-                    ok = (word & Const(mask, INSTRUCTION_BITS)) == 0
+                    unused = ~used_mask(code)
+                    ok = ~Cat(nonzero[i] for i, (lo, hi) in enumerate(groups)
+                              if (unused >> lo) & 1).any()
                     if code == Op.CFG:
                         ok = ok & (ins.flags < len(ConfigReg))
                     m.d.comb += legal.eq(ok)
             with m.Default():
                 m.d.comb += legal.eq(0)
 
-        pathway = ins.flags[:4]
+        dec = (reg_a - 1)[:16]
+        # The next fetch address is on a short path: no subtraction before the branch
+        # decision (R - 1 != 0 is R != 1), and the range checks of both candidates are
+        # made side by side.
+        taken = (op == Op.DJNZ) & (reg_a != 1)
+        seq_pc = pc + 1                                  # 17 bits: pc + 1 may be 65536
+        next_pc = Mux(taken, ins.count, seq_pc)
+        next_ok = Mux(taken, ins.count < cfg.imem_depth, seq_pc < cfg.imem_depth)
+
+        # Decoded instruction, registered for the issue stage.
+        d_op = Signal(6)
+        d_legal = Signal()
+        d_bad = Signal()                 # operand errors that need no address arithmetic
+        d_ea, d_eb, d_ec, d_ed = (Signal(17, name=f"d_e{s}") for s in "abcd")
+        d_rows = Signal(16)
+        d_last = Signal(16)              # rows - 1
+        d_span = Signal(24)              # (rows - 1) * stride
+        d_stride = Signal(8)
+        d_flags = Signal(8)
+        d_count = Signal(16)
+        d_rd = Signal(3)
+        d_result = Signal(16)            # register result of SETR / ADDI / DJNZ
+        d_next_pc = Signal(16)
+        d_next_ok = Signal()
+        last = (rows - 1)[:16]
+        result = Signal(16)
+        with m.Switch(op):
+            with m.Case(Op.SETR):
+                m.d.comb += result.eq(ins.a.addr)
+            with m.Case(Op.ADDI):
+                m.d.comb += result.eq(reg_b + ins.a.addr)
+            with m.Default():
+                m.d.comb += result.eq(dec)
+        decode_regs = [
+            d_op.eq(op), d_legal.eq(legal),
+            d_bad.eq((rows == 0) | ((op == Op.LOADW) & (rows > n))),
+            d_ea.eq(ins.a.addr + reg_a), d_eb.eq(ins.b.addr + reg_b),
+            d_ec.eq(ins.c.addr + regs[ins.c.reg]), d_ed.eq(ins.d.addr + regs[ins.d.reg]),
+            d_rows.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
+            d_stride.eq(ins.stride), d_flags.eq(ins.flags), d_count.eq(ins.count),
+            d_rd.eq(ins.a.reg), d_result.eq(result), d_next_pc.eq(next_pc),
+            d_next_ok.eq(next_ok),
+        ]
+
+        # --- issue checks (from the decoded registers) -----------------------------------
+        def fits(addr, extent, depth):
+            return (addr + extent) < depth
+
+        pathway = d_flags[:4]
         use_bias = pathway[Pathway.BIAS.bit_length() - 1]
         use_aux = pathway[Pathway.LOSS.bit_length() - 1] | pathway[Pathway.DERIV.bit_length() - 1]
 
         bad = Signal()
         range_error = Signal(4)
-        with m.Switch(op):
+        with m.Switch(d_op):
             with m.Case(Op.LOADW):
-                m.d.comb += bad.eq((rows == 0) | (rows > n))
-                with m.If(~fits(ea, rows_m1, cfg.ub_depth)):
+                with m.If(~fits(d_ea, d_last, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
             with m.Case(Op.MATMUL):
-                m.d.comb += bad.eq(rows == 0)
-                with m.If(~fits(ea, span, cfg.ub_depth)):
+                with m.If(~fits(d_ea, d_span, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(~fits(eb, rows_m1, cfg.acc_depth)):
+                with m.Elif(~fits(d_eb, d_last, cfg.acc_depth)):
                     m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
             with m.Case(Op.VPU):
-                dst_end = eb + span
-                aux_end = ec + span
-                aux_overlap = (ec <= dst_end) & (eb <= aux_end)
-                in_place = (ec == eb) & ((stride != 0) | (rows == 1))
-                bias_overlap = (ed >= eb) & (ed <= dst_end)
-                m.d.comb += bad.eq((rows == 0) | (use_aux & aux_overlap & ~in_place) |
+                dst_end = d_eb + d_span
+                aux_end = d_ec + d_span
+                aux_overlap = (d_ec <= dst_end) & (d_eb <= aux_end)
+                in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_rows == 1))
+                bias_overlap = (d_ed >= d_eb) & (d_ed <= dst_end)
+                m.d.comb += bad.eq((use_aux & aux_overlap & ~in_place) |
                                    (use_bias & bias_overlap))
-                with m.If(~fits(ea, rows_m1, cfg.acc_depth)):
+                with m.If(~fits(d_ea, d_last, cfg.acc_depth)):
                     m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
-                with m.Elif(~fits(eb, span, cfg.ub_depth)):
+                with m.Elif(~fits(d_eb, d_span, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(use_aux & ~fits(ec, span, cfg.ub_depth)):
+                with m.Elif(use_aux & ~fits(d_ec, d_span, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(use_bias & ~fits(ed, 0, cfg.ub_depth)):
+                with m.Elif(use_bias & ~fits(d_ed, 0, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
             with m.Case(Op.GD):
-                m.d.comb += bad.eq(rows == 0)
-                with m.If(~fits(ea, rows_m1, cfg.acc_depth)):
+                with m.If(~fits(d_ea, d_last, cfg.acc_depth)):
                     m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
-                with m.Elif(~fits(eb, rows_m1, cfg.ub_depth)):
+                with m.Elif(~fits(d_eb, d_last, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
 
+        engine_op = d_op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
         error = Signal(4)
-        with m.If(~legal):
+        with m.If(~d_legal):
             m.d.comb += error.eq(ErrorCode.ILLEGAL_INSTRUCTION)
-        with m.Elif(bad):
+        with m.Elif(engine_op & (d_bad | bad)):
             m.d.comb += error.eq(ErrorCode.BAD_OPERAND)
         with m.Else():
             m.d.comb += error.eq(range_error)
@@ -261,7 +336,7 @@ class ControlUnit(wiring.Component):
         all_idle = ~(self.load_busy | self.matmul_busy | self.vpu_busy | self.gd_busy)
         units_idle = ~(self.vpu_busy | self.gd_busy)
         can_issue = Signal()
-        with m.Switch(op):
+        with m.Switch(d_op):
             with m.Case(Op.LOADW):
                 m.d.comb += can_issue.eq(self.load_ready & (load_hold == 0) & units_idle)
             with m.Case(Op.MATMUL):
@@ -275,25 +350,25 @@ class ControlUnit(wiring.Component):
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
         m.d.comb += [
-            self.load_cmd.payload.addr.eq(ea),
-            self.load_cmd.payload.rows.eq(rows),
-            self.load_cmd.payload.transpose.eq(ins.flags[0]),
-            self.matmul_cmd.payload.src.eq(ea),
-            self.matmul_cmd.payload.stride.eq(stride),
-            self.matmul_cmd.payload.rows.eq(rows),
-            self.matmul_cmd.payload.dst.eq(eb),
-            self.matmul_cmd.payload.accumulate.eq(ins.flags[0]),
-            self.vpu_cmd.payload.src.eq(ea),
-            self.vpu_cmd.payload.dst.eq(eb),
-            self.vpu_cmd.payload.aux.eq(ec),
-            self.vpu_cmd.payload.bias.eq(ed),
-            self.vpu_cmd.payload.rows.eq(rows),
-            self.vpu_cmd.payload.stride.eq(stride),
+            self.load_cmd.payload.addr.eq(d_ea),
+            self.load_cmd.payload.rows.eq(d_rows),
+            self.load_cmd.payload.transpose.eq(d_flags[0]),
+            self.matmul_cmd.payload.src.eq(d_ea),
+            self.matmul_cmd.payload.stride.eq(d_stride),
+            self.matmul_cmd.payload.rows.eq(d_rows),
+            self.matmul_cmd.payload.dst.eq(d_eb),
+            self.matmul_cmd.payload.accumulate.eq(d_flags[0]),
+            self.vpu_cmd.payload.src.eq(d_ea),
+            self.vpu_cmd.payload.dst.eq(d_eb),
+            self.vpu_cmd.payload.aux.eq(d_ec),
+            self.vpu_cmd.payload.bias.eq(d_ed),
+            self.vpu_cmd.payload.rows.eq(d_rows),
+            self.vpu_cmd.payload.stride.eq(d_stride),
             self.vpu_cmd.payload.pathway.eq(pathway),
-            self.gd_cmd.payload.src.eq(ea),
-            self.gd_cmd.payload.param.eq(eb),
-            self.gd_cmd.payload.rows.eq(rows),
-            self.gd_cmd.payload.stochastic.eq(ins.flags[0]),
+            self.gd_cmd.payload.src.eq(d_ea),
+            self.gd_cmd.payload.param.eq(d_eb),
+            self.gd_cmd.payload.rows.eq(d_rows),
+            self.gd_cmd.payload.stochastic.eq(d_flags[0]),
         ]
         assert FLAG_TRANSPOSE == 1 and FLAG_ACCUMULATE == 1
 
@@ -304,8 +379,8 @@ class ControlUnit(wiring.Component):
         wd_expired = (watchdog != 0) & (cycles >= watchdog)
 
         def stop_from_outside():
-            """The first branches of FETCH and ISSUE: the host or the watchdog stops the run
-            (the caller continues the chain with ``m.Elif``)."""
+            """The first branches of every running state but DRAIN: the host or the watchdog
+            stops the run (the caller continues the chain with ``m.Elif``/``m.Else``)."""
             with m.If(self.stop | self.host_conflict):
                 fail(Mux(self.stop, ErrorCode.STOPPED, ErrorCode.HOST_CONFLICT))
             with m.Elif(wd_expired):
@@ -342,6 +417,20 @@ class ControlUnit(wiring.Component):
                     fail(ErrorCode.PC_RANGE)
                 with m.Else():
                     m.d.comb += [self.imem.addr.eq(pc), self.imem.en.eq(1)]
+                    m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.comb += mode.eq(_Mode.FETCH)
+                stop_from_outside()
+                with m.Else():
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.comb += mode.eq(_Mode.DECODE)
+                stop_from_outside()
+                with m.Else():
+                    m.d.sync += decode_regs
+                    # Fetch the next instruction now: its decode follows this one's issue.
+                    with m.If(next_ok):
+                        m.d.comb += [self.imem.addr.eq(next_pc), self.imem.en.eq(1)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += mode.eq(_Mode.ISSUE)
@@ -349,26 +438,19 @@ class ControlUnit(wiring.Component):
                 with m.Elif(error != 0):
                     fail(error)
                 with m.Elif(can_issue):
-                    m.d.sync += [issued.eq(issued + 1), pc.eq(pc + 1)]
-                    m.next = "FETCH"
-                    rd = ins.a.reg
-                    with m.Switch(op):
+                    m.d.sync += [issued.eq(issued + 1), pc.eq(d_next_pc)]
+                    with m.If(d_next_ok):
+                        m.next = "DECODE"
+                    with m.Else():
+                        m.next = "FETCH"      # which stops with PC_RANGE
+                    with m.Switch(d_op):
                         with m.Case(Op.HALT):
                             m.next = "DONE"
-                        with m.Case(Op.SETR):
-                            with m.If(rd != 0):
-                                m.d.sync += regs[rd].eq(ins.a.addr)
-                        with m.Case(Op.ADDI):
-                            with m.If(rd != 0):
-                                m.d.sync += regs[rd].eq(regs[ins.b.reg] + ins.a.addr)
-                        with m.Case(Op.DJNZ):
-                            dec = (regs[rd] - 1)[:16]
-                            with m.If(rd != 0):
-                                m.d.sync += regs[rd].eq(dec)
-                            with m.If(dec != 0):
-                                m.d.sync += pc.eq(ins.count)
+                        with m.Case(Op.SETR, Op.ADDI, Op.DJNZ):
+                            with m.If(d_rd != 0):
+                                m.d.sync += regs[d_rd].eq(d_result)
                         with m.Case(Op.CFG):
-                            m.d.sync += cfgs[ins.flags[:2]].eq(ins.count)
+                            m.d.sync += cfgs[d_flags[:2]].eq(d_count)
                         with m.Case(Op.LOADW):
                             m.d.comb += self.load_cmd.valid.eq(1)
                             m.d.sync += switch_hold.eq(n - 1)
@@ -383,7 +465,6 @@ class ControlUnit(wiring.Component):
                 m.d.comb += mode.eq(_Mode.DRAIN)
                 with m.If(all_idle):
                     m.next = "ERROR"
-
 
         # --- CSRs ------------------------------------------------------------------------
         state = Signal(2)
@@ -410,16 +491,20 @@ class ControlUnit(wiring.Component):
             CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),
             CSR.SEED: self.seed,
         }
+        # Reads are registered, like the memories': ``csr_addr`` in cycle t gives the value
+        # on ``csr_rdata`` in cycle t + 1.
         with m.Switch(self.csr_addr):
             for addr, value in readable.items():
                 with m.Case(addr):
-                    m.d.comb += self.csr_rdata.eq(value)
+                    m.d.sync += self.csr_rdata.eq(value)
             for i in range(NUM_REGS):
                 with m.Case(CSR.REG_BASE + i):
-                    m.d.comb += self.csr_rdata.eq(regs[i])
+                    m.d.sync += self.csr_rdata.eq(regs[i])
             for r in ConfigReg:
                 with m.Case(CSR.CFG_BASE + r):
-                    m.d.comb += self.csr_rdata.eq(cfgs[r])
+                    m.d.sync += self.csr_rdata.eq(cfgs[r])
+            with m.Default():
+                m.d.sync += self.csr_rdata.eq(0)
 
         m.d.sync += self.reseed.eq(0)
         with m.If(self.csr_we & ~running):

@@ -34,8 +34,9 @@ class GradientDescentUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads row ``i`` of both memories in cycle
-    ``c+1+i`` and writes it back in cycle ``c+4+i``. ``busy`` is low from cycle
-    ``c+rows+4`` on.
+    ``c+1+i`` and writes it back in cycle ``c+6+i``. ``busy`` is low from cycle
+    ``c+rows+6`` on. Stages: the memories' outputs registered, the product, its
+    rounding, the subtraction with saturation.
     """
 
     def __init__(self, cfg):
@@ -73,38 +74,51 @@ class GradientDescentUnit(wiring.Component):
                          param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
                          stochastic.eq(self.cmd.payload.stochastic)]
 
-        v0, v1, v2 = Signal(), Signal(), Signal()
-        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1)]
+        v0, v1, v2, v3, v4 = (Signal(name=f"valid_{i}") for i in range(5))
+        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3)]
 
-        # Stage 1 (data of row i in cycle c+2+i): exact product lr * grad.
+        # Stage 1 (row i in cycle c+3+i): the memories' outputs, registered.
+        grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
+        theta = [Signal(data.ArrayLayout(fmt.shape, n), name=f"theta_{i}") for i in range(3)]
+        m.d.sync += [grad.eq(self.acc_rd.data), theta[0].eq(self.ub_rd.data)]
+        m.d.sync += [theta[i + 1].eq(theta[i]) for i in range(2)]
+
+        # Stage 2: exact product lr * grad.
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}") for lane in range(n)]
-        theta = Signal(data.ArrayLayout(fmt.shape, n))
         for lane in range(n):
-            m.d.sync += prods[lane].eq(self.acc_rd.data[lane] * self.lr)
-        m.d.sync += theta.eq(self.ub_rd.data)
+            m.d.sync += prods[lane].eq(grad[lane] * self.lr)
 
-        # Stage 2: round the update to the data format, subtract, saturate.
+        # Stage 3: round the update to the data format (to nearest or stochastically).
         shift = prod_fmt.frac - fmt.frac
         states = [Signal(32, name=f"rng_{lane}", init=xorshift_seed(0, lane)) for lane in range(n)]
-        new = Signal(data.ArrayLayout(fmt.shape, n))
-        new_ovf = Signal()
+        updates = Signal(data.ArrayLayout(fmt.shape, n))
+        update_ovf = Signal()
         ovf = Const(0, 1)
         for lane in range(n):
             offset = Mux(stochastic, states[lane], 1 << (shift - 1))
             update, o_update = hdl_stochastic_narrow(prods[lane], prod_fmt, fmt, offset)
-            value, o_value = hdl_saturate(theta[lane] - update, fmt)
-            m.d.sync += new[lane].eq(value)
-            ovf = ovf | o_update | o_value
+            m.d.sync += updates[lane].eq(update)
+            ovf = ovf | o_update
             with m.If(self.reseed):
                 seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
                 m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
-            with m.Elif(v1 & stochastic):
+            with m.Elif(v2 & stochastic):
                 m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
-        m.d.sync += new_ovf.eq(ovf & v1)
+        m.d.sync += update_ovf.eq(ovf & v2)
 
-        with m.If(v2):
+        # Stage 4: subtract and saturate.
+        new = Signal(data.ArrayLayout(fmt.shape, n))
+        new_ovf = Signal()
+        ovf = Const(0, 1)
+        for lane in range(n):
+            value, o_value = hdl_saturate(theta[2][lane] - updates[lane], fmt)
+            m.d.sync += new[lane].eq(value)
+            ovf = ovf | o_value
+        m.d.sync += new_ovf.eq((ovf & v3) | update_ovf)
+
+        with m.If(v4):
             m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new),
                          self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
             m.d.sync += param_wr.eq(param_wr + 1)
-        m.d.comb += self.busy.eq(active | v0 | v1 | v2)
+        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4)
         return m

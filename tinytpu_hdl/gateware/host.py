@@ -27,9 +27,12 @@ class HostInterface(wiring.Component):
     cmd : In(stream.Signature(32))
     resp : Out(stream.Signature(32))
     ub_rd, ub_wr, acc_rd, acc_wr, imem_rd, imem_wr : memory requesters
-    csr_addr, csr_rdata, csr_wdata, csr_we : control-unit register access
+    csr_addr, csr_rdata, csr_wdata, csr_we : control-unit register access (reads answer
+                                             in the next cycle, like the memories)
     start, stop, clear, host_conflict : Out(1)  -- one-cycle pulses to the control unit
     running : In(1)
+    faulted : In(1)                    -- the control unit is in its error state (START is
+                                          answered REFUSED)
 
     Timing
     ------
@@ -54,6 +57,7 @@ class HostInterface(wiring.Component):
             "csr_addr": Out(6), "csr_rdata": In(32), "csr_wdata": Out(32), "csr_we": Out(1),
             "start": Out(1), "stop": Out(1), "clear": Out(1), "host_conflict": Out(1),
             "running": In(1),
+            "faulted": In(1),
         })
 
     def elaborate(self, platform):
@@ -148,8 +152,7 @@ class HostInterface(wiring.Component):
             with m.State("START"):
                 # The control unit refuses to start from the error state.
                 with m.If(status == Status.OK):
-                    m.d.comb += self.csr_addr.eq(CSR.STATUS)
-                    with m.If(self.csr_rdata[:2] == 3):
+                    with m.If(self.faulted):
                         m.d.sync += status.eq(Status.REFUSED)
                     with m.Else():
                         m.d.comb += self.start.eq(1)
@@ -203,6 +206,8 @@ class HostInterface(wiring.Component):
                         m.d.comb += [self.acc_rd.addr.eq(item_addr), self.acc_rd.en.eq(1)]
                     with m.Case(Space.IMEM):
                         m.d.comb += [self.imem_rd.addr.eq(item_addr), self.imem_rd.en.eq(1)]
+                    with m.Case(Space.CSR):
+                        m.d.comb += self.csr_addr.eq(item_addr)
                 m.next = "READ_LATCH"
             with m.State("READ_LATCH"):
                 with m.Switch(space):
@@ -213,7 +218,6 @@ class HostInterface(wiring.Component):
                     with m.Case(Space.IMEM):
                         m.d.sync += buf.eq(self.imem_rd.data)
                     with m.Case(Space.CSR):
-                        m.d.comb += self.csr_addr.eq(item_addr)
                         m.d.sync += buf.eq(self.csr_rdata)
                 m.d.sync += word_index.eq(0)
                 m.next = "READ_SEND"

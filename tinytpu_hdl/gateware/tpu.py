@@ -127,6 +127,7 @@ class TPU(wiring.Component):
             control.csr_we.eq(host.csr_we),
             host.csr_rdata.eq(control.csr_rdata),
             host.running.eq(control.running),
+            host.faulted.eq(control.state == State.ERROR),
             # Status outputs.
             self.running.eq(control.running),
             self.done.eq(control.state == State.DONE),

@@ -5,7 +5,7 @@ the TPU, so a corrupted or truncated frame changes nothing: it is answered with 
 frame. Responses are framed on the way out. Wire format: ``docs/host-protocol.md``.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -20,12 +20,33 @@ from .uart import UARTReceiver, UARTTransmitter
 __all__ = ["UARTHostBridge", "FrameReceiver", "hdl_crc16_byte"]
 
 
-def hdl_crc16_byte(crc, byte):
-    """Amaranth expression: CRC-16/CCITT-FALSE ``crc`` updated with one ``byte``."""
-    crc = crc ^ (byte << 8)
+def _crc16_byte_taps():
+    """For each bit of the updated CRC, the CRC bits (0..15) and byte bits (16..23) whose
+    XOR it is: the byte-wise CRC-16/CCITT-FALSE update is linear over GF(2)."""
+    bits = [frozenset([i]) for i in range(16)]                # the CRC before the byte
+    for i in range(8):
+        bits[8 + i] = bits[8 + i] ^ frozenset([16 + i])       # crc ^= byte << 8
     for _ in range(8):
-        crc = Mux(crc[15], (crc << 1) ^ 0x1021, crc << 1)[:16]
-    return crc
+        top = bits[15]
+        shifted = [frozenset()] + bits[:15]
+        bits = [b ^ top if (0x1021 >> k) & 1 else b for k, b in enumerate(shifted)]
+    return [sorted(b) for b in bits]
+
+
+_CRC16_TAPS = _crc16_byte_taps()
+
+
+def hdl_crc16_byte(crc, byte):
+    """Amaranth expression: CRC-16/CCITT-FALSE ``crc`` updated with one ``byte``, as one
+    XOR tree per bit (a bit-serial loop would nest the expression 3**8 deep)."""
+    inputs = Cat(crc[:16], byte[:8])
+    out = []
+    for taps in _CRC16_TAPS:
+        value = Const(0, 1)
+        for t in taps:
+            value = value ^ inputs[t]
+        out.append(value)
+    return Cat(*out)
 
 
 class FrameReceiver(wiring.Component):

