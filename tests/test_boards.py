@@ -2,11 +2,10 @@
 """Board support: PLL settings, board files, top levels on the real platforms, the
 build report parser, and (marked ``bitstream``) whole bitstream builds with YoWASP."""
 
-import os
 import re
 
+import numpy as np
 import pytest
-from amaranth.back import rtlil
 
 from tinytpu_hdl.boards import board_names, get_board
 from tinytpu_hdl.build import (
@@ -140,3 +139,34 @@ def test_ulx3s_bitstream_builds_and_meets_its_clock(tmp_path):
     assert report.fmax_mhz >= report.clock_mhz
     used, available = report.utilization["MULT18X18D"]
     assert used >= 4 and available == 156
+
+
+@pytest.mark.parametrize("name", ["icebreaker"])
+def test_board_configuration_trains_xor_over_the_simulated_serial_line(name):
+    """The board's own TPU configuration, behind its UART bridge on a simulated serial line,
+    trains XOR for two epochs bit-exactly like the reference model."""
+    from tinytpu_hdl.demos.xor import XOR_X, XOR_Y, xor_model
+    from tinytpu_hdl.runtime.accelerator import Accelerator
+    cfg = get_board(name).cfg
+    trained = []
+    for backend, options in (("serial-sim", {"divisor": 4, "max_words": 64}),
+                             ("reference", {})):
+        acc = Accelerator(cfg, backend=backend, **options)
+        model = xor_model(13)
+        losses = acc.train(model, XOR_X, XOR_Y, lr=0.5, epochs=2, batch_size=4)
+        trained.append((model, losses, acc.stats.cycles))
+    (a, la, ca), (b, lb, cb) = trained
+    for wa, wb in zip(a.weights + a.biases, b.weights + b.biases):
+        assert np.array_equal(wa, wb)
+    assert la == lb and ca == cb
+    assert not np.array_equal(a.weights[0], xor_model(13).weights[0])
+
+
+def test_utilization_parser_reads_ice40_logs():
+    from tinytpu_hdl.build import parse_utilization
+    log = ("Info: Device utilisation:\n"
+           "Info: \t         ICESTORM_LC:    6288/   5280   119%\n"
+           "Info: \t        ICESTORM_RAM:      20/     30    66%\n"
+           "Info: \t        ICESTORM_DSP:       8/      8   100%\n")
+    assert parse_utilization(log, "ice40") == {
+        "ICESTORM_LC": (6288, 5280), "ICESTORM_DSP": (8, 8), "ICESTORM_RAM": (20, 30)}

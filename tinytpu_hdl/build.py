@@ -15,7 +15,7 @@ from pathlib import Path
 from .gateware.board_top import BoardTop
 
 __all__ = ["BuildError", "BuildReport", "toolchain_env", "build_board", "parse_nextpnr_log",
-           "program_board"]
+           "parse_utilization", "program_board"]
 
 #: Environment variable Amaranth reads -> YoWASP command (and the PyPI package).
 YOWASP_TOOLS = {
@@ -93,15 +93,22 @@ def toolchain_env(family):
     return env
 
 
-def parse_nextpnr_log(text, family):
-    """(utilization, fmax in MHz) from a nextpnr log. The utilization comes from the
-    last 'Device utilisation' table; the Fmax from the last report of the ``sync``
-    clock (nextpnr reports after placement, then after routing)."""
+def parse_utilization(text, family):
+    """{resource: (used, available)} from the last 'Device utilisation' table of a
+    nextpnr log."""
     usage = {}
     for name in FAMILY_RESOURCES[family]:
         found = re.findall(rf"^Info:\s+{name}:\s+(\d+)/\s*(\d+)", text, re.M)
         if found:
             usage[name] = tuple(map(int, found[-1]))
+    return usage
+
+
+def parse_nextpnr_log(text, family):
+    """(utilization, fmax in MHz) from a nextpnr log. The utilization comes from the
+    last 'Device utilisation' table; the Fmax from the last report of the ``sync``
+    clock (nextpnr reports after placement, then after routing)."""
+    usage = parse_utilization(text, family)
     freqs = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", text)
     if not freqs:
         raise BuildError("nextpnr reported no clock frequency")
@@ -126,8 +133,15 @@ def build_board(board, *, build_dir="build"):
         plan.execute_local(str(build_dir), env=env)
     except subprocess.CalledProcessError as exc:
         log = build_dir / "tinytpu.tim"
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise BuildError(f"the {family} flow failed ({exc}); see {build_dir}\n{tail}") from None
+        text = log.read_text() if log.exists() else ""
+        over = [f"{name} {used:,}/{avail:,} ({used / avail:.0%})"
+                for name, (used, avail) in parse_utilization(text, family).items()
+                if used > avail]
+        if over:
+            raise BuildError(f"the {board.cfg.n}x{board.cfg.n} TPU does not fit the "
+                             f"{platform.device}: {', '.join(over)} (log: {log})") from None
+        raise BuildError(f"the {family} flow failed ({exc}); see {build_dir}\n"
+                         f"{text[-2000:]}") from None
     seconds = time.monotonic() - start
     usage, fmax = parse_nextpnr_log((build_dir / "tinytpu.tim").read_text(), family)
     bitstream = build_dir / ("tinytpu.bin" if family == "ice40" else "tinytpu.bit")
