@@ -1,7 +1,10 @@
 """ULX3S with the ECP5 LFE5U-85F (CABGA381): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD,
 25 MHz oscillator.
 
-An 8x8 array. LEDs 0/1/2 = running/done/error; fire button 1 resets the TPU.
+An 8x8 array by default (out of context it routes at 51 MHz; its board build did not
+finish routing on a 2-core machine, `--n 4` builds in about 8 minutes at 56.8 MHz).
+LEDs 0/1/2 = running/done/error; fire button 1 resets the TPU. The TPU runs from the
+25 MHz oscillator.
 """
 
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
@@ -13,8 +16,8 @@ BOARD = Board(
     name="ulx3s-85f",
     platform=ULX3S_85F_Platform,
     # The default memories (1024-row buffer, 256 accumulator rows, 256 instructions): a
-    # 4096-row buffer left the router with tens of thousands of overused wires after
-    # half an hour.
+    # 4096-row buffer left the router with 66,700 overused wires after 26 minutes
+    # of routing on a 2-core machine.
     cfg=TPUConfig(n=8),
     clock_hz=25e6,
     baud=1_000_000,
