@@ -96,7 +96,7 @@ def _board_backend(args):
         return None, None
     from .boards import get_board
     board = get_board(args.board)
-    if args.n_given:
+    if args.n is not None:
         board = board.with_n(args.n)
     if args.backend != "uart":
         return board.cfg, None
@@ -108,7 +108,8 @@ def _board_backend(args):
 def _cmd_demo_xor(args):
     from .demos.xor import run_xor
     cfg, options = _board_backend(args)
-    ok, _, _ = run_xor(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
+    ok, _, _ = run_xor(backend=args.backend, n=2 if args.n is None else args.n,
+                       epochs=args.epochs, lr=args.lr,
                        seed=args.seed, plot=args.plot, cfg=cfg, options=options)
     return 0 if ok else 1
 
@@ -199,9 +200,6 @@ def main(argv=None):
     p.set_defaults(func=_cmd_build)
 
     args = parser.parse_args(argv)
-    if getattr(args, "demo", None) == "xor":
-        args.n_given = args.n is not None
-        args.n = 2 if args.n is None else args.n
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:

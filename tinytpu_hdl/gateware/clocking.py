@@ -106,17 +106,14 @@ class BoardClocking(wiring.Component):
     def __init__(self, platform, f_sync, *, reset_button=None):
         self._f_in = platform.default_clk_frequency
         self._reset_button = reset_button
+        searches = {"ice40": ice40_pll, "ecp5": ecp5_pll}
         if abs(f_sync - self._f_in) < 1:
             self._pll = None
-            self.frequency = self._f_in
-        elif platform.family.lower() == "ice40":
-            self._pll = ice40_pll(self._f_in, f_sync)
-            self.frequency = self._pll.f_out
-        elif platform.family.lower() == "ecp5":
-            self._pll = ecp5_pll(self._f_in, f_sync)
-            self.frequency = self._pll.f_out
+        elif platform.family.lower() in searches:
+            self._pll = searches[platform.family.lower()](self._f_in, f_sync)
         else:
             raise ValueError(f"no PLL support for the {platform.family} family")
+        self.frequency = self._f_in if self._pll is None else self._pll.f_out
         super().__init__({})
 
     def elaborate(self, platform):

@@ -253,12 +253,11 @@ class ControlUnit(wiring.Component):
         d_legal = Signal()
         d_bad = Signal()                 # operand errors that need no address arithmetic
         d_ea, d_eb, d_ec, d_ed = (Signal(17, name=f"d_e{s}") for s in "abcd")
-        d_rows = Signal(16)
+        d_count = Signal(16)             # the count field: rows, or the value of a CFG
         d_last = Signal(16)              # rows - 1
         d_span = Signal(24)              # (rows - 1) * stride
         d_stride = Signal(8)
         d_flags = Signal(8)
-        d_count = Signal(16)
         d_rd = Signal(3)
         d_result = Signal(16)            # register result of SETR / ADDI / DJNZ
         d_next_pc = Signal(16)
@@ -277,8 +276,8 @@ class ControlUnit(wiring.Component):
             d_bad.eq((rows == 0) | ((op == Op.LOADW) & (rows > n))),
             d_ea.eq(ins.a.addr + reg_a), d_eb.eq(ins.b.addr + reg_b),
             d_ec.eq(ins.c.addr + regs[ins.c.reg]), d_ed.eq(ins.d.addr + regs[ins.d.reg]),
-            d_rows.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
-            d_stride.eq(ins.stride), d_flags.eq(ins.flags), d_count.eq(ins.count),
+            d_count.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
+            d_stride.eq(ins.stride), d_flags.eq(ins.flags),
             d_rd.eq(ins.a.reg), d_result.eq(result), d_next_pc.eq(next_pc),
             d_next_ok.eq(next_ok),
         ]
@@ -306,7 +305,7 @@ class ControlUnit(wiring.Component):
                 dst_end = d_eb + d_span
                 aux_end = d_ec + d_span
                 aux_overlap = (d_ec <= dst_end) & (d_eb <= aux_end)
-                in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_rows == 1))
+                in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_count == 1))
                 bias_overlap = (d_ed >= d_eb) & (d_ed <= dst_end)
                 m.d.comb += bad.eq((use_aux & aux_overlap & ~in_place) |
                                    (use_bias & bias_overlap))
@@ -351,23 +350,23 @@ class ControlUnit(wiring.Component):
         # --- command payloads (valid only in the issue cycle) ----------------------------
         m.d.comb += [
             self.load_cmd.payload.addr.eq(d_ea),
-            self.load_cmd.payload.rows.eq(d_rows),
+            self.load_cmd.payload.rows.eq(d_count),
             self.load_cmd.payload.transpose.eq(d_flags[0]),
             self.matmul_cmd.payload.src.eq(d_ea),
             self.matmul_cmd.payload.stride.eq(d_stride),
-            self.matmul_cmd.payload.rows.eq(d_rows),
+            self.matmul_cmd.payload.rows.eq(d_count),
             self.matmul_cmd.payload.dst.eq(d_eb),
             self.matmul_cmd.payload.accumulate.eq(d_flags[0]),
             self.vpu_cmd.payload.src.eq(d_ea),
             self.vpu_cmd.payload.dst.eq(d_eb),
             self.vpu_cmd.payload.aux.eq(d_ec),
             self.vpu_cmd.payload.bias.eq(d_ed),
-            self.vpu_cmd.payload.rows.eq(d_rows),
+            self.vpu_cmd.payload.rows.eq(d_count),
             self.vpu_cmd.payload.stride.eq(d_stride),
             self.vpu_cmd.payload.pathway.eq(pathway),
             self.gd_cmd.payload.src.eq(d_ea),
             self.gd_cmd.payload.param.eq(d_eb),
-            self.gd_cmd.payload.rows.eq(d_rows),
+            self.gd_cmd.payload.rows.eq(d_count),
             self.gd_cmd.payload.stochastic.eq(d_flags[0]),
         ]
         assert FLAG_TRANSPOSE == 1 and FLAG_ACCUMULATE == 1

@@ -117,36 +117,32 @@ class VectorUnit(wiring.Component):
                 bias_addr.eq(self.cmd.payload.bias),
             ]
 
-        # The pipeline: every stage registers the value ``x`` of each lane, the aux row
-        # ``y`` (targets or stored pre-activations), the activation ``h`` kept for the
-        # derivative, a product ``p`` or difference ``d`` where a stage needs one, the
-        # row's validity and its overflow flag. Multiplies have a stage of their own,
-        # and their rounding and saturation the next one.
+        # The pipeline: every stage registers the row's validity and overflow flag, and
+        # carries the value ``x`` of each lane, the aux row ``y`` (targets or stored
+        # pre-activations) and the activation ``h`` kept for the derivative. A product
+        # ``p`` or a difference ``d`` is made for the next stage only. Multiplies have a
+        # stage of their own, and their rounding and saturation the next one.
         prod_fmt = FixedFormat(min(62, fmt.width + cfg.scalar.width),
                                fmt.frac + cfg.scalar.frac)
-        prow = data.ArrayLayout(prod_fmt.shape, n)
-        wide = data.ArrayLayout(cfg.acc.shape, n)
+        layouts = {"x": row, "y": row, "h": row, "d": row,
+                   "p": data.ArrayLayout(prod_fmt.shape, n)}
+        carried = ("x", "y", "h")
         valids = []
 
-        def step(prev, name, *, x=None, p=None, d=None, h=None, ovf=None, y=True):
-            """The next stage after ``prev``: ``x``/``p``/``d``/``h`` map a lane to its new
-            value (default: carried over); ``ovf`` maps a lane to its overflow bit."""
-            nxt = {"valid": Signal(name=f"{name}_valid")}
+        def step(prev, name, *, ovf=None, drop=(), **new):
+            """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
+            its value; the carried fields of ``prev`` not in ``new`` or ``drop`` pass on.
+            ``ovf`` maps a lane to its overflow bit."""
+            nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(name=f"{name}_ovf")}
             valids.append(nxt["valid"])
             m.d.sync += nxt["valid"].eq(prev["valid"])
-            fields = {"x": (x, row), "p": (p, prow), "d": (d, row), "h": (h, row),
-                      "y": (None if y else False, row)}
-            for key, (compute, layout) in fields.items():
-                if compute is False or (compute is None and key not in prev):
-                    continue
-                reg = Signal(layout, name=f"{name}_{key}")
-                if compute is None:
-                    m.d.sync += reg.eq(prev[key])
-                else:
-                    for lane in range(n):
-                        m.d.sync += reg[lane].eq(compute(lane))
-                nxt[key] = reg
-            nxt["o"] = Signal(name=f"{name}_ovf")
+            for key, layout in layouts.items():
+                if key in new:
+                    nxt[key] = Signal(layout, name=f"{name}_{key}")
+                    m.d.sync += [nxt[key][lane].eq(new[key](lane)) for lane in range(n)]
+                elif key in carried and key in prev and key not in drop:
+                    nxt[key] = Signal(layout, name=f"{name}_{key}")
+                    m.d.sync += nxt[key].eq(prev[key])
             row_ovf = Const(0, 1)
             if ovf is not None:
                 for lane in range(n):
@@ -154,17 +150,16 @@ class VectorUnit(wiring.Component):
             m.d.sync += nxt["o"].eq(prev.get("o", Const(0, 1)) | (row_ovf & prev["valid"]))
             return nxt
 
-        # Raw rows straight from the memories (no logic after the block RAM outputs).
-        raw = {"valid": Signal(name="raw_valid")}
-        m.d.sync += raw["valid"].eq(active)
-        s = {"valid": raw["valid"], "acc": Signal(wide, name="raw_acc"),
-             "y": Signal(row, name="raw_y")}
-        m.d.sync += [s["acc"].eq(self.acc_rd.data), s["y"].eq(self.ub_aux.data)]
-        s = dict(s, valid=Signal(name="mem_valid"))
-        m.d.sync += s["valid"].eq(raw["valid"])
-        valids += [raw["valid"], s["valid"]]
+        # The memories' outputs, registered (no logic after a block RAM output).
+        raw_valid, mem_valid = Signal(), Signal()
+        raw_acc = Signal(data.ArrayLayout(cfg.acc.shape, n))
+        raw_y = Signal(row)
+        m.d.sync += [raw_valid.eq(active), mem_valid.eq(raw_valid),
+                     raw_acc.eq(self.acc_rd.data), raw_y.eq(self.ub_aux.data)]
+        valids += [raw_valid, mem_valid]
+        s = {"valid": mem_valid, "y": raw_y}
 
-        narrowed = [hdl_narrow(s["acc"][lane], cfg.acc, fmt) for lane in range(n)]
+        narrowed = [hdl_narrow(raw_acc[lane], cfg.acc, fmt) for lane in range(n)]
         s = step(s, "narrow", x=lambda l: narrowed[l][0], ovf=lambda l: narrowed[l][1])
 
         biased = [hdl_add_sat(s["x"][l], bias[l], fmt) for l in range(n)]
@@ -193,7 +188,7 @@ class VectorUnit(wiring.Component):
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
-                 ovf=lambda l: scale[l] & deriv[l][1], y=False)
+                 ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.STAGES, valids
 
         with m.If(s["valid"]):
