@@ -1,13 +1,15 @@
 """iCEBreaker (iCE40UP5K-SG48): 5,280 logic cells, 8 SB_MAC16, 30 EBR, 12 MHz oscillator.
 
-The TPU does not fit the UP5K yet. Its multipliers: one per PE, three per
-vector-unit lane, two per gradient-descent lane (a 32x16 product) and one in the
-control unit, so a 2x2 array needs 15 SB_MAC16 and a 1x1 array 7 of the 8; and a
-1x1 build measured 6,664 of the 5,280 logic cells (the control unit alone takes
-about 2,400 LUTs). The configuration below is the smallest one, so that
-``tinytpu build --board icebreaker`` reports exactly what is over. LEDs: green =
-done, red = error, the break-off PMOD's LED 2 = running; the user button resets
-the TPU. The TPU runs from the 12 MHz oscillator.
+A 1x1 TPU, the largest that fits: it takes about 95 % of the logic cells and 7 of
+the 8 DSPs (one for the PE, three for the vector unit's multiplies, two for the
+gradient-descent unit's 32x16 product, one for the control unit's range check),
+with 40-bit counters (25 hours at 12 MHz). A 2x2 array needs 15 SB_MAC16; even a
+vector unit and a gradient-descent unit with a single lane time-shared by both
+columns (not built) would leave 4 PEs + 3 + 2 = 9 of 8.
+The compiler tiles any network onto the 1x1 array, so XOR and the other demos run
+unchanged, only slower. LEDs: green = done, red = error, the break-off PMOD's LED
+2 = running; the user button resets the TPU. The TPU runs from the 12 MHz
+oscillator.
 """
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
@@ -18,7 +20,7 @@ from . import Board
 BOARD = Board(
     name="icebreaker",
     platform=ICEBreakerPlatform,
-    cfg=TPUConfig(n=1, ub_depth=1024, acc_depth=256, imem_depth=256),
+    cfg=TPUConfig(n=1, ub_depth=1024, acc_depth=256, imem_depth=256, counter_width=40),
     clock_hz=12e6,
     baud=1_000_000,
     leds={"running": ("led", 2), "done": ("led_g", 0), "error": ("led_r", 0)},

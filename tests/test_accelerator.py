@@ -121,9 +121,9 @@ def test_xor_same_results_for_every_array_size():
 def test_xor_training_pysim_matches_reference_bit_for_bit():
     cfg = TPUConfig(n=2)
     out = {}
-    for backend in ("reference", "pysim"):
+    for backend, options in (("reference", {}), ("pysim", {"check_collisions": True})):
         model = xor_model()
-        acc = Accelerator(cfg, backend=backend)
+        acc = Accelerator(cfg, backend=backend, **options)
         losses = acc.train(model, XOR_X, XOR_Y, lr=0.5, epochs=12, batch_size=4)
         out[backend] = (losses, model, acc.stats)
     (l1, m1, s1), (l2, m2, s2) = out["reference"], out["pysim"]

@@ -141,6 +141,22 @@ def test_ulx3s_bitstream_builds_and_meets_its_clock(tmp_path):
     assert used >= 4 and available == 156
 
 
+@pytest.mark.bitstream
+def test_icebreaker_bitstream_builds_and_meets_its_clock(tmp_path):
+    """The iCEBreaker's default build (1x1 TPU, the UP5K is nearly full) through Yosys,
+    nextpnr-ice40 and icepack: a bitstream that meets the 12 MHz clock, with the
+    multipliers in DSP blocks."""
+    board = get_board("icebreaker")
+    report = build_board(board, build_dir=tmp_path / "icebreaker")
+    print(report.table())
+    # A UP5K bitstream is 104,090 bytes (its size does not depend on the design).
+    assert report.bitstream.stat().st_size == 104_090
+    assert report.fmax_mhz >= report.clock_mhz == 12
+    assert report.utilization["ICESTORM_DSP"] == (7, 8)
+    used, available = report.utilization["ICESTORM_LC"]
+    assert available == 5280 and used <= available
+
+
 @pytest.mark.parametrize("name", ["icebreaker"])
 def test_board_configuration_trains_xor_over_the_simulated_serial_line(name):
     """The board's own TPU configuration, behind its UART bridge on a simulated serial line,

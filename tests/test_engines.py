@@ -11,7 +11,9 @@ from tinytpu_hdl.config import TPUConfig
 from tinytpu_hdl.gateware.gd_unit import GradientDescentUnit
 from tinytpu_hdl.gateware.loader import WeightLoader
 from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
-from tinytpu_hdl.gateware.memory import RowMemory, read_request, share_read, share_write
+from tinytpu_hdl.gateware.memory import (
+    RowMemory, collision_checker, read_request, share_read, share_write,
+)
 from tinytpu_hdl.gateware.systolic import SystolicArray
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
 from tinytpu_hdl.isa import ConfigReg, Instruction, Op, Pathway
@@ -349,3 +351,28 @@ def test_row_memory_transparent_read():
 
     h.run(tb)
     assert seen == {"same_cycle": [1, -2, 3], "held": [1, -2, 3]}
+
+
+@pytest.mark.parametrize("same_row", [False, True])
+def test_collision_checker_flags_a_read_of_the_row_being_written(same_row):
+    mem = RowMemory(8, 16, read_ports=2)
+    sim = Simulator(mem)
+    sim.add_clock(1e-8)
+    sim.add_testbench(collision_checker({"mem": mem}), background=True)
+
+    async def tb(ctx):
+        ctx.set(mem.w.addr, 3)
+        ctx.set(mem.w.en, 1)
+        ctx.set(mem.r1.addr, 3 if same_row else 4)
+        ctx.set(mem.r1.en, 1)
+        await ctx.tick()
+        ctx.set(mem.w.en, 0)
+        await ctx.tick()
+
+    sim.add_testbench(tb)
+    if same_row:
+        with pytest.raises(AssertionError, match="mem: row 3 read through port r1 in the "
+                                                 "cycle it is written"):
+            sim.run()
+    else:
+        sim.run()

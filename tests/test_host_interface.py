@@ -66,6 +66,15 @@ def test_out_of_range_write_changes_nothing(transport):
     assert np.array_equal(np.array(d.read(Space.UB, 14, 2)), [[1, 2, 3], [4, 5, 6]])
     with pytest.raises(HostError, match="READ refused: RANGE"):
         d.read(Space.ACC, 7, 2)
+    # Addresses are 32-bit words: one beyond 16 bits is out of range, not wrapped.
+    d.write(Space.IMEM, 0, [5])
+    for space, item in ((Space.UB, [9, 9, 9]), (Space.IMEM, 7)):
+        words = [header(Command.WRITE, space, 1), 1 << 16] + pack_items(CFG, space, [item])
+        assert status_of(transport.exchange(words)) == Status.RANGE
+    assert transport.exchange([header(Command.READ, Space.UB, 1), 1 << 16]) == [
+        Command.READ | Status.RANGE << 8]
+    assert d.read(Space.IMEM, 0, 1) == [5]
+    assert d.read(Space.UB, 0, 1)[0].tolist() != [9, 9, 9]
     # The stream is still in step: the next command works.
     assert d.read(Space.UB, 15, 1)[0].tolist() == [4, 5, 6]
 

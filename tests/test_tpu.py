@@ -201,6 +201,40 @@ def test_watchdog_stops_an_endless_loop():
     assert state["counters"][0] == 102
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("n", 0, "Array size n must be a positive integer"),
+    ("ub_depth", 65537, "ub_depth must be an integer from 1 to 65536"),
+    ("imem_depth", 0, "imem_depth must be an integer from 1 to 65536"),
+    ("counter_width", 7, "counter_width must be an integer from 8 to 64"),
+    ("counter_width", 65, "counter_width must be an integer from 8 to 64"),
+    ("counter_width", True, "counter_width must be an integer from 8 to 64"),
+])
+def test_config_rejects_bad_sizes(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TPUConfig(**{field: value})
+
+
+def test_counters_wrap_at_the_counter_width():
+    program = assemble("""
+        setr r1, 130
+    loop:
+        matmul ub[0], acc[0], rows=2
+        djnz r1, loop
+        sync
+        halt
+    """)
+    ub = {0: np.arange(4).reshape(2, 2)}
+    wide, _ = run_on("reference", TPUConfig(n=2, **SMALL), program, ub=ub)
+    narrow, error = run_both(TPUConfig(n=2, counter_width=8, **SMALL), program, ub=ub)
+    assert error is None
+    lows = wide["counters"][0::2]
+    assert min(lows) > 255 and not any(wide["counters"][1::2])   # every counter wrapped
+    assert narrow["counters"] == [v for low in lows for v in (low & 0xFF, 0)]
+    # A watchdog budget that does not fit the counters is refused, not truncated.
+    with pytest.raises(ValueError, match="watchdog must be .* 2\\*\\*8 - 1"):
+        run_on("reference", TPUConfig(n=2, counter_width=8, **SMALL), program, watchdog=256)
+
+
 def test_stochastic_gradient_descent_program():
     cfg = TPUConfig(n=2, **SMALL)
     rng = np.random.default_rng(4)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .gateware.board_top import BoardTop
+from .gateware.memory import SYNTHESIS_SCRIPT
 
 __all__ = ["BuildError", "BuildReport", "toolchain_env", "build_board", "parse_nextpnr_log",
            "parse_utilization", "program_board"]
@@ -124,7 +125,7 @@ def build_board(board, *, build_dir="build"):
     env = toolchain_env(family)
     build_dir = Path(build_dir).resolve()
     top = BoardTop(board)
-    overrides = {}
+    overrides = {"script_after_read": SYNTHESIS_SCRIPT}
     if board.synth_opts:
         overrides["synth_opts"] = board.synth_opts
     # A log left by an earlier build must not be read as this one's.

@@ -20,6 +20,10 @@ class TPUConfig:
     ``imem_depth`` are the sizes, in rows of ``n`` words or in
     instructions, of the unified buffer, the accumulator memory and the
     instruction memory (at most 65536 each: the ISA's addresses are 16-bit).
+    ``counter_width`` is the width of the cycle, array-busy, multiply-accumulate
+    and instruction counters and of the watchdog register (8 to 64 bits; the
+    counters wrap modulo ``2 ** counter_width``): 64 by default, fewer on small
+    FPGAs (at 12 MHz, 40 bits last 25 hours).
     """
 
     n: int = 2
@@ -29,6 +33,7 @@ class TPUConfig:
     ub_depth: int = 1024
     acc_depth: int = 256
     imem_depth: int = 256
+    counter_width: int = 64
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -48,6 +53,10 @@ class TPUConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
                 raise ValueError(f"{name} must be an integer from 1 to 65536, not {value!r}")
+        if (not isinstance(self.counter_width, int) or isinstance(self.counter_width, bool)
+                or not 8 <= self.counter_width <= 64):
+            raise ValueError(f"counter_width must be an integer from 8 to 64, "
+                             f"not {self.counter_width!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         check_accumulator(self.data, self.acc)

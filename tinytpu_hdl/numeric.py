@@ -258,6 +258,20 @@ def dot_chain(x, w, acc, *, psum=None, return_overflow=False):
 
 # --- Amaranth expressions --------------------------------------------------------------------
 
+def hdl_mul_const(value, k):
+    """Amaranth expression: the unsigned ``value`` times the constant ``k >= 0``, as a sum
+    of shifted copies (one per set bit of ``k``), so that synthesis spends adders, not a
+    multiplier block, on it."""
+    value = Value.cast(value)
+    terms = [value << bit for bit in range(k.bit_length()) if (k >> bit) & 1]
+    if not terms:
+        return Const(0, 1)
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 def hdl_saturate(value, fmt):
     """Amaranth expression clamping the signed ``value`` to ``fmt``.
 

@@ -77,16 +77,17 @@ class ReferenceTPU:
         status = (int(self.state) | (int(self.error_code) << 8) | (self.flags[0] << 16) |
                   (self.flags[1] << 17) | (self.flags[2] << 18))
         cfg = self.cfg
+        mask = (1 << cfg.counter_width) - 1
         values = {
             CSR.STATUS: status, CSR.ERROR_PC: self.error_pc, CSR.PC: self.pc,
             CSR.START_PC: self.start_pc,
             CSR.WATCHDOG_LO: self.watchdog & 0xFFFFFFFF, CSR.WATCHDOG_HI: self.watchdog >> 32,
-            CSR.CYCLES_LO: self.cycles & 0xFFFFFFFF, CSR.CYCLES_HI: self.cycles >> 32,
-            CSR.ARRAY_BUSY_LO: self.array_busy & 0xFFFFFFFF,
-            CSR.ARRAY_BUSY_HI: self.array_busy >> 32,
-            CSR.MACS_LO: self.macs & 0xFFFFFFFF, CSR.MACS_HI: self.macs >> 32,
-            CSR.INSTRUCTIONS_LO: self.instructions & 0xFFFFFFFF,
-            CSR.INSTRUCTIONS_HI: self.instructions >> 32,
+            CSR.CYCLES_LO: self.cycles & mask & 0xFFFFFFFF, CSR.CYCLES_HI: (self.cycles & mask) >> 32,
+            CSR.ARRAY_BUSY_LO: self.array_busy & mask & 0xFFFFFFFF,
+            CSR.ARRAY_BUSY_HI: (self.array_busy & mask) >> 32,
+            CSR.MACS_LO: self.macs & mask & 0xFFFFFFFF, CSR.MACS_HI: (self.macs & mask) >> 32,
+            CSR.INSTRUCTIONS_LO: self.instructions & mask & 0xFFFFFFFF,
+            CSR.INSTRUCTIONS_HI: (self.instructions & mask) >> 32,
             CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
             CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
             CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,
@@ -104,9 +105,9 @@ class ReferenceTPU:
         if addr == CSR.START_PC:
             self.start_pc = value & 0xFFFF
         elif addr == CSR.WATCHDOG_LO:
-            self.watchdog = (self.watchdog & ~0xFFFFFFFF) | value
+            self.watchdog = ((self.watchdog & ~0xFFFFFFFF) | value) & self._counter_mask
         elif addr == CSR.WATCHDOG_HI:
-            self.watchdog = (self.watchdog & 0xFFFFFFFF) | (value << 32)
+            self.watchdog = ((self.watchdog & 0xFFFFFFFF) | (value << 32)) & self._counter_mask
         elif addr == CSR.SEED:
             self.seed = value
             self.rng = np.array([xorshift_seed(value, lane) for lane in range(self.cfg.n)],
@@ -115,6 +116,10 @@ class ReferenceTPU:
             self.regs[addr - CSR.REG_BASE] = value & 0xFFFF
         elif CSR.CFG_BASE <= addr < CSR.CFG_BASE + len(ConfigReg):
             self.cfgs[addr - CSR.CFG_BASE] = value & 0xFFFF
+
+    @property
+    def _counter_mask(self):
+        return (1 << self.cfg.counter_width) - 1
 
     def clear(self):
         self.state = State.IDLE

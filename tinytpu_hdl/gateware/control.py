@@ -10,6 +10,7 @@ from ..isa import (
     FLAG_ACCUMULATE, FLAG_TRANSPOSE, INSTRUCTION_BITS, NUM_REGS, ConfigReg, ErrorCode,
     InstructionLayout, Op, Pathway, used_mask,
 )
+from ..numeric import hdl_mul_const
 from .gd_unit import GradientCommandLayout
 from .loader import LoadCommandLayout
 from .matmul_engine import MatmulCommandLayout
@@ -169,16 +170,28 @@ class ControlUnit(wiring.Component):
         start_pc = Signal(16)
         error_code = Signal(4)
         error_pc = Signal(16)
-        watchdog = Signal(64)
-        cycles = Signal(64)
-        array_busy = Signal(64)
-        macs = Signal(64)
-        issued = Signal(64)
+        width = cfg.counter_width
+        watchdog = Signal(width)
+        cycles = Signal(width)
+        array_busy = Signal(width)
+        issued = Signal(width)
         flag_array = Signal()
         flag_vpu = Signal()
         flag_gd = Signal()
-        regs = Array(Signal(16, name=f"r{i}") for i in range(NUM_REGS))
+        # R0 is the constant 0. Each register has one write enable and shares one write
+        # data multiplexer: instructions write while running, the host only while not.
+        regs = Array([Const(0, 16)] + [Signal(16, name=f"r{i}") for i in range(1, NUM_REGS)])
         cfgs = Array(Signal(16, name=f"cfg_{r.name.lower()}") for r in ConfigReg)
+        reg_we = Signal(NUM_REGS)
+        cfg_we = Signal(len(ConfigReg))
+        reg_wdata = Signal(16)
+        cfg_wdata = Signal(16)
+        for i in range(1, NUM_REGS):
+            with m.If(reg_we[i]):
+                m.d.sync += regs[i].eq(reg_wdata)
+        for r in ConfigReg:
+            with m.If(cfg_we[r]):
+                m.d.sync += cfgs[r].eq(cfg_wdata)
         load_hold = Signal(range(n + 1))     # cycles until a LOADW may issue
         switch_hold = Signal(range(n + 1))   # cycles until a MATMUL may issue
 
@@ -194,7 +207,9 @@ class ControlUnit(wiring.Component):
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(self.row_fed):
-            m.d.sync += [array_busy.eq(array_busy + 1), macs.eq(macs + n * n)]
+            m.d.sync += array_busy.eq(array_busy + 1)
+        # Every row that enters the array makes n * n multiply-accumulates.
+        macs = hdl_mul_const(array_busy, n * n)[:width]
         with m.If(self.array_overflow):
             m.d.sync += flag_array.eq(1)
         with m.If(self.vpu_overflow):
@@ -219,8 +234,10 @@ class ControlUnit(wiring.Component):
         ins = data.View(InstructionLayout, ir)
         op = ins.opcode
         rows = ins.count
-        reg_a = regs[ins.a.reg]
-        reg_b = regs[ins.b.reg]
+        # The register file's four read ports (each an 8-way multiplexer, built once).
+        reg_a, reg_b, reg_c, reg_d = (Signal(16, name=f"reg_{s}") for s in "abcd")
+        m.d.comb += [reg_a.eq(regs[ins.a.reg]), reg_b.eq(regs[ins.b.reg]),
+                     reg_c.eq(regs[ins.c.reg]), reg_d.eq(regs[ins.d.reg])]
 
         legal = Signal()
         groups = _bit_groups()
@@ -255,7 +272,8 @@ class ControlUnit(wiring.Component):
         d_ea, d_eb, d_ec, d_ed = (Signal(17, name=f"d_e{s}") for s in "abcd")
         d_count = Signal(16)             # the count field: rows, or the value of a CFG
         d_last = Signal(16)              # rows - 1
-        d_span = Signal(24)              # (rows - 1) * stride
+        d_span = Signal(24, reset_less=True)  # (rows - 1) * stride (no reset: the register
+                                              # can go into a multiplier block)
         d_stride = Signal(8)
         d_flags = Signal(8)
         d_rd = Signal(3)
@@ -275,7 +293,7 @@ class ControlUnit(wiring.Component):
             d_op.eq(op), d_legal.eq(legal),
             d_bad.eq((rows == 0) | ((op == Op.LOADW) & (rows > n))),
             d_ea.eq(ins.a.addr + reg_a), d_eb.eq(ins.b.addr + reg_b),
-            d_ec.eq(ins.c.addr + regs[ins.c.reg]), d_ed.eq(ins.d.addr + regs[ins.d.reg]),
+            d_ec.eq(ins.c.addr + reg_c), d_ed.eq(ins.d.addr + reg_d),
             d_count.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
             d_rd.eq(ins.a.reg), d_result.eq(result), d_next_pc.eq(next_pc),
@@ -375,7 +393,9 @@ class ControlUnit(wiring.Component):
             m.d.sync += [error_code.eq(code), error_pc.eq(pc)]
             m.next = "DRAIN"
 
-        wd_expired = (watchdog != 0) & (cycles >= watchdog)
+        # The cycle counter starts at 0 and counts every running cycle, and this is checked
+        # in every running cycle before draining: it first reaches the budget exactly.
+        wd_expired = (watchdog != 0) & (cycles == watchdog)
 
         def stop_from_outside():
             """The first branches of every running state but DRAIN: the host or the watchdog
@@ -390,7 +410,7 @@ class ControlUnit(wiring.Component):
                 if allow_start:
                     with m.If(self.start):
                         m.d.sync += [
-                            pc.eq(start_pc), cycles.eq(0), array_busy.eq(0), macs.eq(0),
+                            pc.eq(start_pc), cycles.eq(0), array_busy.eq(0),
                             issued.eq(0), flag_array.eq(0), flag_vpu.eq(0), flag_gd.eq(0),
                             error_code.eq(0), error_pc.eq(0), load_hold.eq(0),
                             switch_hold.eq(0),
@@ -446,10 +466,9 @@ class ControlUnit(wiring.Component):
                         with m.Case(Op.HALT):
                             m.next = "DONE"
                         with m.Case(Op.SETR, Op.ADDI, Op.DJNZ):
-                            with m.If(d_rd != 0):
-                                m.d.sync += regs[d_rd].eq(d_result)
+                            m.d.comb += reg_we.eq(1 << d_rd)
                         with m.Case(Op.CFG):
-                            m.d.sync += cfgs[d_flags[:2]].eq(d_count)
+                            m.d.comb += cfg_we.eq(1 << d_flags[:2])
                         with m.Case(Op.LOADW):
                             m.d.comb += self.load_cmd.valid.eq(1)
                             m.d.sync += switch_hold.eq(n - 1)
@@ -484,7 +503,7 @@ class ControlUnit(wiring.Component):
             CSR.WATCHDOG_LO: watchdog[:32], CSR.WATCHDOG_HI: watchdog[32:],
             CSR.CYCLES_LO: cycles[:32], CSR.CYCLES_HI: cycles[32:],
             CSR.ARRAY_BUSY_LO: array_busy[:32], CSR.ARRAY_BUSY_HI: array_busy[32:],
-            CSR.MACS_LO: macs[:32], CSR.MACS_HI: macs[32:],
+            CSR.MACS_LO: macs[:32], CSR.MACS_HI: macs[32:width],
             CSR.INSTRUCTIONS_LO: issued[:32], CSR.INSTRUCTIONS_HI: issued[32:],
             CSR.INFO: info, CSR.UB_DEPTH: Const(cfg.ub_depth, 32),
             CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),
@@ -512,15 +531,18 @@ class ControlUnit(wiring.Component):
                     m.d.sync += start_pc.eq(self.csr_wdata)
                 with m.Case(CSR.WATCHDOG_LO):
                     m.d.sync += watchdog[:32].eq(self.csr_wdata)
-                with m.Case(CSR.WATCHDOG_HI):
-                    m.d.sync += watchdog[32:].eq(self.csr_wdata)
+                if width > 32:
+                    with m.Case(CSR.WATCHDOG_HI):
+                        m.d.sync += watchdog[32:].eq(self.csr_wdata)
                 with m.Case(CSR.SEED):
                     # The pulse follows the write, so that ``seed`` holds the new value.
                     m.d.sync += [self.seed.eq(self.csr_wdata), self.reseed.eq(1)]
                 for i in range(1, NUM_REGS):
                     with m.Case(CSR.REG_BASE + i):
-                        m.d.sync += regs[i].eq(self.csr_wdata)
+                        m.d.comb += reg_we[i].eq(1)
                 for r in ConfigReg:
                     with m.Case(CSR.CFG_BASE + r):
-                        m.d.sync += cfgs[r].eq(self.csr_wdata)
+                        m.d.comb += cfg_we[r].eq(1)
+        m.d.comb += [reg_wdata.eq(Mux(running, d_result, self.csr_wdata)),
+                     cfg_wdata.eq(Mux(running, d_count, self.csr_wdata))]
         return m

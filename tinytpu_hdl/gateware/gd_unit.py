@@ -33,10 +33,11 @@ class GradientDescentUnit(wiring.Component):
 
     Timing
     ------
-    A command accepted in cycle ``c`` reads row ``i`` of both memories in cycle
-    ``c+1+i`` and writes it back in cycle ``c+6+i``. ``busy`` is low from cycle
-    ``c+rows+6`` on. Stages: the memories' outputs registered, the product, its
-    rounding, the subtraction with saturation.
+    A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
+    parameter row ``i`` in cycle ``c+3+i``, and writes the parameter row back in
+    cycle ``c+6+i``. ``busy`` is low from cycle ``c+rows+6`` on. Stages: the
+    memories' outputs registered, the product, its rounding, the subtraction with
+    saturation.
     """
 
     def __init__(self, cfg):
@@ -66,9 +67,8 @@ class GradientDescentUnit(wiring.Component):
         stochastic = Signal()
         active = remaining != 0
         with m.If(active):
-            m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1),
-                         self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
-            m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), param_rd.eq(param_rd + 1)]
+            m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
+            m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1)]
         with m.If(self.cmd.valid):
             m.d.sync += [remaining.eq(self.cmd.payload.rows), src.eq(self.cmd.payload.src),
                          param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
@@ -77,14 +77,24 @@ class GradientDescentUnit(wiring.Component):
         v0, v1, v2, v3, v4 = (Signal(name=f"valid_{i}") for i in range(5))
         m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3)]
 
-        # Stage 1 (row i in cycle c+3+i): the memories' outputs, registered.
+        # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered.
         grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
-        theta = [Signal(data.ArrayLayout(fmt.shape, n), name=f"theta_{i}") for i in range(3)]
-        m.d.sync += [grad.eq(self.acc_rd.data), theta[0].eq(self.ub_rd.data)]
-        m.d.sync += [theta[i + 1].eq(theta[i]) for i in range(2)]
+        m.d.sync += grad.eq(self.acc_rd.data)
+        # The parameter row is read two cycles after the gradient row and registered, so
+        # that it arrives in the subtraction stage instead of being carried to it.
+        with m.If(v1):
+            m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
+            m.d.sync += param_rd.eq(param_rd + 1)
+        theta_valid = Signal()
+        theta = Signal(data.ArrayLayout(fmt.shape, n))
+        m.d.sync += theta_valid.eq(v1)
+        with m.If(theta_valid):
+            m.d.sync += theta.eq(self.ub_rd.data)
 
         # Stage 2: exact product lr * grad.
-        prods = [Signal(prod_fmt.shape, name=f"prod_{lane}") for lane in range(n)]
+        # (Without a reset, so that synthesis can put the register into a multiplier block.)
+        prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
+                 for lane in range(n)]
         for lane in range(n):
             m.d.sync += prods[lane].eq(grad[lane] * self.lr)
 
@@ -111,14 +121,14 @@ class GradientDescentUnit(wiring.Component):
         new_ovf = Signal()
         ovf = Const(0, 1)
         for lane in range(n):
-            value, o_value = hdl_saturate(theta[2][lane] - updates[lane], fmt)
+            value, o_value = hdl_saturate(theta[lane] - updates[lane], fmt)
             m.d.sync += new[lane].eq(value)
             ovf = ovf | o_value
         m.d.sync += new_ovf.eq((ovf & v3) | update_ovf)
 
+        m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new)]
         with m.If(v4):
-            m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new),
-                         self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
+            m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
             m.d.sync += param_wr.eq(param_wr + 1)
         m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4)
         return m

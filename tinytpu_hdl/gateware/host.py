@@ -1,6 +1,7 @@
 """Host interface: executes host-protocol packets against the memories and the control unit."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.utils import ceil_log2
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,9 +37,10 @@ class HostInterface(wiring.Component):
 
     Timing
     ------
-    Accepts one command word per cycle. A read answers each item after two
-    cycles of memory access, then its words one per cycle as ``resp.ready``
-    allows.
+    Accepts one command word per cycle (an instruction word is written to the
+    instruction memory as it arrives; the items of the other spaces are written
+    once their last word has arrived). A read answers each word of an item
+    after two cycles of memory (or register) access, as ``resp.ready`` allows.
     """
 
     def __init__(self, cfg):
@@ -53,7 +55,7 @@ class HostInterface(wiring.Component):
             "acc_rd": Out(read_request(cfg.acc_depth, acc_row)),
             "acc_wr": Out(write_request(cfg.acc_depth, acc_row)),
             "imem_rd": Out(read_request(cfg.imem_depth, INSTRUCTION_BITS)),
-            "imem_wr": Out(write_request(cfg.imem_depth, INSTRUCTION_BITS)),
+            "imem_wr": Out(write_request(cfg.imem_depth, INSTRUCTION_BITS, INSTRUCTION_BITS // 32)),
             "csr_addr": Out(6), "csr_rdata": In(32), "csr_wdata": Out(32), "csr_we": Out(1),
             "start": Out(1), "stop": Out(1), "clear": Out(1), "host_conflict": Out(1),
             "running": In(1),
@@ -69,11 +71,42 @@ class HostInterface(wiring.Component):
         command = Signal(8)
         space = Signal(8)
         count = Signal(16)
-        addr = Signal(32)
+        addr = Signal(16)            # the address word's low half ...
+        addr_high = Signal()         # ... and whether its high half is not zero
         status = Signal(8)
         remaining = Signal(16)       # items left
         word_index = Signal(range(max_words + 1))
-        buf = Signal(32 * max_words)
+        # Written items are collected in a shift register: data words shift in at the top,
+        # so an item of w words ends up in its top w words. Instructions are written a
+        # word at a time instead (the instruction memory has a write enable per word), so
+        # the register is as long as the longest item of the other spaces.
+        buf_words = max(item_words(cfg, s) for s in spaces if s != Space.IMEM)
+        buf = Signal(32 * buf_words)
+        shift = Signal()
+        with m.If(shift):
+            m.d.sync += buf.eq(Cat(buf[32:], self.cmd.payload))
+
+        def item(space):
+            """The item written to ``space``: the top ``item_words`` words of ``buf``."""
+            return buf[32 * (buf_words - item_words(cfg, space)):]
+
+        # Read items are sent a word at a time: ``rword`` latches word ``latch_index`` of
+        # the item from the memory's (or the CSR's) output, which holds while it is sent.
+        rword = Signal(32)
+        latch = Signal()
+        latch_index = Signal.like(word_index)
+        m.d.comb += latch_index.eq(word_index)
+        with m.If(latch):
+            with m.Switch(space):
+                for source, target in ((self.ub_rd.data, Space.UB), (self.acc_rd.data, Space.ACC),
+                                       (self.imem_rd.data, Space.IMEM), (self.csr_rdata, Space.CSR)):
+                    with m.Case(target):
+                        words = item_words(cfg, target)
+                        source = Value.cast(source)
+                        padded = Cat(source, Const(0, 32 * words - len(source)))
+                        index = latch_index[:max(1, ceil_log2(words))]
+                        m.d.sync += rword.eq(padded.word_select(index, 32) if words > 1
+                                             else padded)
 
         words_of = Signal(range(max_words + 1))
         depth_of = Signal(17)
@@ -82,12 +115,18 @@ class HostInterface(wiring.Component):
                 with m.Case(s):
                     m.d.comb += [words_of.eq(item_words(cfg, s)), depth_of.eq(space_depth(cfg, s))]
         known_space = space < len(spaces)
-        fits = (addr + count) <= depth_of
+        fits = ~addr_high & ((addr + count) <= depth_of)
 
         item_addr = Signal(16)
+
+        # Write requests: only ``en`` says whether the host writes (see .memory).
+        for port, target in ((self.ub_wr, Space.UB), (self.acc_wr, Space.ACC)):
+            m.d.comb += [port.addr.eq(item_addr), Value.cast(port.data).eq(item(target))]
+        m.d.comb += [self.imem_wr.addr.eq(item_addr),
+                     self.imem_wr.data.eq(Cat(*[self.cmd.payload] * (INSTRUCTION_BITS // 32)))]
         m.d.comb += self.resp.payload.eq(0)
 
-        with m.FSM(init="HEADER"):
+        with m.FSM(init="HEADER") as fsm:
             with m.State("HEADER"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -97,7 +136,8 @@ class HostInterface(wiring.Component):
             with m.State("ADDRESS"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += addr.eq(self.cmd.payload)
+                    m.d.sync += [addr.eq(self.cmd.payload[:16]),
+                                 addr_high.eq(self.cmd.payload[16:] != 0)]
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr)]
@@ -163,7 +203,9 @@ class HostInterface(wiring.Component):
                 with m.Else():
                     m.d.comb += self.cmd.ready.eq(1)
                     with m.If(self.cmd.valid):
-                        m.d.sync += buf.word_select(word_index, 32).eq(self.cmd.payload)
+                        m.d.comb += shift.eq(1)
+                        with m.If((space == Space.IMEM) & (status == Status.OK)):
+                            m.d.comb += self.imem_wr.en.eq(1 << word_index)
                         with m.If(word_index == words_of - 1):
                             m.d.sync += word_index.eq(0)
                             m.next = "WRITE_ITEM"
@@ -173,19 +215,14 @@ class HostInterface(wiring.Component):
                 with m.If(status == Status.OK):
                     with m.Switch(space):
                         with m.Case(Space.UB):
-                            m.d.comb += [self.ub_wr.addr.eq(item_addr), self.ub_wr.en.eq(1),
-                                         Value.cast(self.ub_wr.data).eq(buf)]
+                            m.d.comb += self.ub_wr.en.eq(1)
                         with m.Case(Space.ACC):
-                            m.d.comb += [self.acc_wr.addr.eq(item_addr), self.acc_wr.en.eq(1),
-                                         Value.cast(self.acc_wr.data).eq(buf)]
-                        with m.Case(Space.IMEM):
-                            m.d.comb += [self.imem_wr.addr.eq(item_addr), self.imem_wr.en.eq(1),
-                                         self.imem_wr.data.eq(buf)]
+                            m.d.comb += self.acc_wr.en.eq(1)
                         with m.Case(Space.CSR):
-                            m.d.comb += [self.csr_addr.eq(item_addr), self.csr_wdata.eq(buf[:32]),
+                            m.d.comb += [self.csr_addr.eq(item_addr),
+                                         self.csr_wdata.eq(item(Space.CSR)[:32]),
                                          self.csr_we.eq(1)]
-                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
-                             buf.eq(0)]
+                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1)]
                 m.next = "WRITE_DATA"
             with m.State("RESPOND"):
                 m.d.comb += [
@@ -206,30 +243,26 @@ class HostInterface(wiring.Component):
                         m.d.comb += [self.acc_rd.addr.eq(item_addr), self.acc_rd.en.eq(1)]
                     with m.Case(Space.IMEM):
                         m.d.comb += [self.imem_rd.addr.eq(item_addr), self.imem_rd.en.eq(1)]
-                    with m.Case(Space.CSR):
-                        m.d.comb += self.csr_addr.eq(item_addr)
                 m.next = "READ_LATCH"
             with m.State("READ_LATCH"):
-                with m.Switch(space):
-                    with m.Case(Space.UB):
-                        m.d.sync += buf.eq(Value.cast(self.ub_rd.data))
-                    with m.Case(Space.ACC):
-                        m.d.sync += buf.eq(Value.cast(self.acc_rd.data))
-                    with m.Case(Space.IMEM):
-                        m.d.sync += buf.eq(self.imem_rd.data)
-                    with m.Case(Space.CSR):
-                        m.d.sync += buf.eq(self.csr_rdata)
-                m.d.sync += word_index.eq(0)
+                m.d.comb += latch.eq(1)
                 m.next = "READ_SEND"
             with m.State("READ_SEND"):
-                m.d.comb += [self.resp.valid.eq(1), self.resp.payload.eq(buf.word_select(word_index, 32))]
+                m.d.comb += [self.resp.valid.eq(1), self.resp.payload.eq(rword)]
                 with m.If(self.resp.ready):
                     with m.If(word_index == words_of - 1):
-                        m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1)]
+                        m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
+                                     word_index.eq(0)]
+                        m.next = "READ_ADDR"
                         with m.If(remaining == 1):
                             m.next = "HEADER"
-                        with m.Else():
-                            m.next = "READ_ADDR"
                     with m.Else():
+                        # The memory's output holds: latch the item's next word.
                         m.d.sync += word_index.eq(word_index + 1)
+                        m.d.comb += [latch.eq(1), latch_index.eq(word_index + 1)]
+
+        # A CSR being read is addressed for the whole read (its value is registered).
+        reading = fsm.ongoing("READ_ADDR") | fsm.ongoing("READ_LATCH") | fsm.ongoing("READ_SEND")
+        with m.If(reading & (space == Space.CSR)):
+            m.d.comb += self.csr_addr.eq(item_addr)
         return m

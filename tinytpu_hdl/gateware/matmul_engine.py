@@ -129,16 +129,17 @@ class MatmulEngine(wiring.Component):
         ]
 
         sums_overflow = 0
+        m.d.comb += self.acc_wr.addr.eq(write_tag.addr)
+        with m.If(write_tag.accumulate):
+            for lane in range(cfg.n):
+                total, ovf = hdl_add_sat(self.acc_rd.data[lane], self.result.payload.data[lane],
+                                         cfg.acc)
+                m.d.comb += self.acc_wr.data[lane].eq(total)
+                sums_overflow = sums_overflow | ovf
+        with m.Else():
+            m.d.comb += self.acc_wr.data.eq(self.result.payload.data)
         with m.If(write_tag.valid):
-            m.d.comb += [self.acc_wr.addr.eq(write_tag.addr), self.acc_wr.en.eq(1)]
-            with m.If(write_tag.accumulate):
-                for lane in range(cfg.n):
-                    total, ovf = hdl_add_sat(self.acc_rd.data[lane], self.result.payload.data[lane],
-                                             cfg.acc)
-                    m.d.comb += self.acc_wr.data[lane].eq(total)
-                    sums_overflow = sums_overflow | ovf
-            with m.Else():
-                m.d.comb += self.acc_wr.data.eq(self.result.payload.data)
+            m.d.comb += self.acc_wr.en.eq(1)
             m.d.comb += self.overflow.eq(self.result.payload.overflow |
                                          (write_tag.accumulate & sums_overflow))
 

@@ -1,26 +1,45 @@
 """On-chip memories (unified buffer, accumulators) and the request ports that share them.
 
 Every engine that uses a memory owns a *request port* (:func:`read_request`,
-:func:`write_request`). An engine drives its address, data and enable to
-zero while it is not using the port, and the control unit guarantees that
-two engines never use the same memory port in the same cycle, so the
-requests are combined with a plain OR (:func:`share_read`,
-:func:`share_write`), as on a wired-OR bus.
+:func:`write_request`), and the control unit guarantees that two engines
+never use the same memory port in the same cycle. A read requester drives
+its address and ``en`` to zero while it is not using the port, so the read
+requests are combined with a plain OR (:func:`share_read`), as on a wired-OR
+bus. A write requester only needs to drive ``en`` low: the write port takes
+the address and data of the requester whose ``en`` is high
+(:func:`share_write`), so that no engine spends a gate per data bit on
+zeroing its write data.
 
 Read timing: the address and ``en`` presented in cycle ``t`` give the row
 on ``data`` in cycle ``t + 1`` (and the data holds while ``en`` is low).
 A write presented in cycle ``t`` is visible to reads presented in cycle
 ``t + 1``; a port declared ``transparent`` also sees it in cycle ``t``.
+
+Read-write collisions: no engine and no host command ever reads a row
+through a port that is not transparent in the cycle in which the same row
+is written (the control unit's issue rules keep the writers and readers
+apart; :class:`~tinytpu_hdl.runtime.pysim.PysimTransport` checks it in
+simulation with ``check_collisions=True``). Synthesis is told so by
+:data:`SYNTHESIS_SCRIPT`: without it Yosys emulates Amaranth's read-old-data
+rule on block RAMs that do not have it (the iCE40's), with a register and a
+bypass multiplexer for every data bit (about 300 logic cells for the 1x1
+TPU's memories).
 """
 
-from amaranth.hdl import Module, Value
+from amaranth.hdl import Module, Mux, Shape, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["read_request", "write_request", "RowMemory", "UnifiedBuffer", "AccumulatorMemory",
-           "share_read", "share_write", "addr_width"]
+__all__ = ["SYNTHESIS_SCRIPT", "read_request", "write_request", "RowMemory", "UnifiedBuffer", "AccumulatorMemory",
+           "share_read", "share_write", "addr_width", "collision_checker"]
+
+
+#: Yosys commands to run after reading the design: reads of a row in the cycle it is
+#: written are "don't care" on every read port that is not transparent (see the module
+#: documentation for why that holds).
+SYNTHESIS_SCRIPT = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:TRANSPARENCY_MASK=1'0 %i"
 
 
 def addr_width(depth):
@@ -32,36 +51,47 @@ def read_request(depth, shape):
     return wiring.Signature({"addr": Out(addr_width(depth)), "en": Out(1), "data": In(shape)})
 
 
-def write_request(depth, shape):
-    """Signature of a write requester: ``addr``, ``data``, ``en`` out."""
-    return wiring.Signature({"addr": Out(addr_width(depth)), "data": Out(shape), "en": Out(1)})
+def write_request(depth, shape, granules=1):
+    """Signature of a write requester: ``addr``, ``data``, ``en`` out; ``en`` has a bit
+    per ``granules`` equal parts of the row (1: whole rows)."""
+    return wiring.Signature({"addr": Out(addr_width(depth)), "data": Out(shape),
+                             "en": Out(granules)})
 
 
 class RowMemory(wiring.Component):
     """A memory of ``depth`` rows of ``shape`` with ``read_ports`` synchronous read ports
     ``r0``, ``r1``, ... and one write port ``w``.
 
-    Built on :class:`amaranth.lib.memory.Memory`, so synthesis infers block RAM.
+    Built on :class:`amaranth.lib.memory.Memory`, so synthesis infers block RAM. With
+    ``granularity`` (bits of an unsigned ``shape``), ``w.en`` has one bit per part of
+    that many bits, written independently.
     """
 
-    def __init__(self, depth, shape, *, read_ports=1, transparent=False, init=()):
+    def __init__(self, depth, shape, *, read_ports=1, transparent=False, init=(),
+                 granularity=None):
         self._depth = depth
         self._shape = shape
         self._read_ports = read_ports
         self._transparent = transparent
         self._init = list(init)
+        self._granularity = granularity
+        granules = 1 if granularity is None else Shape.cast(shape).width // granularity
         members = {f"r{i}": In(read_request(depth, shape)) for i in range(read_ports)}
-        members["w"] = In(write_request(depth, shape))
+        members["w"] = In(write_request(depth, shape, granules))
         super().__init__(members)
 
     @property
     def depth(self):
         return self._depth
 
+    @property
+    def read_ports(self):
+        return self._read_ports
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
-        wp = mem.write_port()
+        wp = mem.write_port(granularity=self._granularity)
         m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en)]
         for i in range(self._read_ports):
             req = getattr(self, f"r{i}")
@@ -108,12 +138,39 @@ def share_read(m, port, requesters):
 
 
 def share_write(m, port, requesters):
-    """Connect several write requesters to one memory write port (wired OR)."""
-    addr = 0
-    dat = 0
-    en = 0
-    for req in requesters:
-        addr = addr | req.addr
-        dat = dat | Value.cast(req.data)
+    """Connect several write requesters to one memory write port: the address and data
+    of the requester whose ``en`` is high (at most one is); the last requester's when none
+    is, so that it needs no selection logic of its own."""
+    if not requesters:
+        m.d.comb += port.en.eq(0)
+        return
+    addr = requesters[-1].addr
+    dat = Value.cast(requesters[-1].data)
+    en = requesters[-1].en
+    for req in reversed(requesters[:-1]):
+        addr = Mux(req.en, req.addr, addr)
+        dat = Mux(req.en, Value.cast(req.data), dat)
         en = en | req.en
     m.d.comb += [port.addr.eq(addr), Value.cast(port.data).eq(dat), port.en.eq(en)]
+
+
+def collision_checker(memories):
+    """An async testbench that raises :class:`AssertionError` in the first cycle in which
+    a read port of one of ``memories`` (a dict name -> :class:`RowMemory`, elaborated)
+    reads the row its write port writes."""
+    ports = []
+    for name, mem in memories.items():
+        for i in range(mem.read_ports):
+            ports.append((name, i, mem.w, getattr(mem, f"r{i}")))
+    signals = [s for _, _, w, r in ports for s in (w.en, w.addr, r.en, r.addr)]
+
+    async def check(ctx):
+        cycle = 0
+        async for _, _, *values in ctx.tick().sample(*signals):
+            for k, (name, i, _, _) in enumerate(ports):
+                w_en, w_addr, r_en, r_addr = values[4 * k:4 * k + 4]
+                if w_en and r_en and w_addr == r_addr:
+                    raise AssertionError(f"{name}: row {w_addr} read through port r{i} in "
+                                         f"the cycle it is written (cycle {cycle})")
+            cycle += 1
+    return check

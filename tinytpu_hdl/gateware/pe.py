@@ -107,7 +107,8 @@ class ProcessingElement(wiring.Component):
         m = Module()
 
         active = self.w_active
-        product = Signal(2 * self._fmt.width)
+        # No reset, so that synthesis can put the register into the multiplier block.
+        product = Signal(2 * self._fmt.width, reset_less=True)
         product_valid = Signal()
 
         weight = Mux(self.act_in.switch, self.w_shadow, active)

@@ -67,13 +67,17 @@ class TPU(wiring.Component):
         m.submodules.array = array = SystolicArray(cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc)
         m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth)
         m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
-        m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS)
+        # (The host writes instructions a 32-bit word at a time.)
+        m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS, granularity=32)
         m.submodules.control = control = ControlUnit(cfg)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg)
         m.submodules.gd = gd = GradientDescentUnit(cfg)
         m.submodules.host = host = HostInterface(cfg)
+        #: The memories whose read ports are not transparent, by name (for the collision
+        #: check in simulation, see :mod:`.memory`).
+        self.checked_memories = {"ub": ub, "imem": imem}
 
         wiring.connect(m, wiring.flipped(self.host_cmd), host.cmd)
         wiring.connect(m, host.resp, wiring.flipped(self.host_resp))

@@ -14,6 +14,7 @@ from ..host_protocol import (
     BRIDGE_ERROR, FRAME_TO_DEVICE, FRAME_TO_HOST, BridgeError, Command, Space, Status,
     item_words,
 )
+from ..numeric import hdl_mul_const
 from .signatures import valid_stream
 from .uart import UARTReceiver, UARTTransmitter
 
@@ -240,17 +241,23 @@ class UARTHostBridge(wiring.Component):
         tx_byte = Signal(8)
         tx_index = Signal(2)
         space = first_word[8:16]
-        words_of = Signal(8)
+        # Data words of a read answer: the count times the item's words (no multiplier).
+        data_words = Signal(16)
         with m.Switch(space):
             for s in Space:
                 with m.Case(s):
-                    m.d.comb += words_of.eq(item_words(cfg, s))
+                    m.d.comb += data_words.eq(hdl_mul_const(self.resp.payload[16:],
+                                                            item_words(cfg, s)))
+
+        # One CRC update, of the byte being sent, whichever state sends it.
+        tx_crc_next = Signal(16)
+        m.d.comb += tx_crc_next.eq(hdl_crc16_byte(tx_crc, utx.data.payload))
 
         def send(value, next_state, *, crc_update=True):
             m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(value)]
             with m.If(utx.data.ready):
                 if crc_update:
-                    m.d.sync += tx_crc.eq(hdl_crc16_byte(tx_crc, value))
+                    m.d.sync += tx_crc.eq(tx_crc_next)
                 m.next = next_state
 
         with m.FSM(name="tx_fsm"):
@@ -261,11 +268,10 @@ class UARTHostBridge(wiring.Component):
                     m.d.comb += frames.error_ack.eq(1)
                     m.next = "SYNC"
                 with m.Elif(self.resp.valid):
-                    echo, status, n = (self.resp.payload[:8], self.resp.payload[8:16],
-                                       self.resp.payload[16:])
+                    echo, status = self.resp.payload[:8], self.resp.payload[8:16]
                     is_data = (echo == Command.READ) & (status == Status.OK)
                     m.d.sync += [tx_word.eq(self.resp.payload),
-                                 out_len.eq(1 + Mux(is_data, n * words_of, 0))]
+                                 out_len.eq(1 + Mux(is_data, data_words, 0))]
                     m.d.comb += self.resp.ready.eq(1)
                     m.next = "SYNC"
             with m.State("SYNC"):

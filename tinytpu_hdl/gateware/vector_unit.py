@@ -42,8 +42,8 @@ class VectorUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
-    row ``i`` and aux row ``i`` in cycle ``c+1+i``, and writes output row ``i`` in cycle
-    ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows go through
+    row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+5+i``, and writes output
+    row ``i`` in cycle ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows go through
     eleven registers: the memories' outputs, narrowing, bias, and for each of the
     three multiplies a product stage and a rounding/saturating stage (the loss also
     has a difference stage), so that no stage holds more than one multiply or one
@@ -92,12 +92,8 @@ class VectorUnit(wiring.Component):
 
         active = remaining != 0
         with m.If(active):
-            m.d.comb += [
-                self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1),
-                self.ub_aux.addr.eq(Mux(use_aux, aux, 0)), self.ub_aux.en.eq(use_aux),
-            ]
-            m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), aux.eq(aux + stride),
-                         first.eq(0)]
+            m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
+            m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
         with m.If(active & first & use_bias):
             m.d.comb += [self.ub_bias.addr.eq(bias_addr), self.ub_bias.en.eq(1)]
         bias_read = Signal()
@@ -138,7 +134,9 @@ class VectorUnit(wiring.Component):
             m.d.sync += nxt["valid"].eq(prev["valid"])
             for key, layout in layouts.items():
                 if key in new:
-                    nxt[key] = Signal(layout, name=f"{name}_{key}")
+                    # Products have no reset, so that synthesis can put their register
+                    # into the multiplier block.
+                    nxt[key] = Signal(layout, name=f"{name}_{key}", reset_less=(key == "p"))
                     m.d.sync += [nxt[key][lane].eq(new[key](lane)) for lane in range(n)]
                 elif key in carried and key in prev and key not in drop:
                     nxt[key] = Signal(layout, name=f"{name}_{key}")
@@ -150,14 +148,13 @@ class VectorUnit(wiring.Component):
             m.d.sync += nxt["o"].eq(prev.get("o", Const(0, 1)) | (row_ovf & prev["valid"]))
             return nxt
 
-        # The memories' outputs, registered (no logic after a block RAM output).
+        # The accumulator memory's output, registered (no logic after a block RAM output).
         raw_valid, mem_valid = Signal(), Signal()
         raw_acc = Signal(data.ArrayLayout(cfg.acc.shape, n))
-        raw_y = Signal(row)
         m.d.sync += [raw_valid.eq(active), mem_valid.eq(raw_valid),
-                     raw_acc.eq(self.acc_rd.data), raw_y.eq(self.ub_aux.data)]
+                     raw_acc.eq(self.acc_rd.data)]
         valids += [raw_valid, mem_valid]
-        s = {"valid": mem_valid, "y": raw_y}
+        s = {"valid": mem_valid}
 
         narrowed = [hdl_narrow(raw_acc[lane], cfg.acc, fmt) for lane in range(n)]
         s = step(s, "narrow", x=lambda l: narrowed[l][0], ovf=lambda l: narrowed[l][1])
@@ -172,6 +169,19 @@ class VectorUnit(wiring.Component):
         neg = [use_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
                  ovf=lambda l: neg[l] & leaky[l][1])
+
+        # The aux row is read four cycles after the accumulator row (while the row is in
+        # the bias stage) and registered, so that it joins the row in the act stage
+        # instead of being carried through the stages before.
+        aux_read = valids[3] & use_aux              # the bias stage
+        aux_valid = Signal()
+        s["y"] = Signal(row, name="aux_y")
+        m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
+        with m.If(aux_read):
+            m.d.sync += aux.eq(aux + stride)
+        m.d.sync += aux_valid.eq(aux_read)
+        with m.If(aux_valid):
+            m.d.sync += s["y"].eq(self.ub_aux.data)
 
         # MSE derivative: v = loss_scale * (h - y); h is kept for the derivative.
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
@@ -191,9 +201,9 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.STAGES, valids
 
+        m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
         with m.If(s["valid"]):
-            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"]), self.ub_wr.en.eq(1),
-                         self.overflow.eq(s["o"])]
+            m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(s["o"])]
             m.d.sync += dst.eq(dst + stride)
         m.d.comb += self.busy.eq(active | Cat(valids).any())
         return m

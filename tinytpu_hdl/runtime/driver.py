@@ -159,6 +159,10 @@ class HostDriver:
 
     def run(self, program=None, *, pc=0, watchdog=0):
         """Load ``program`` (if given) at address 0, start it at ``pc``, wait for it."""
+        width = self.cfg.counter_width
+        if not isinstance(watchdog, int) or not 0 <= watchdog < 1 << width:
+            raise ValueError(f"watchdog must be a cycle count from 0 (none) to 2**{width} - 1 "
+                             f"(the counter width), not {watchdog!r}")
         if program is not None:
             self.load_program(program)
         self.write(Space.CSR, CSR.WATCHDOG_LO, [watchdog & 0xFFFFFFFF, watchdog >> 32])

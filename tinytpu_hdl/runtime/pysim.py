@@ -4,6 +4,7 @@ from collections import deque
 
 from amaranth.sim import Simulator
 
+from ..gateware.memory import collision_checker
 from ..gateware.tpu import TPU
 from ..host_protocol import Command, Space, Status, item_words, parse_header
 
@@ -14,10 +15,13 @@ class PysimTransport:
     """A transport (see :mod:`.driver`) to a simulated :class:`~tinytpu_hdl.gateware.tpu.TPU`.
 
     The simulation lives as long as the transport: memories keep their contents between
-    commands. ``cycle`` counts simulated clock cycles.
+    commands. ``cycle`` counts simulated clock cycles. With ``check_collisions``, every
+    cycle is checked for a read of a row of the unified buffer or the instruction memory
+    in the cycle that row is written (which synthesis treats as "don't care", see
+    :mod:`tinytpu_hdl.gateware.memory`); one raises :class:`AssertionError`.
     """
 
-    def __init__(self, cfg, *, vcd=None):
+    def __init__(self, cfg, *, vcd=None, check_collisions=False):
         self.cfg = cfg
         self.tpu = TPU(cfg)
         self.cycle = 0
@@ -27,6 +31,9 @@ class PysimTransport:
         self._sim = Simulator(self.tpu)
         self._sim.add_clock(1e-8)
         self._sim.add_testbench(self._serve, background=True)
+        if check_collisions:
+            self._sim.add_testbench(collision_checker(self.tpu.checked_memories),
+                                    background=True)
         self._vcd = None
         if vcd:
             self._vcd = self._sim.write_vcd(vcd)
