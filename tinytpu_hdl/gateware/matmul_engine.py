@@ -47,14 +47,15 @@ class MatmulEngine(wiring.Component):
 
     Timing
     ------
-    A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i`` and presents it
-    to the array in cycle ``c+2+i`` (so its switch is in cycle ``c+2``). Its result
-    leaves the array ``latency`` (= ``2n``) cycles later and is written in that same
-    cycle, ``c+2+i+2n``; in accumulate mode the old row is read one cycle earlier
+    A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i``, registers the
+    memory's output and presents the row to the array in cycle ``c+3+i`` (so its switch
+    is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n``) cycles
+    later and is written in that same cycle, ``c+3+i+2n``; in accumulate mode the old
+    row is read one cycle earlier
     (the accumulator read port is transparent, so back-to-back commands accumulating
     into the same rows see each other's writes). ``ready`` is high from cycle
     ``c+rows`` on, so the next command's first row follows the last one with no gap;
-    ``busy`` is low once the last row is written, from cycle ``c+rows+2n+2`` on.
+    ``busy`` is low once the last row is written, from cycle ``c+rows+2n+3`` on.
     """
 
     def __init__(self, cfg):
@@ -82,7 +83,7 @@ class MatmulEngine(wiring.Component):
         dst = Signal.like(self.cmd.payload.dst)
         accumulate = Signal()
         first = Signal()
-        in_flight = Signal(range(latency + 4))
+        in_flight = Signal(range(latency + 5))
 
         active = remaining != 0
         m.d.comb += [
@@ -110,18 +111,18 @@ class MatmulEngine(wiring.Component):
                 accumulate.eq(self.cmd.payload.accumulate),
                 first.eq(1),
             ]
-        m.d.comb += [
-            self.act.valid.eq(feed_valid),
-            self.act.payload.switch.eq(feed_switch),
-        ]
-        with m.If(feed_valid):
-            m.d.comb += self.act.payload.data.eq(self.ub.data)
+        # The row is registered between the block RAM's output and the array (no logic
+        # between them in one cycle: the first PE multiplies what it receives).
+        act_data = Signal(data.ArrayLayout(cfg.data.shape, cfg.n), reset_less=True)
+        m.d.sync += [self.act.valid.eq(feed_valid), self.act.payload.switch.eq(feed_switch),
+                     act_data.eq(self.ub.data)]
+        m.d.comb += self.act.payload.data.eq(act_data)
 
-        # The destination of each row travels alongside the array, 2n cycles, to the
+        # The destination of each row travels alongside the array, 2n + 1 cycles, to the
         # cycle before its result appears (the accumulate read), then one more.
         tag = Signal(_TagLayout(cfg))
         m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst), tag.accumulate.eq(accumulate)]
-        read_tag = delayed(m, tag, latency, name="dst_tag")
+        read_tag = delayed(m, tag, latency + 1, name="dst_tag")
         write_tag = delayed(m, read_tag, 1, name="dst_tag_write")
         m.d.comb += [
             self.acc_rd.addr.eq(Mux(read_tag.valid & read_tag.accumulate, read_tag.addr, 0)),
