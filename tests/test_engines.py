@@ -301,7 +301,7 @@ def test_matmul_engine_with_array(accumulate):
         ctx.set(eng.cmd.valid, 1)
         await ctx.tick()
         ctx.set(eng.cmd.valid, 0)
-        for cycle in range(1, rows + 2 * n + 7):
+        for cycle in range(1, rows + 2 * n + 9):
             if ctx.get(eng.acc_wr.en):
                 writes.append((cycle, ctx.get(eng.acc_wr.addr)))
                 ovf.append(ctx.get(eng.overflow))
@@ -313,8 +313,8 @@ def test_matmul_engine_with_array(accumulate):
 
     h.run(tb)
     assert feeds == [3 + i for i in range(rows)]
-    assert writes == [(3 + i + 2 * n, dst + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 2 * n + 3
+    assert writes == [(5 + i + 2 * n, dst + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 2 * n + 5
     x = ub[src + stride * np.arange(rows)]
     want_rows, want_ovf = dot_chain(x, weights, cfg.acc, return_overflow=True)
     if accumulate:

@@ -192,6 +192,33 @@ def test_loop_and_registers():
     assert np.array_equal(state["acc"][1:9], ub[0] @ ub[40])
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5])
+def test_back_to_back_accumulation_into_rows_still_in_flight(rows):
+    """Matmuls accumulating into rows the previous one is still writing (the engine
+    forwards its sums): same result as numpy, on both backends, cycle for cycle."""
+    cfg = TPUConfig(n=2, **SMALL)
+    rng = np.random.default_rng(rows)
+    ub = rng.integers(-300, 300, (48, 2))
+    s = ub[40:42]                          # the weight tile (rows of S)
+    program = assemble(f"""
+        loadw ub[40], rows=2
+        matmul ub[0], acc[4], rows={rows}
+        matmul ub[8], acc[4], rows={rows}, accumulate
+        matmul ub[16], acc[5], rows={rows}, accumulate
+        matmul ub[24], acc[4], rows={rows}, accumulate
+        sync
+        halt
+    """)
+    state, error = run_both(cfg, program, ub={0: ub})
+    assert error is None
+    want = np.zeros((cfg.acc_depth, 2), dtype=np.int64)
+    want[4:4 + rows] = ub[0:rows] @ s
+    want[4:4 + rows] += ub[8:8 + rows] @ s
+    want[5:5 + rows] += ub[16:16 + rows] @ s
+    want[4:4 + rows] += ub[24:24 + rows] @ s
+    assert np.array_equal(state["acc"][4:6 + rows], want[4:6 + rows])
+
+
 def test_watchdog_stops_an_endless_loop():
     cfg = TPUConfig(n=2, **SMALL)
     program = assemble("loop: nop\ndjnz r0, loop")

@@ -34,7 +34,7 @@ __all__ = ["ReferenceTPU", "ReferenceTransport"]
 LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
-MATMUL_IDLE = lambda n, rows: rows + 2 * n + 3    # noqa: E731
+MATMUL_IDLE = lambda n, rows: rows + 2 * n + 5    # noqa: E731
 VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
 GD_IDLE = lambda n, rows: rows + 6                # noqa: E731
 

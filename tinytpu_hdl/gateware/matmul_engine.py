@@ -1,6 +1,6 @@
 """Matmul engine: streams unified-buffer rows through the array into the accumulators."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,12 +50,13 @@ class MatmulEngine(wiring.Component):
     A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i``, registers the
     memory's output and presents the row to the array in cycle ``c+3+i`` (so its switch
     is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n``) cycles
-    later and is written in that same cycle, ``c+3+i+2n``; in accumulate mode the old
-    row is read one cycle earlier
-    (the accumulator read port is transparent, so back-to-back commands accumulating
-    into the same rows see each other's writes). ``ready`` is high from cycle
-    ``c+rows`` on, so the next command's first row follows the last one with no gap;
-    ``busy`` is low once the last row is written, from cycle ``c+rows+2n+3`` on.
+    later, in cycle ``c+3+i+2n``, and is written two cycles after that, ``c+5+i+2n``
+    (registered, then added); in accumulate mode the old row is read one cycle before
+    the result leaves the array, and the rows written in the three cycles before the
+    addition are forwarded to it, so back-to-back commands accumulating into the same
+    rows see each other's sums. ``ready`` is high from cycle ``c+rows`` on, so the next
+    command's first row follows the last one with no gap; ``busy`` is low once the last
+    row is written, from cycle ``c+rows+2n+5`` on.
     """
 
     def __init__(self, cfg):
@@ -83,7 +84,7 @@ class MatmulEngine(wiring.Component):
         dst = Signal.like(self.cmd.payload.dst)
         accumulate = Signal()
         first = Signal()
-        in_flight = Signal(range(latency + 5))
+        in_flight = Signal(range(latency + 7))
 
         active = remaining != 0
         m.d.comb += [
@@ -119,33 +120,57 @@ class MatmulEngine(wiring.Component):
         m.d.comb += self.act.payload.data.eq(act_data)
 
         # The destination of each row travels alongside the array, 2n + 1 cycles, to the
-        # cycle before its result appears (the accumulate read), then one more.
+        # cycle before its result appears (the accumulate read).
         tag = Signal(_TagLayout(cfg))
         m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst), tag.accumulate.eq(accumulate)]
         read_tag = delayed(m, tag, latency + 1, name="dst_tag")
-        write_tag = delayed(m, read_tag, 1, name="dst_tag_write")
         m.d.comb += [
             self.acc_rd.addr.eq(Mux(read_tag.valid & read_tag.accumulate, read_tag.addr, 0)),
             self.acc_rd.en.eq(read_tag.valid & read_tag.accumulate),
         ]
 
-        sums_overflow = 0
-        m.d.comb += self.acc_wr.addr.eq(write_tag.addr)
-        with m.If(write_tag.accumulate):
-            for lane in range(cfg.n):
-                total, ovf = hdl_add_sat(self.acc_rd.data[lane], self.result.payload.data[lane],
-                                         cfg.acc)
-                m.d.comb += self.acc_wr.data[lane].eq(total)
-                sums_overflow = sums_overflow | ovf
-        with m.Else():
-            m.d.comb += self.acc_wr.data.eq(self.result.payload.data)
-        with m.If(write_tag.valid):
-            m.d.comb += self.acc_wr.en.eq(1)
-            m.d.comb += self.overflow.eq(self.result.payload.overflow |
-                                         (write_tag.accumulate & sums_overflow))
+        # The write side, three stages, so that no carry chain follows a block RAM output
+        # and no block RAM input follows a carry chain:
+        #   R (result cycle t): the result row and the old accumulator row, registered;
+        #   S (t+1): old + result, saturated, registered;
+        #   W (t+2): the sum is written.
+        # The read in t-1 sees the writes up to t-2; the rows written in t-1, t and t+1
+        # (by rows still in flight, when a command accumulates into rows the previous one
+        # just wrote) are forwarded into stage S instead.
+        acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
+        s_tag = delayed(m, read_tag, 2, name="dst_tag_sum")
+        old = Signal(acc_row, reset_less=True)
+        res = Signal(acc_row, reset_less=True)
+        res_ovf = Signal()
+        m.d.sync += [old.eq(self.acc_rd.data), res.eq(self.result.payload.data),
+                     res_ovf.eq(self.result.payload.overflow)]
+
+        w_tag = Signal(_TagLayout(cfg))
+        w_sum = Signal(acc_row, reset_less=True)
+        w_ovf = Signal()
+        # The last two rows written: (valid, addr) one and two cycles ago, and their values.
+        past_tags = [Signal(_TagLayout(cfg), name=f"written_tag_{i}") for i in (1, 2)]
+        past_sums = [Signal(acc_row, name=f"written_sum_{i}", reset_less=True) for i in (1, 2)]
+        m.d.sync += [past_tags[0].eq(w_tag), past_sums[0].eq(w_sum),
+                     past_tags[1].eq(past_tags[0]), past_sums[1].eq(past_sums[0])]
+
+        base = Value.cast(old)
+        for t, value in reversed(list(zip([w_tag] + past_tags, [w_sum] + past_sums))):
+            base = Mux(t.valid & (t.addr == s_tag.addr), Value.cast(value), base)
+        base = data.View(acc_row, base)
+        sums_overflow = Const(0, 1)
+        for lane in range(cfg.n):
+            total, ovf = hdl_add_sat(base[lane], res[lane], cfg.acc)
+            m.d.sync += w_sum[lane].eq(Mux(s_tag.accumulate, total, res[lane]))
+            sums_overflow = sums_overflow | ovf
+        m.d.sync += [w_tag.eq(s_tag), w_ovf.eq(res_ovf | (s_tag.accumulate & sums_overflow))]
+
+        m.d.comb += [self.acc_wr.addr.eq(w_tag.addr), Value.cast(self.acc_wr.data).eq(w_sum)]
+        with m.If(w_tag.valid):
+            m.d.comb += [self.acc_wr.en.eq(1), self.overflow.eq(w_ovf)]
 
         started = active
-        finished = write_tag.valid
+        finished = w_tag.valid
         with m.If(started & ~finished):
             m.d.sync += in_flight.eq(in_flight + 1)
         with m.Elif(~started & finished):

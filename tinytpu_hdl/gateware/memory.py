@@ -15,15 +15,18 @@ on ``data`` in cycle ``t + 1`` (and the data holds while ``en`` is low).
 A write presented in cycle ``t`` is visible to reads presented in cycle
 ``t + 1``; a port declared ``transparent`` also sees it in cycle ``t``.
 
-Read-write collisions: no engine and no host command ever reads a row
-through a port that is not transparent in the cycle in which the same row
-is written (the control unit's issue rules keep the writers and readers
+Read-write collisions: no engine and no host command ever uses a row read
+through a port that is not transparent in the cycle in which the same row is
+written. In the unified buffer and the instruction memory such reads do not
+happen at all (the control unit's issue rules keep the writers and readers
 apart; :class:`~tinytpu_hdl.runtime.pysim.PysimTransport` checks it in
-simulation with ``check_collisions=True``). Synthesis is told so by
-:data:`SYNTHESIS_SCRIPT`: without it Yosys emulates Amaranth's read-old-data
-rule on block RAMs that do not have it (the iCE40's), with a register and a
-bypass multiplexer for every data bit (about 300 logic cells for the 1x1
-TPU's memories).
+simulation with ``check_collisions=True``); in the accumulators the matmul
+engine's accumulate read may meet the write of a row three rows ahead of it,
+and the engine forwards that row's sum instead of using what it read.
+Synthesis is told so by :data:`SYNTHESIS_SCRIPT`: without it Yosys emulates
+Amaranth's read-old-data rule on block RAMs that do not have it (the
+iCE40's), with a register and a bypass multiplexer for every data bit (about
+300 logic cells for the 1x1 TPU's memories).
 """
 
 from amaranth.hdl import Module, Mux, Shape, Value
@@ -116,14 +119,13 @@ class UnifiedBuffer(RowMemory):
 class AccumulatorMemory(RowMemory):
     """The accumulators: ``depth`` rows of ``n`` accumulator-format words.
 
-    One read port ``r0``, transparent to the write port ``w`` so that a row
-    being accumulated in one cycle can be read back in the same cycle by
-    the next accumulation to the same row.
+    One read port ``r0`` and one write port ``w``. (The matmul engine forwards rows it
+    is still writing to its own additions, so reads of a row being written are "don't
+    care" here too.)
     """
 
     def __init__(self, cfg, depth):
-        super().__init__(depth, data.ArrayLayout(cfg.acc.shape, cfg.n), read_ports=1,
-                         transparent=True)
+        super().__init__(depth, data.ArrayLayout(cfg.acc.shape, cfg.n), read_ports=1)
 
 
 def share_read(m, port, requesters):
