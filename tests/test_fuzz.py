@@ -14,10 +14,10 @@ from tinytpu_hdl.testing.program_gen import FuzzCase, random_case
 CFG = TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=32)
 
 
-def fuzz(cfg, seeds):
+def fuzz(cfg, seeds, **options):
     # Also checks that no memory row is read in the cycle it is written (synthesis treats
     # that as "don't care").
-    sim, ref = PysimTransport(cfg, check_collisions=True), ReferenceTransport(cfg)
+    sim, ref = PysimTransport(cfg, check_collisions=True, **options), ReferenceTransport(cfg)
     outcomes = set()
     for seed in seeds:
         case = random_case(cfg, seed)
@@ -36,6 +36,13 @@ def test_generator_makes_valid_and_invalid_programs():
 def test_fuzz_short():
     outcomes = fuzz(CFG, range(40))
     assert "ok" in outcomes and "ILLEGAL_INSTRUCTION" in outcomes and len(outcomes) >= 3
+
+
+def test_fuzz_without_the_instruction_register():
+    """The control unit as built for iCE40 (decoding straight from the instruction memory's
+    output) behaves the same, cycle for cycle."""
+    fuzz(TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32), range(200, 230),
+         instruction_register=False)
 
 
 def test_fuzz_n3():

@@ -137,8 +137,9 @@ class ControlUnit(wiring.Component):
     ========  ============================================================
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, instruction_register=True):
         self._cfg = cfg
+        self._instruction_register = instruction_register
         super().__init__({
             "imem": Out(read_request(cfg.imem_depth, INSTRUCTION_BITS)),
             "load_cmd": Out(valid_stream(LoadCommandLayout(cfg))),
@@ -224,11 +225,16 @@ class ControlUnit(wiring.Component):
         # --- fetch ----------------------------------------------------------------------
         # The instruction register latches the instruction memory's output in the cycle
         # after each fetch, so that no decode logic hangs off the block RAM's output.
-        fetched = Signal()
-        ir = Signal(INSTRUCTION_BITS)
-        m.d.sync += fetched.eq(self.imem.en)
-        with m.If(fetched):
-            m.d.sync += ir.eq(self.imem.data)
+        if self._instruction_register:
+            fetched = Signal()
+            ir = Signal(INSTRUCTION_BITS)
+            m.d.sync += fetched.eq(self.imem.en)
+            with m.If(fetched):
+                m.d.sync += ir.eq(self.imem.data)
+        else:
+            # The memory's output holds the fetched word until the next fetch, which is
+            # never before the decode cycle: the same values, without the register.
+            ir = self.imem.data
 
         # --- decode (from the instruction register and the index registers) -------------
         ins = data.View(InstructionLayout, ir)

@@ -50,10 +50,11 @@ class TPU(wiring.Component):
     done: Out(1)
     error: Out(1)
 
-    def __init__(self, cfg: TPUConfig):
+    def __init__(self, cfg: TPUConfig, *, instruction_register=None):
         if not isinstance(cfg, TPUConfig):
             raise TypeError(f"TPU needs a TPUConfig, not {cfg!r}")
         self._cfg = cfg
+        self._instruction_register = instruction_register
         super().__init__()
 
     @property
@@ -69,7 +70,13 @@ class TPU(wiring.Component):
         m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
         # (The host writes instructions a 32-bit word at a time.)
         m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS, granularity=32)
-        m.submodules.control = control = ControlUnit(cfg)
+        # The control unit's instruction register only keeps logic off the instruction
+        # memory's output for timing; behaviour is the same without it, so it is left out
+        # where logic cells are scarcer than speed (iCE40), unless asked for.
+        fetch_register = self._instruction_register
+        if fetch_register is None:
+            fetch_register = str(getattr(platform, "family", "")).lower() != "ice40"
+        m.submodules.control = control = ControlUnit(cfg, instruction_register=fetch_register)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg)
