@@ -162,10 +162,8 @@ def synth_ecp5(n, workdir, freq=100):
     if y.returncode:
         return {"error": "yosys failed: " + y.stderr[-300:]}
     stat = (workdir / "stat.txt").read_text()
-    hier = stat
-
     def count(cell):
-        mt = re.search(rf"^\s+(\d+)\s+{cell}\s*$", hier, re.M)
+        mt = re.search(rf"^\s+(\d+)\s+{cell}\s*$", stat, re.M)
         return int(mt.group(1)) if mt else 0
 
     res = {"LUT4": count("LUT4"), "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D"),

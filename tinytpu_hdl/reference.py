@@ -77,17 +77,21 @@ class ReferenceTPU:
         status = (int(self.state) | (int(self.error_code) << 8) | (self.flags[0] << 16) |
                   (self.flags[1] << 17) | (self.flags[2] << 18))
         cfg = self.cfg
-        mask = (1 << cfg.counter_width) - 1
+        def counter(value):
+            """(low word, high word) of a counter, wrapped to the counter width."""
+            value &= self._counter_mask
+            return value & 0xFFFFFFFF, value >> 32
+
+        (cycles_lo, cycles_hi), (busy_lo, busy_hi), (macs_lo, macs_hi), (ins_lo, ins_hi) = (
+            counter(v) for v in (self.cycles, self.array_busy, self.macs, self.instructions))
         values = {
             CSR.STATUS: status, CSR.ERROR_PC: self.error_pc, CSR.PC: self.pc,
             CSR.START_PC: self.start_pc,
             CSR.WATCHDOG_LO: self.watchdog & 0xFFFFFFFF, CSR.WATCHDOG_HI: self.watchdog >> 32,
-            CSR.CYCLES_LO: self.cycles & mask & 0xFFFFFFFF, CSR.CYCLES_HI: (self.cycles & mask) >> 32,
-            CSR.ARRAY_BUSY_LO: self.array_busy & mask & 0xFFFFFFFF,
-            CSR.ARRAY_BUSY_HI: (self.array_busy & mask) >> 32,
-            CSR.MACS_LO: self.macs & mask & 0xFFFFFFFF, CSR.MACS_HI: (self.macs & mask) >> 32,
-            CSR.INSTRUCTIONS_LO: self.instructions & mask & 0xFFFFFFFF,
-            CSR.INSTRUCTIONS_HI: (self.instructions & mask) >> 32,
+            CSR.CYCLES_LO: cycles_lo, CSR.CYCLES_HI: cycles_hi,
+            CSR.ARRAY_BUSY_LO: busy_lo, CSR.ARRAY_BUSY_HI: busy_hi,
+            CSR.MACS_LO: macs_lo, CSR.MACS_HI: macs_hi,
+            CSR.INSTRUCTIONS_LO: ins_lo, CSR.INSTRUCTIONS_HI: ins_hi,
             CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
             CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
             CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,

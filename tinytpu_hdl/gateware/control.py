@@ -128,8 +128,8 @@ class ControlUnit(wiring.Component):
     ========  ============================================================
     LOADW     loader ready; ``n`` cycles since the last MATMUL issued;
               vector and gradient units idle
-    MATMUL    matmul engine ready; ``n - 1`` cycles since the last LOADW issued;
-              vector and gradient units idle
+    MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
+              issued; vector and gradient units idle
     VPU, GD   loader, matmul engine, vector and gradient units all idle
     CFG       vector and gradient units idle
     SYNC      every engine idle (HALT likewise)
@@ -509,7 +509,7 @@ class ControlUnit(wiring.Component):
             CSR.WATCHDOG_LO: watchdog[:32], CSR.WATCHDOG_HI: watchdog[32:],
             CSR.CYCLES_LO: cycles[:32], CSR.CYCLES_HI: cycles[32:],
             CSR.ARRAY_BUSY_LO: array_busy[:32], CSR.ARRAY_BUSY_HI: array_busy[32:],
-            CSR.MACS_LO: macs[:32], CSR.MACS_HI: macs[32:width],
+            CSR.MACS_LO: macs[:32], CSR.MACS_HI: macs[32:],
             CSR.INSTRUCTIONS_LO: issued[:32], CSR.INSTRUCTIONS_HI: issued[32:],
             CSR.INFO: info, CSR.UB_DEPTH: Const(cfg.ub_depth, 32),
             CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),

@@ -82,8 +82,9 @@ class TPU(wiring.Component):
         m.submodules.vector = vector = VectorUnit(cfg)
         m.submodules.gd = gd = GradientDescentUnit(cfg)
         m.submodules.host = host = HostInterface(cfg)
-        #: The memories whose read ports are not transparent, by name (for the collision
-        #: check in simulation, see :mod:`.memory`).
+        #: The memories never read in the cycle a row is written, by name (for the collision
+        #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
+        #: matmul engine forwards what it would read there).
         self.checked_memories = {"ub": ub, "imem": imem}
 
         wiring.connect(m, wiring.flipped(self.host_cmd), host.cmd)

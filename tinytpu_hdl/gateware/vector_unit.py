@@ -43,8 +43,8 @@ class VectorUnit(wiring.Component):
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
     row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+5+i``, and writes output
-    row ``i`` in cycle ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows go through
-    eleven registers: the memories' outputs, narrowing, bias, and for each of the
+    row ``i`` in cycle ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows
+    go through eleven registers: the memories' outputs, narrowing, bias, and for each of the
     three multiplies a product stage and a rounding/saturating stage (the loss also
     has a difference stage), so that no stage holds more than one multiply or one
     carry chain and saturation.
@@ -162,6 +162,7 @@ class VectorUnit(wiring.Component):
         biased = [hdl_add_sat(s["x"][l], bias[l], fmt) for l in range(n)]
         s = step(s, "bias", x=lambda l: Mux(use_bias, biased[l][0], s["x"][l]),
                  ovf=lambda l: use_bias & biased[l][1])
+        bias_stage = s
 
         # Leaky ReLU: h = x if x >= 0 else leak * x.
         s = step(s, "act_mul", p=lambda l: s["x"][l] * self.leak)
@@ -173,7 +174,7 @@ class VectorUnit(wiring.Component):
         # The aux row is read four cycles after the accumulator row (while the row is in
         # the bias stage) and registered, so that it joins the row in the act stage
         # instead of being carried through the stages before.
-        aux_read = valids[3] & use_aux              # the bias stage
+        aux_read = bias_stage["valid"] & use_aux
         aux_valid = Signal()
         s["y"] = Signal(row, name="aux_y")
         m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
