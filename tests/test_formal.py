@@ -40,8 +40,8 @@ def drive_anyseq(m, *signals):
 
 
 def pe_spec(fmt, acc, *, wrong=False):
-    """Shadow = last weight shifted in; active = shadow at the last switch; psum_out two
-    cycles after a valid input = saturate(psum_in one cycle after it + x * w), with w the
+    """Shadow = last weight shifted in; active = shadow at the last switch; psum_out three
+    cycles after a valid input = saturate(psum_in two cycles after it + x * w), with w the
     shadow weight on a switch, else the active one; overflow = incoming flag or saturation."""
     m = Module()
     m.submodules.pe = pe = ProcessingElement(fmt, acc)
@@ -55,12 +55,12 @@ def pe_spec(fmt, acc, *, wrong=False):
     with m.If(switch):
         m.d.sync += active.eq(shadow)
     m.d.comb += [Assert(pe.w_shadow == shadow), Assert(pe.w_active == active)]
-    x1, w1 = Signal(fmt.shape), Signal(fmt.shape)
-    v1, v2 = Signal(), Signal()
-    m.d.sync += [x1.eq(pe.act_in.data), w1.eq(Mux(switch, shadow, active)),
-                 v1.eq(pe.act_in.valid), v2.eq(v1)]
+    x1, w1, x2, w2 = (Signal(fmt.shape) for _ in range(4))
+    v1, v2, v3 = Signal(), Signal(), Signal()
+    m.d.sync += [x1.eq(pe.act_in.data), w1.eq(Mux(switch, shadow, active)), x2.eq(x1),
+                 w2.eq(w1), v1.eq(pe.act_in.valid), v2.eq(v1), v3.eq(v2)]
     exact = Signal(signed(acc.width + 2))
-    m.d.comb += exact.eq(pe.psum_in.value + x1 * w1)
+    m.d.comb += exact.eq(pe.psum_in.value + x2 * w2)
     high, low = exact > acc.max_int, exact < acc.min_int
     expected = Signal(acc.shape)
     expected_ovf = Signal()
@@ -69,7 +69,7 @@ def pe_spec(fmt, acc, *, wrong=False):
     else:
         m.d.sync += expected.eq(Mux(high, acc.max_int, Mux(low, acc.min_int, exact)))
     m.d.sync += expected_ovf.eq(pe.psum_in.overflow | high | low)
-    with m.If(v2):
+    with m.If(v3):
         m.d.comb += [Assert(pe.psum_out.value == expected),
                      Assert(pe.psum_out.overflow == expected_ovf)]
     return m
@@ -186,10 +186,11 @@ def test_control_issues_or_faults_within_n_cycles_when_engines_are_idle():
     """No deadlock: with idle engines no instruction waits in issue longer than the array's
     double-buffering holds (n cycles), so the unit keeps fetching, or halts or faults.
 
-    Between two fetches lie the latch or decode cycle, at most n - 1 cycles of waiting for
-    the double-buffering holds and the issue cycle, and, when the next instruction would lie
-    beyond the instruction memory, the fetch that faults and one drain cycle: n + 3 at most
-    (the bound is tight: n + 2 fails)."""
+    Between two fetches lie the latch or decode cycle, an engine instruction's operand-check
+    cycle, at most n - 1 cycles of waiting for the double-buffering holds and the issue
+    cycle, and, when the next instruction would lie beyond the instruction memory, the
+    fetch that faults and one drain cycle: n + 4 at most (the bound is tight: n + 3
+    fails)."""
     cfg = TPUConfig(n=3, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
     m, cu, _ = control_spec(cfg)
     stuck = Signal(range(16))
@@ -197,7 +198,7 @@ def test_control_issues_or_faults_within_n_cycles_when_engines_are_idle():
         m.d.sync += stuck.eq(stuck + 1)
     with m.Else():
         m.d.sync += stuck.eq(0)
-    m.d.comb += Assert(stuck <= cfg.n + 3)
+    m.d.comb += Assert(stuck <= cfg.n + 4)
     check(m, "bmc", 24, "control_liveness")
 
 

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Processing element: MAC timing, saturation, double-buffered weight."""
+"""Processing element: MAC timing (three stages), saturation, double-buffered weight."""
 
 import numpy as np
 import pytest
@@ -37,21 +37,21 @@ def simulate_pe(steps):
     return seen
 
 
-def test_mac_two_stage_timing_and_values():
+def test_mac_three_stage_timing_and_values():
     rng = np.random.default_rng(0)
     w = -30000
     xs = rng.integers(-32768, 32768, 20)
     ps = rng.integers(-2**31, 2**31, 20)
     steps = [{"w_north": w, "shift_south": 1}]
     steps += [{"x": int(x), "valid": 1, "switch": int(i == 0)} for i, x in enumerate(xs)]
-    steps += [{}, {}]
-    for i, p in enumerate(ps):          # psum for input i arrives one cycle after it
-        steps[2 + i]["psum"] = int(p)
+    steps += [{}, {}, {}]
+    for i, p in enumerate(ps):          # psum for input i arrives two cycles after it
+        steps[3 + i]["psum"] = int(p)
     seen = simulate_pe(steps)
     want, want_ovf = add_sat(ps, xs * w, Q16_16, return_overflow=True)
-    got = [seen[3 + i]["psum"] for i in range(20)]
+    got = [seen[4 + i]["psum"] for i in range(20)]
     assert got == list(want)
-    assert [seen[3 + i]["ovf"] for i in range(20)] == [int(o) for o in want_ovf]
+    assert [seen[4 + i]["ovf"] for i in range(20)] == [int(o) for o in want_ovf]
     assert want_ovf.any() and not want_ovf.all()
     # act passes east one cycle later, unchanged.
     assert [seen[2 + i]["x"] for i in range(20)] == list(xs)
@@ -60,9 +60,9 @@ def test_mac_two_stage_timing_and_values():
 
 def test_incoming_overflow_flag_is_sticky():
     steps = [{"w_north": 1, "shift_south": 1}, {"x": 1, "valid": 1, "switch": 1},
-             {"psum": 5, "ovf": 1}, {}]
+             {}, {"psum": 5, "ovf": 1}, {}]
     seen = simulate_pe(steps)
-    assert seen[3]["psum"] == 6 and seen[3]["ovf"] == 1
+    assert seen[4]["psum"] == 6 and seen[4]["ovf"] == 1
 
 
 def test_shadow_and_active_weights():
@@ -74,18 +74,18 @@ def test_shadow_and_active_weights():
         {"x": 5, "valid": 1, "switch": 1},                                  # switch: uses 11
         {"x": 6, "valid": 1, "w_north": 13, "shift_south": 1, "w_west": 15, "shift_east": 1},
         {"x": 1, "valid": 1, "switch": 1},                                  # south wins: 13
-        {}, {},
+        {}, {}, {},
     ]
     seen = simulate_pe(steps)
-    assert [seen[i]["psum"] for i in range(3, 9)] == [14, 21, 28, 55, 66, 13]
+    assert [seen[i]["psum"] for i in range(4, 10)] == [14, 21, 28, 55, 66, 13]
     assert seen[1]["shadow"] == 7 and seen[2]["shadow"] == 9 and seen[4]["shadow"] == 11
 
 
 def test_invalid_input_does_not_change_sum():
     steps = [{"w_north": 3, "shift_south": 1}, {"x": 2, "valid": 1, "switch": 1},
-             {"x": 100, "valid": 0, "psum": 10}, {"psum": 99}, {}]
+             {"x": 100, "valid": 0}, {"psum": 10}, {"psum": 99}, {}]
     seen = simulate_pe(steps)
-    assert seen[3]["psum"] == 16 and seen[4]["psum"] == 16
+    assert seen[4]["psum"] == 16 and seen[5]["psum"] == 16
 
 
 def test_rejects_inexact_accumulator():

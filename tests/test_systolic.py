@@ -61,7 +61,7 @@ def test_narrow_format():
 def test_latency(rows, cols):
     rng = np.random.default_rng(1)
     array = SystolicArray(rows, cols)
-    assert array.latency == rows + cols
+    assert array.latency == rows + cols + 1
     tile = random_tile(rng, rows, cols, 3)
     schedule, results = check_tiles(array, [tile])
     first_in = tile.first_row_cycle

@@ -117,11 +117,11 @@ def test_every_vector_pathway():
 def test_weight_loads_overlap_streaming(n):
     """Tiles back to back: every extra tile costs exactly its rows in cycles, so no array cycle
     is lost to weight loading between tiles. The shortest such tile has 2n-1 rows (the
-    array's double-buffering rule) and at least 4 (a LOADW and a MATMUL take the control unit
-    two cycles each)."""
+    array's double-buffering rule) and at least 6 (a LOADW and a MATMUL take the control unit
+    three cycles each)."""
     cfg = TPUConfig(n=n, **SMALL)
     rng = np.random.default_rng(n)
-    m = max(2 * n - 1, 4)
+    m = max(2 * n - 1, 6)
     ub = {0: rng.integers(-500, 500, (m, n)), 16: rng.integers(-500, 500, (n, n))}
 
     def program(tiles):

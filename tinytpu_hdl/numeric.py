@@ -52,7 +52,7 @@ __all__ = [
     "round_shift", "saturate", "narrow", "add_sat", "mul_narrow", "dot_chain",
     "stochastic_narrow", "xorshift32", "xorshift_seed",
     "hdl_saturate", "hdl_round_shift", "hdl_narrow", "hdl_add_sat", "hdl_mul_narrow",
-    "hdl_stochastic_narrow", "hdl_xorshift32",
+    "hdl_stochastic_round", "hdl_xorshift32",
 ]
 
 
@@ -301,11 +301,15 @@ def hdl_round_shift(value, shift):
     return value
 
 
-def hdl_stochastic_narrow(value, src, dst, random_bits):
-    """Amaranth expression for :func:`stochastic_narrow`: returns ``(result, overflow)``."""
+def hdl_stochastic_round(value, src, dst, random_bits):
+    """Amaranth expression: ``value`` (format ``src``) plus the low ``src.frac - dst.frac``
+    bits of ``random_bits``, shifted to ``dst``'s fraction: :func:`stochastic_narrow`
+    before its saturation (:func:`hdl_saturate`), so that a pipeline can register between
+    the two."""
     shift = src.frac - dst.frac
     offset = Value.cast(random_bits)[:shift]
-    return hdl_saturate((Value.cast(value) + offset) >> shift, dst)
+    return (Value.cast(value) + offset) >> shift
+
 
 
 def hdl_xorshift32(state):

@@ -34,9 +34,12 @@ __all__ = ["ReferenceTPU", "ReferenceTransport"]
 LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
-MATMUL_IDLE = lambda n, rows: rows + 2 * n + 5    # noqa: E731
+MATMUL_IDLE = lambda n, rows: rows + 2 * n + 6    # noqa: E731
 VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
-GD_IDLE = lambda n, rows: rows + 6                # noqa: E731
+GD_IDLE = lambda n, rows: rows + 7                # noqa: E731
+# Instructions whose operands the control unit checks in a cycle of their own before
+# they may issue.
+ENGINE_OPS = (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
 
 
 class _Fault(Exception):
@@ -176,12 +179,18 @@ class ReferenceTPU:
                 return stop(ErrorCode.WATCHDOG, wd)
             try:
                 ins = decode(self.imem[self.pc])
-                operands = self._check(ins)
             except DecodeError:
                 return stop(ErrorCode.ILLEGAL_INSTRUCTION, e)
+            op = ins.op
+            if op in ENGINE_OPS:
+                # The operand checks take the first issue cycle.
+                e += 1
+                if wd and e >= wd:
+                    return stop(ErrorCode.WATCHDOG, wd)
+            try:
+                operands = self._check(ins)
             except _Fault as fault:
                 return stop(fault.code, e)
-            op = ins.op
             all_idle = max(load_idle, matmul_idle, vpu_idle, gd_idle)
             units_idle = max(vpu_idle, gd_idle)
             ready = {
@@ -246,7 +255,7 @@ class ReferenceTPU:
             base, reg = getattr(ins, slot)
             return base + self.regs[reg]
 
-        if op not in (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD):
+        if op not in ENGINE_OPS:
             return {}
         ea, eb, ec, ed = eff("a"), eff("b"), eff("c"), eff("d")
         span = (rows - 1) * stride if rows else 0

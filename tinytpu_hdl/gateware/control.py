@@ -102,8 +102,10 @@ class ControlUnit(wiring.Component):
     ------
     Three stages: fetch (instruction memory read), decode (from the instruction
     register: effective addresses, ``(rows - 1) * stride``, legality, the
-    branch decision and next pc, all registered) and issue (range and overlap
-    checks from the decoded registers, waits, engine commands)::
+    branch decision and next pc, all registered) and issue (waits, engine commands;
+    for an engine instruction, the range and overlap checks from the decoded
+    registers take the first issue cycle and are registered, so it issues from its
+    second)::
 
         cycle        s      s+1     s+2     s+3      ...  c       c+1     c+2
         state        start  FETCH   LATCH   DECODE   ISSUE...     DECODE  ISSUE
@@ -114,9 +116,10 @@ class ControlUnit(wiring.Component):
     ``s+1``; it is latched in ``s+2``, decoded in ``s+3`` and may issue from
     ``s+4``. The decode cycle also fetches the next instruction (the branch is
     resolved there), so each later instruction is decoded in the cycle after
-    its predecessor issues and may issue one cycle later: two cycles per
-    instruction when nothing waits. An instruction issues in the first cycle
-    its conditions hold. An error found in issue (or a fetch beyond the
+    its predecessor issues and may issue one cycle later (an engine instruction
+    two cycles later): two cycles per instruction when nothing waits, three for
+    LOADW, MATMUL, VPU and GD. An instruction issues in the first cycle its
+    conditions hold. An error found in issue (or a fetch beyond the
     instruction memory, or the watchdog, or a host stop) stops the run, waits
     until the engines have finished the instructions already issued, then
     enters the error state. ``HALT`` issues when every engine is idle and
@@ -207,6 +210,15 @@ class ControlUnit(wiring.Component):
         # --- counters -------------------------------------------------------------------
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
+        # The watchdog check is registered: a running cycle in which the counter equals the
+        # budget minus one (kept beside the budget, ``wd_last``, a cycle after each write of
+        # it; the host cannot start a run in the cycle it writes a register) is followed by
+        # one in which it equals the budget, the cycle that stops the run (``wd_expired``).
+        wd_last = Signal(width)
+        wd_armed = Signal()
+        wd_expired = Signal()
+        m.d.sync += [wd_last.eq(watchdog - 1), wd_armed.eq(watchdog != 0),
+                     wd_expired.eq(wd_armed & running & (cycles == wd_last))]
         with m.If(self.row_fed):
             m.d.sync += array_busy.eq(array_busy + 1)
         # Every row that enters the array makes n * n multiply-accumulates.
@@ -347,14 +359,17 @@ class ControlUnit(wiring.Component):
                 with m.Elif(~fits(d_eb, d_last, cfg.ub_depth)):
                     m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
 
+        # The operand and range checks of an engine instruction take its first issue cycle
+        # and are registered: the instruction may issue (or fail) from its second.
         engine_op = d_op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
-        error = Signal(4)
-        with m.If(~d_legal):
-            m.d.comb += error.eq(ErrorCode.ILLEGAL_INSTRUCTION)
-        with m.Elif(engine_op & (d_bad | bad)):
-            m.d.comb += error.eq(ErrorCode.BAD_OPERAND)
+        operand_error = Signal(4)
+        checked_error = Signal(4)
+        checked = Signal()
+        with m.If(d_bad | bad):
+            m.d.comb += operand_error.eq(ErrorCode.BAD_OPERAND)
         with m.Else():
-            m.d.comb += error.eq(range_error)
+            m.d.comb += operand_error.eq(range_error)
+        m.d.sync += checked_error.eq(operand_error)
 
         all_idle = ~(self.load_busy | self.matmul_busy | self.vpu_busy | self.gd_busy)
         units_idle = ~(self.vpu_busy | self.gd_busy)
@@ -399,9 +414,9 @@ class ControlUnit(wiring.Component):
             m.d.sync += [error_code.eq(code), error_pc.eq(pc)]
             m.next = "DRAIN"
 
-        # The cycle counter starts at 0 and counts every running cycle, and this is checked
-        # in every running cycle before draining: it first reaches the budget exactly.
-        wd_expired = (watchdog != 0) & (cycles == watchdog)
+        # The cycle counter starts at 0 and counts every running cycle, and ``wd_expired``
+        # (cycles == watchdog != 0) is checked in every running cycle before draining: the
+        # counter first reaches the budget exactly.
 
         def stop_from_outside():
             """The first branches of every running state but DRAIN: the host or the watchdog
@@ -452,16 +467,21 @@ class ControlUnit(wiring.Component):
                 m.d.comb += mode.eq(_Mode.DECODE)
                 stop_from_outside()
                 with m.Else():
-                    m.d.sync += decode_regs
+                    m.d.sync += decode_regs + [checked.eq(0)]
                     # Fetch the next instruction now: its decode follows this one's issue.
                     with m.If(next_ok):
                         m.d.comb += [self.imem.addr.eq(next_pc), self.imem.en.eq(1)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += mode.eq(_Mode.ISSUE)
+                m.d.sync += checked.eq(1)
                 stop_from_outside()
-                with m.Elif(error != 0):
-                    fail(error)
+                with m.Elif(~d_legal):
+                    fail(ErrorCode.ILLEGAL_INSTRUCTION)
+                with m.Elif(engine_op & ~checked):
+                    pass                      # checking the operands
+                with m.Elif(engine_op & (checked_error != 0)):
+                    fail(checked_error)
                 with m.Elif(can_issue):
                     m.d.sync += [issued.eq(issued + 1), pc.eq(d_next_pc)]
                     with m.If(d_next_ok):

@@ -1,11 +1,11 @@
 """Gradient-descent unit: ``theta <- theta - lr * grad`` in place in the unified buffer."""
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..numeric import (
-    FixedFormat, hdl_saturate, hdl_stochastic_narrow, hdl_xorshift32, xorshift_seed,
+    FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
 from .memory import addr_width, read_request, write_request
 from .signatures import valid_stream
@@ -34,10 +34,11 @@ class GradientDescentUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
-    parameter row ``i`` in cycle ``c+3+i``, and writes the parameter row back in
-    cycle ``c+6+i``. ``busy`` is low from cycle ``c+rows+6`` on. Stages: the
-    memories' outputs registered, the product, its rounding, the subtraction with
-    saturation.
+    parameter row ``i`` in cycle ``c+4+i``, and writes the parameter row back in
+    cycle ``c+7+i``. ``busy`` is low from cycle ``c+rows+7`` on. Stages: the
+    memories' outputs registered, the product, the rounding offset added and the
+    fraction dropped, the saturation to the data format, the subtraction with
+    saturation (no stage holds more than one carry chain and its saturation).
     """
 
     def __init__(self, cfg):
@@ -74,20 +75,20 @@ class GradientDescentUnit(wiring.Component):
                          param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
                          stochastic.eq(self.cmd.payload.stochastic)]
 
-        v0, v1, v2, v3, v4 = (Signal(name=f"valid_{i}") for i in range(5))
-        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3)]
+        v0, v1, v2, v3, v4, v5 = (Signal(name=f"valid_{i}") for i in range(6))
+        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4)]
 
         # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered.
         grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
         m.d.sync += grad.eq(self.acc_rd.data)
-        # The parameter row is read two cycles after the gradient row and registered, so
+        # The parameter row is read three cycles after the gradient row and registered, so
         # that it arrives in the subtraction stage instead of being carried to it.
-        with m.If(v1):
+        with m.If(v2):
             m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
             m.d.sync += param_rd.eq(param_rd + 1)
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
-        m.d.sync += theta_valid.eq(v1)
+        m.d.sync += theta_valid.eq(v2)
         with m.If(theta_valid):
             m.d.sync += theta.eq(self.ub_rd.data)
 
@@ -98,15 +99,19 @@ class GradientDescentUnit(wiring.Component):
         for lane in range(n):
             m.d.sync += prods[lane].eq(grad[lane] * self.lr)
 
-        # Stage 3: round the update to the data format (to nearest or stochastically).
+        # Stage 3: the rounding offset (half an output step, or random bits) added and the
+        # fraction dropped; stage 4: saturated to the data format.
         shift = prod_fmt.frac - fmt.frac
         states = [Signal(32, name=f"rng_{lane}", init=xorshift_seed(0, lane)) for lane in range(n)]
+        rounded = [Signal(signed(prod_fmt.width - shift + 1), name=f"rounded_{lane}")
+                   for lane in range(n)]
         updates = Signal(data.ArrayLayout(fmt.shape, n))
         update_ovf = Signal()
         ovf = Const(0, 1)
         for lane in range(n):
             offset = Mux(stochastic, states[lane], 1 << (shift - 1))
-            update, o_update = hdl_stochastic_narrow(prods[lane], prod_fmt, fmt, offset)
+            m.d.sync += rounded[lane].eq(hdl_stochastic_round(prods[lane], prod_fmt, fmt, offset))
+            update, o_update = hdl_saturate(rounded[lane], fmt)
             m.d.sync += updates[lane].eq(update)
             ovf = ovf | o_update
             with m.If(self.reseed):
@@ -114,9 +119,9 @@ class GradientDescentUnit(wiring.Component):
                 m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
             with m.Elif(v2 & stochastic):
                 m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
-        m.d.sync += update_ovf.eq(ovf & v2)
+        m.d.sync += update_ovf.eq(ovf & v3)
 
-        # Stage 4: subtract and saturate.
+        # Stage 5: subtract and saturate.
         new = Signal(data.ArrayLayout(fmt.shape, n))
         new_ovf = Signal()
         ovf = Const(0, 1)
@@ -124,11 +129,11 @@ class GradientDescentUnit(wiring.Component):
             value, o_value = hdl_saturate(theta[lane] - updates[lane], fmt)
             m.d.sync += new[lane].eq(value)
             ovf = ovf | o_value
-        m.d.sync += new_ovf.eq((ovf & v3) | update_ovf)
+        m.d.sync += new_ovf.eq((ovf & v4) | update_ovf)
 
         m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new)]
-        with m.If(v4):
+        with m.If(v5):
             m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
             m.d.sync += param_wr.eq(param_wr + 1)
-        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4)
+        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4 | v5)
         return m

@@ -1,6 +1,6 @@
 """Matmul engine: streams unified-buffer rows through the array into the accumulators."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -8,7 +8,7 @@ from ..numeric import hdl_add_sat
 from .delay import delayed
 from .memory import addr_width, read_request, write_request
 from .signatures import valid_stream
-from .systolic import InputRowLayout, ResultRowLayout
+from .systolic import InputRowLayout, ResultRowLayout, array_latency
 
 __all__ = ["MatmulEngine", "MatmulCommandLayout"]
 
@@ -49,14 +49,14 @@ class MatmulEngine(wiring.Component):
     ------
     A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i``, registers the
     memory's output and presents the row to the array in cycle ``c+3+i`` (so its switch
-    is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n``) cycles
-    later, in cycle ``c+3+i+2n``, and is written two cycles after that, ``c+5+i+2n``
+    is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n+1``) cycles
+    later, in cycle ``c+4+i+2n``, and is written two cycles after that, ``c+6+i+2n``
     (registered, then added); in accumulate mode the old row is read one cycle before
     the result leaves the array, and the rows written in the three cycles before the
     addition are forwarded to it, so back-to-back commands accumulating into the same
     rows see each other's sums. ``ready`` is high from cycle ``c+rows`` on, so the next
     command's first row follows the last one with no gap; ``busy`` is low once the last
-    row is written, from cycle ``c+rows+2n+5`` on.
+    row is written, from cycle ``c+rows+2n+6`` on.
     """
 
     def __init__(self, cfg):
@@ -76,7 +76,7 @@ class MatmulEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        latency = 2 * cfg.n
+        latency = array_latency(cfg.n, cfg.n)
 
         remaining = Signal(16)
         src = Signal.like(self.cmd.payload.src)
@@ -119,7 +119,7 @@ class MatmulEngine(wiring.Component):
                      act_data.eq(self.ub.data)]
         m.d.comb += self.act.payload.data.eq(act_data)
 
-        # The destination of each row travels alongside the array, 2n + 1 cycles, to the
+        # The destination of each row travels alongside the array, latency + 1 cycles, to the
         # cycle before its result appears (the accumulate read).
         tag = Signal(_TagLayout(cfg))
         m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst), tag.accumulate.eq(accumulate)]
@@ -138,7 +138,9 @@ class MatmulEngine(wiring.Component):
         # (by rows still in flight, when a command accumulates into rows the previous one
         # just wrote) are forwarded into stage S instead.
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
-        s_tag = delayed(m, read_tag, 2, name="dst_tag_sum")
+        r_tag = delayed(m, read_tag, 1, name="dst_tag_result")
+        s_tag = Signal(_TagLayout(cfg), name="dst_tag_sum")
+        m.d.sync += s_tag.eq(r_tag)
         old = Signal(acc_row, reset_less=True)
         res = Signal(acc_row, reset_less=True)
         res_ovf = Signal()
@@ -154,9 +156,15 @@ class MatmulEngine(wiring.Component):
         m.d.sync += [past_tags[0].eq(w_tag), past_sums[0].eq(w_sum),
                      past_tags[1].eq(past_tags[0]), past_sums[1].eq(past_sums[0])]
 
+        # Which of the three rows written around stage S holds the row S adds to is decided
+        # in stage R, a cycle ahead, from the tags that will be in W, W+1 and W+2 then
+        # (S's, W's and W+1's now), so that S has only the multiplexer before its adder.
+        forward = Signal(3)
+        m.d.sync += forward.eq(Cat(t.valid & (t.addr == r_tag.addr)
+                                   for t in (s_tag, w_tag, past_tags[0])))
         base = Value.cast(old)
-        for t, value in reversed(list(zip([w_tag] + past_tags, [w_sum] + past_sums))):
-            base = Mux(t.valid & (t.addr == s_tag.addr), Value.cast(value), base)
+        for hit, value in reversed(list(zip(forward, [w_sum] + past_sums))):
+            base = Mux(hit, Value.cast(value), base)
         base = data.View(acc_row, base)
         sums_overflow = Const(0, 1)
         for lane in range(cfg.n):

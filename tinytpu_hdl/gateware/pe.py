@@ -63,19 +63,29 @@ class ProcessingElement(wiring.Component):
 
     Timing
     ------
-    A two-stage pipeline. If ``act_in`` carries a valid input ``x`` in cycle
-    ``t``, the product ``x * w`` is registered at the end of cycle ``t``;
-    ``psum_in`` must carry the matching partial sum in cycle ``t + 1``, and
-    ``psum_out`` holds the new sum in cycle ``t + 2``. ``act_out`` repeats
-    ``act_in`` one cycle later, so a neighbour one step east sees ``x`` in
-    cycle ``t + 1``, and one step south (fed one cycle later by the array's
-    input skew) in cycle ``t + 1`` too: the partial sums meet their products.
+    A three-stage pipeline: operands, product, sum. If ``act_in`` carries a valid
+    input ``x`` in cycle ``t``, ``x`` and the weight ``w`` are registered at the end
+    of cycle ``t`` (so that nothing but routing lies between a register and the
+    multiplier), the product ``x * w`` at the end of cycle ``t + 1``; ``psum_in``
+    must carry the matching partial sum in cycle ``t + 2``, and ``psum_out`` holds
+    the new sum in cycle ``t + 3``. ``act_out`` repeats ``act_in`` one cycle later,
+    so a neighbour one step east sees ``x`` in cycle ``t + 1``, and one step south
+    (fed one cycle later by the array's input skew) in cycle ``t + 1`` too: the
+    partial sums meet their products::
+
+        cycle      t          t+1        t+2                t+3
+        act_in     x, switch
+        act_out               x, switch
+        operands              x, w
+        product                          x * w
+        psum_in                          p
+        psum_out                                            sat(p + x * w)
 
     The weight ``w`` used in cycle ``t`` is the active weight, or the shadow
     weight if ``act_in.switch`` is high, in which case the shadow weight
     also becomes the active weight for the following cycles. A shift in the
     same cycle as a switch is allowed: the switch takes the old shadow value.
-    ``psum_out`` changes only in cycles following a valid input.
+    ``psum_out`` changes only in cycles following a valid input's product.
     """
 
     def __init__(self, fmt: FixedFormat, acc: FixedFormat):
@@ -95,6 +105,9 @@ class ProcessingElement(wiring.Component):
             "w_active": Out(fmt.shape),
         })
 
+    #: Cycles from a valid input on ``act_in`` to its sum on ``psum_out``.
+    LATENCY = 3
+
     @property
     def fmt(self):
         return self._fmt
@@ -107,20 +120,24 @@ class ProcessingElement(wiring.Component):
         m = Module()
 
         active = self.w_active
-        # No reset, so that synthesis can put the register into the multiplier block.
+        # The operand and product registers load every cycle and have no reset, so that
+        # synthesis can put them into the multiplier block; the valid bits travel beside.
+        x_op = Signal(self._fmt.shape, reset_less=True)
+        w_op = Signal(self._fmt.shape, reset_less=True)
         product = Signal(2 * self._fmt.width, reset_less=True)
+        op_valid = Signal()
         product_valid = Signal()
-
-        weight = Mux(self.act_in.switch, self.w_shadow, active)
 
         m.d.sync += [
             self.act_out.eq(self.act_in),
-            product_valid.eq(self.act_in.valid),
+            x_op.eq(self.act_in.data),
+            w_op.eq(Mux(self.act_in.switch, self.w_shadow, active)),
+            op_valid.eq(self.act_in.valid),
+            product.eq(x_op * w_op),
+            product_valid.eq(op_valid),
         ]
-        with m.If(self.act_in.valid):
-            m.d.sync += product.eq(self.act_in.data * weight)
-            with m.If(self.act_in.switch):
-                m.d.sync += active.eq(self.w_shadow)
+        with m.If(self.act_in.valid & self.act_in.switch):
+            m.d.sync += active.eq(self.w_shadow)
 
         with m.If(product_valid):
             total, overflow = hdl_add_sat(self.psum_in.value, product.as_signed(), self._acc)

@@ -9,7 +9,14 @@ from .delay import delayed
 from .signatures import valid_stream
 from .pe import ActivationLayout, PartialSumLayout, ProcessingElement
 
-__all__ = ["SystolicArray", "InputRowLayout", "WeightRowLayout", "ResultRowLayout"]
+__all__ = ["SystolicArray", "array_latency", "InputRowLayout", "WeightRowLayout", "ResultRowLayout"]
+
+
+def array_latency(rows, cols):
+    """Cycles from an input row entering a ``rows`` x ``cols`` array to its result row
+    leaving it: the skew (``r`` cycles for row ``r``), the PE pipelines down a column and
+    the de-skew (``cols - 1 - c`` cycles for column ``c``)."""
+    return rows + cols + ProcessingElement.LATENCY - 2
 
 
 class InputRowLayout(data.StructLayout):
@@ -76,11 +83,13 @@ class SystolicArray(wiring.Component):
     Timing
     ------
     The input row presented in cycle ``t`` comes out on ``result`` in cycle
-    ``t + latency`` with ``latency = rows + cols``. Row ``r`` of the input
+    ``t + latency`` with ``latency = rows + cols + 1``. Row ``r`` of the input
     is delayed by ``r`` registers before entering the array (skew), the
     column ``c`` of the result by ``cols - 1 - c`` registers after leaving
-    it (de-skew); PE ``(r, c)`` works on the row presented in cycle ``t``
-    during cycle ``t + r + c``. Input rows may be streamed every cycle.
+    it (de-skew); PE ``(r, c)`` receives the row presented in cycle ``t``
+    in cycle ``t + r + c`` and passes its sum south three cycles later (operands,
+    product and sum registered, see :class:`ProcessingElement`). Input rows may be
+    streamed every cycle.
 
     Weight loading (double buffering): a normal load vector presented in
     cycle ``t`` shifts column ``c`` in cycle ``t + c``; a transposed one
@@ -134,7 +143,7 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self):
         """Cycles from an input row on ``act`` to its result row on ``result``."""
-        return self._rows + self._cols
+        return array_latency(self._rows, self._cols)
 
     def elaborate(self, platform):
         m = Module()
@@ -183,13 +192,14 @@ class SystolicArray(wiring.Component):
                 if c > 0:
                     m.d.comb += pes[r][c].w_west.eq(pes[r][c - 1].w_shadow)
 
-        # Output de-skew: column c leaves the array at t + R + 1 + c; delay it to t + R + C.
+        # Output de-skew: column c leaves the array at t + R - 1 + c + PE latency; delay it
+        # by C - 1 - c cycles to t + latency.
         overflow = Const(0, 1)
         for c in range(C):
             out = delayed(m, pes[R - 1][c].psum_out, C - 1 - c, name=f"result_deskew_{c}")
             m.d.comb += self.result.payload.data[c].eq(out.value)
             overflow = overflow | out.overflow
         m.d.comb += self.result.payload.overflow.eq(overflow)
-        m.d.comb += self.result.valid.eq(delayed(m, self.act.valid, R + C, name="valid_pipe"))
+        m.d.comb += self.result.valid.eq(delayed(m, self.act.valid, self.latency, name="valid_pipe"))
 
         return m
