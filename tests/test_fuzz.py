@@ -38,11 +38,12 @@ def test_fuzz_short():
     assert "ok" in outcomes and "ILLEGAL_INSTRUCTION" in outcomes and len(outcomes) >= 3
 
 
-def test_fuzz_without_the_instruction_register():
-    """The control unit as built for iCE40 (decoding straight from the instruction memory's
-    output) behaves the same, cycle for cycle."""
+def test_fuzz_without_the_ram_output_registers():
+    """The TPU as built for iCE40 (the control unit decoding straight from the instruction
+    memory's output, the host interface selecting read words straight from the memories'
+    outputs) behaves the same, cycle for cycle, and reads back the same memories."""
     fuzz(TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32), range(200, 230),
-         instruction_register=False)
+         ram_output_registers=False)
 
 
 def test_fuzz_n3():

@@ -2,7 +2,7 @@
 
 from enum import IntEnum
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -75,6 +75,18 @@ def _bit_groups():
                 cuts.add(bit)
     cuts = sorted(cuts)
     return list(zip(cuts, cuts[1:]))
+
+
+def _sum_less(a, b, c):
+    """``a + b < c`` for unsigned values, with one carry chain: ``a + b - c`` as the sum
+    of two terms of a carry-save addition of ``a``, ``b`` and ``~c`` (plus one, in the
+    carry term's free lowest bit), negative exactly when ``a + b < c``."""
+    a, b, c = (Value.cast(v).as_unsigned() for v in (a, b, c))
+    width = max(len(a), len(b), len(c)) + 2
+    not_c = ~Cat(c, Const(0, width - len(c)))
+    total = (a ^ b ^ not_c)[:width]
+    carries = ((a & b) | (a & not_c) | (b & not_c))[:width - 1]
+    return (total + Cat(Const(1, 1), carries))[width - 1]
 
 
 class ControlUnit(wiring.Component):
@@ -320,7 +332,7 @@ class ControlUnit(wiring.Component):
 
         # --- issue checks (from the decoded registers) -----------------------------------
         def fits(addr, extent, depth):
-            return (addr + extent) < depth
+            return _sum_less(addr, extent, Const(depth, 17))
 
         pathway = d_flags[:4]
         use_bias = pathway[Pathway.BIAS.bit_length() - 1]
@@ -338,11 +350,11 @@ class ControlUnit(wiring.Component):
                 with m.Elif(~fits(d_eb, d_last, cfg.acc_depth)):
                     m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
             with m.Case(Op.VPU):
-                dst_end = d_eb + d_span
-                aux_end = d_ec + d_span
-                aux_overlap = (d_ec <= dst_end) & (d_eb <= aux_end)
+                # aux_overlap: d_ec <= d_eb + d_span and d_eb <= d_ec + d_span;
+                # bias_overlap: d_eb <= d_ed <= d_eb + d_span.
+                aux_overlap = ~_sum_less(d_eb, d_span, d_ec) & ~_sum_less(d_ec, d_span, d_eb)
                 in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_count == 1))
-                bias_overlap = (d_ed >= d_eb) & (d_ed <= dst_end)
+                bias_overlap = (d_ed >= d_eb) & ~_sum_less(d_eb, d_span, d_ed)
                 m.d.comb += bad.eq((use_aux & aux_overlap & ~in_place) |
                                    (use_bias & bias_overlap))
                 with m.If(~fits(d_ea, d_last, cfg.acc_depth)):

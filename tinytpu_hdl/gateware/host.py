@@ -31,6 +31,8 @@ class HostInterface(wiring.Component):
     csr_addr, csr_rdata, csr_wdata, csr_we : control-unit register access (reads answer
                                              in the next cycle, like the memories)
     start, stop, clear, host_conflict : Out(1)  -- one-cycle pulses to the control unit
+                                       (stop and host_conflict registered: they reach a
+                                       running program's issue logic)
     running : In(1)
     faulted : In(1)                    -- the control unit is in its error state (START is
                                           answered REFUSED)
@@ -43,8 +45,9 @@ class HostInterface(wiring.Component):
     after two cycles of memory (or register) access, as ``resp.ready`` allows.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, read_register=True):
         self._cfg = cfg
+        self._read_register = read_register
         ub_row = data.ArrayLayout(cfg.data.shape, cfg.n)
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
         super().__init__({
@@ -71,8 +74,7 @@ class HostInterface(wiring.Component):
         command = Signal(8)
         space = Signal(8)
         count = Signal(16)
-        addr = Signal(16)            # the address word's low half ...
-        addr_high = Signal()         # ... and whether its high half is not zero
+        addr = Signal(16)            # the address word's low half
         status = Signal(8)
         remaining = Signal(16)       # items left
         word_index = Signal(range(max_words + 1))
@@ -90,23 +92,37 @@ class HostInterface(wiring.Component):
             """The item written to ``space``: the top ``item_words`` words of ``buf``."""
             return buf[32 * (buf_words - item_words(cfg, space)):]
 
-        # Read items are sent a word at a time: ``rword`` latches word ``latch_index`` of
-        # the item from the memory's (or the CSR's) output, which holds while it is sent.
+        # Read items are sent a word at a time, from the memory's (or the CSR's) output,
+        # which holds while the item is sent. With ``read_register`` the whole item is
+        # registered (``latch``) and its words are selected from the register, so that only
+        # routing follows the block RAM's output; without it, ``rword`` latches word
+        # ``latch_index`` straight from the output (fewer flip-flops, a longer path).
         rword = Signal(32)
         latch = Signal()
         latch_index = Signal.like(word_index)
         m.d.comb += latch_index.eq(word_index)
-        with m.If(latch):
-            with m.Switch(space):
-                for source, target in ((self.ub_rd.data, Space.UB), (self.acc_rd.data, Space.ACC),
-                                       (self.imem_rd.data, Space.IMEM), (self.csr_rdata, Space.CSR)):
-                    with m.Case(target):
-                        words = item_words(cfg, target)
-                        source = Value.cast(source)
-                        padded = Cat(source, Const(0, 32 * words - len(source)))
-                        index = latch_index[:max(1, ceil_log2(words))]
-                        m.d.sync += rword.eq(padded.word_select(index, 32) if words > 1
-                                             else padded)
+        sources = ((self.ub_rd.data, Space.UB), (self.acc_rd.data, Space.ACC),
+                   (self.imem_rd.data, Space.IMEM), (self.csr_rdata, Space.CSR))
+        if self._read_register:
+            read_item = Signal(32 * max_words, reset_less=True)
+            with m.If(latch):
+                with m.Switch(space):
+                    for source, target in sources:
+                        with m.Case(target):
+                            m.d.sync += read_item.eq(source)
+            m.d.comb += rword.eq(read_item.word_select(word_index[:max(1, ceil_log2(max_words))], 32)
+                                 if max_words > 1 else read_item)
+        else:
+            with m.If(latch):
+                with m.Switch(space):
+                    for source, target in sources:
+                        with m.Case(target):
+                            words = item_words(cfg, target)
+                            source = Value.cast(source)
+                            padded = Cat(source, Const(0, 32 * words - len(source)))
+                            index = latch_index[:max(1, ceil_log2(words))]
+                            m.d.sync += rword.eq(padded.word_select(index, 32) if words > 1
+                                                 else padded)
 
         words_of = Signal(range(max_words + 1))
         depth_of = Signal(17)
@@ -115,7 +131,11 @@ class HostInterface(wiring.Component):
                 with m.Case(s):
                     m.d.comb += [words_of.eq(item_words(cfg, s)), depth_of.eq(space_depth(cfg, s))]
         known_space = space < len(spaces)
-        fits = ~addr_high & ((addr + count) <= depth_of)
+        # Whether the range fits the space, registered with the address (``fits``), so that
+        # the decision cycle has no carry chain.
+        fits = Signal()
+        address_fits = ((self.cmd.payload[16:] == 0) &
+                        ((self.cmd.payload[:16] + count) <= depth_of))
 
         item_addr = Signal(16)
 
@@ -126,7 +146,8 @@ class HostInterface(wiring.Component):
                      self.imem_wr.data.eq(Cat(*[self.cmd.payload] * (INSTRUCTION_BITS // 32)))]
         m.d.comb += self.resp.payload.eq(0)
 
-        with m.FSM(init="HEADER") as fsm:
+        m.d.sync += [self.stop.eq(0), self.host_conflict.eq(0)]
+        with m.FSM(init="HEADER"):
             with m.State("HEADER"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
@@ -136,8 +157,7 @@ class HostInterface(wiring.Component):
             with m.State("ADDRESS"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [addr.eq(self.cmd.payload[:16]),
-                                 addr_high.eq(self.cmd.payload[16:] != 0)]
+                    m.d.sync += [addr.eq(self.cmd.payload[:16]), fits.eq(address_fits)]
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr)]
@@ -148,7 +168,7 @@ class HostInterface(wiring.Component):
                             m.d.sync += status.eq(Status.BAD_COMMAND)
                         with m.Elif(self.running):
                             m.d.sync += status.eq(Status.BUSY)
-                            m.d.comb += self.host_conflict.eq(1)
+                            m.d.sync += self.host_conflict.eq(1)
                         with m.Elif(~fits):
                             m.d.sync += status.eq(Status.RANGE)
                         with m.Else():
@@ -171,12 +191,11 @@ class HostInterface(wiring.Component):
                         with m.If(self.running):
                             m.d.sync += status.eq(Status.BUSY)
                         with m.Else():
-                            m.d.comb += [self.csr_addr.eq(CSR.START_PC), self.csr_wdata.eq(addr),
-                                         self.csr_we.eq(1)]
+                            m.d.comb += self.csr_we.eq(1)
                             m.d.sync += status.eq(Status.OK)
                         m.next = "START"
                     with m.Case(Command.STOP):
-                        m.d.comb += self.stop.eq(1)
+                        m.d.sync += self.stop.eq(1)
                         m.d.sync += status.eq(Status.OK)
                         m.next = "RESPOND"
                     with m.Case(Command.CLEAR):
@@ -219,9 +238,7 @@ class HostInterface(wiring.Component):
                         with m.Case(Space.ACC):
                             m.d.comb += self.acc_wr.en.eq(1)
                         with m.Case(Space.CSR):
-                            m.d.comb += [self.csr_addr.eq(item_addr),
-                                         self.csr_wdata.eq(item(Space.CSR)[:32]),
-                                         self.csr_we.eq(1)]
+                            m.d.comb += self.csr_we.eq(1)
                 m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1)]
                 m.next = "WRITE_DATA"
             with m.State("RESPOND"):
@@ -261,8 +278,11 @@ class HostInterface(wiring.Component):
                         m.d.sync += word_index.eq(word_index + 1)
                         m.d.comb += [latch.eq(1), latch_index.eq(word_index + 1)]
 
-        # A CSR being read is addressed for the whole read (its value is registered).
-        reading = fsm.ongoing("READ_ADDR") | fsm.ongoing("READ_LATCH") | fsm.ongoing("READ_SEND")
-        with m.If(reading & (space == Space.CSR)):
-            m.d.comb += self.csr_addr.eq(item_addr)
+        # The CSR address and write data come from registers only (the address of the
+        # item being read or written, or START_PC for a START), so that the control unit's
+        # register read multiplexer follows no logic of this state machine; ``csr_we``
+        # says when they count.
+        is_start = command == Command.START
+        m.d.comb += [self.csr_addr.eq(Mux(is_start, CSR.START_PC, item_addr)),
+                     self.csr_wdata.eq(Mux(is_start, addr, item(Space.CSR)[:32]))]
         return m

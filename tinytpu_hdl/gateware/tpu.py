@@ -50,11 +50,11 @@ class TPU(wiring.Component):
     done: Out(1)
     error: Out(1)
 
-    def __init__(self, cfg: TPUConfig, *, instruction_register=None):
+    def __init__(self, cfg: TPUConfig, *, ram_output_registers=None):
         if not isinstance(cfg, TPUConfig):
             raise TypeError(f"TPU needs a TPUConfig, not {cfg!r}")
         self._cfg = cfg
-        self._instruction_register = instruction_register
+        self._ram_output_registers = ram_output_registers
         super().__init__()
 
     @property
@@ -70,18 +70,19 @@ class TPU(wiring.Component):
         m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
         # (The host writes instructions a 32-bit word at a time.)
         m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS, granularity=32)
-        # The control unit's instruction register only keeps logic off the instruction
-        # memory's output for timing; behaviour is the same without it, so it is left out
-        # where logic cells are scarcer than speed (iCE40), unless asked for.
-        fetch_register = self._instruction_register
-        if fetch_register is None:
-            fetch_register = str(getattr(platform, "family", "")).lower() != "ice40"
-        m.submodules.control = control = ControlUnit(cfg, instruction_register=fetch_register)
+        # The control unit's instruction register and the host interface's read register
+        # only keep logic off block RAM outputs, for timing; results and cycle counts are
+        # the same without them, so they are left out where logic cells are scarcer than
+        # speed (iCE40), unless asked for.
+        ram_registers = self._ram_output_registers
+        if ram_registers is None:
+            ram_registers = str(getattr(platform, "family", "")).lower() != "ice40"
+        m.submodules.control = control = ControlUnit(cfg, instruction_register=ram_registers)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg)
         m.submodules.gd = gd = GradientDescentUnit(cfg)
-        m.submodules.host = host = HostInterface(cfg)
+        m.submodules.host = host = HostInterface(cfg, read_register=ram_registers)
         #: The memories never read in the cycle a row is written, by name (for the collision
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
         #: matmul engine forwards what it would read there).

@@ -19,13 +19,14 @@ class PysimTransport:
     cycle is checked for a read of a row of the unified buffer or the instruction memory
     in the cycle that row is written (which synthesis treats as "don't care", see
     :mod:`tinytpu_hdl.gateware.memory`); one raises :class:`AssertionError`.
-    ``instruction_register=False`` simulates the control unit without its instruction
-    register, as built for iCE40 boards.
+    ``ram_output_registers=False`` simulates the TPU without the registers that keep logic
+    off block RAM outputs (the control unit's instruction register, the host interface's
+    read register), as built for iCE40 boards.
     """
 
-    def __init__(self, cfg, *, vcd=None, check_collisions=False, instruction_register=None):
+    def __init__(self, cfg, *, vcd=None, check_collisions=False, ram_output_registers=None):
         self.cfg = cfg
-        self.tpu = TPU(cfg, instruction_register=instruction_register)
+        self.tpu = TPU(cfg, ram_output_registers=ram_output_registers)
         self.cycle = 0
         self._tx = deque()
         self._rx = []
