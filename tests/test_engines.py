@@ -179,7 +179,7 @@ def test_gradient_descent_unit_stochastic(seed):
             ctx.set(gd.cmd.valid, 1)
             await ctx.tick()
             ctx.set(gd.cmd.valid, 0)
-            await ctx.tick().repeat(rows + 7)
+            await ctx.tick().repeat(rows + 8)
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
@@ -218,8 +218,8 @@ def test_gradient_descent_unit():
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(7 + i, param + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 7
+    assert writes == [(8 + i, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + 8
     # Independent numpy computation of theta - lr * grad.
     update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
     want = ub.copy()

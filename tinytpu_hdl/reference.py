@@ -36,7 +36,7 @@ LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.bus
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = lambda n, rows: rows + 2 * n + 6    # noqa: E731
 VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
-GD_IDLE = lambda n, rows: rows + 7                # noqa: E731
+GD_IDLE = lambda n, rows: rows + 8                # noqa: E731
 # Instructions whose operands the control unit checks in a cycle of their own before
 # they may issue.
 ENGINE_OPS = (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)

@@ -202,9 +202,13 @@ class ControlUnit(wiring.Component):
         cfg_we = Signal(len(ConfigReg))
         reg_wdata = Signal(16)
         cfg_wdata = Signal(16)
+        # Beside each register, whether it holds 1 (the DJNZ branch decision in decode
+        # then selects one bit instead of comparing a selected register).
+        reg_is_one = Array([Const(0, 1)] + [Signal(name=f"r{i}_is_one")
+                                            for i in range(1, NUM_REGS)])
         for i in range(1, NUM_REGS):
             with m.If(reg_we[i]):
-                m.d.sync += regs[i].eq(reg_wdata)
+                m.d.sync += [regs[i].eq(reg_wdata), reg_is_one[i].eq(reg_wdata == 1)]
         for r in ConfigReg:
             with m.If(cfg_we[r]):
                 m.d.sync += cfgs[r].eq(cfg_wdata)
@@ -253,12 +257,16 @@ class ControlUnit(wiring.Component):
             fetched = Signal()
             ir = Signal(INSTRUCTION_BITS)
             m.d.sync += fetched.eq(self.imem.en)
+            # The count minus one (for the span multiply in decode) is registered with it.
+            ir_last = Signal(16)
             with m.If(fetched):
-                m.d.sync += ir.eq(self.imem.data)
+                m.d.sync += [ir.eq(self.imem.data),
+                             ir_last.eq(data.View(InstructionLayout, self.imem.data).count - 1)]
         else:
             # The memory's output holds the fetched word until the next fetch, which is
             # never before the decode cycle: the same values, without the register.
             ir = self.imem.data
+            ir_last = None
 
         # --- decode (from the instruction register and the index registers) -------------
         ins = data.View(InstructionLayout, ir)
@@ -289,11 +297,11 @@ class ControlUnit(wiring.Component):
         dec = (reg_a - 1)[:16]
         # The next fetch address is on a short path: no subtraction before the branch
         # decision (R - 1 != 0 is R != 1), and the range checks of both candidates are
-        # made side by side.
-        taken = (op == Op.DJNZ) & (reg_a != 1)
+        # made side by side (pc + 1 < depth as pc < depth - 1: no addition before it).
+        taken = (op == Op.DJNZ) & ~reg_is_one[ins.a.reg]
         seq_pc = pc + 1                                  # 17 bits: pc + 1 may be 65536
         next_pc = Mux(taken, ins.count, seq_pc)
-        next_ok = Mux(taken, ins.count < cfg.imem_depth, seq_pc < cfg.imem_depth)
+        next_ok = Mux(taken, ins.count < cfg.imem_depth, pc < cfg.imem_depth - 1)
 
         # Decoded instruction, registered for the issue stage.
         d_op = Signal(6)
@@ -310,7 +318,7 @@ class ControlUnit(wiring.Component):
         d_result = Signal(16)            # register result of SETR / ADDI / DJNZ
         d_next_pc = Signal(16)
         d_next_ok = Signal()
-        last = (rows - 1)[:16]
+        last = (rows - 1)[:16] if ir_last is None else ir_last
         result = Signal(16)
         with m.Switch(op):
             with m.Case(Op.SETR):
@@ -338,50 +346,54 @@ class ControlUnit(wiring.Component):
         use_bias = pathway[Pathway.BIAS.bit_length() - 1]
         use_aux = pathway[Pathway.LOSS.bit_length() - 1] | pathway[Pathway.DERIV.bit_length() - 1]
 
+        # Each check is one carry chain; the first issue cycle of an engine instruction
+        # registers, per kind, whether any of its checks failed (``bad``: overlapping
+        # operands; ``ub_out``, ``acc_out``: a range beyond the buffer or the accumulators),
+        # and the error code is chosen from these three bits in the following cycles.
         bad = Signal()
-        range_error = Signal(4)
+        ub_out = Signal()
+        acc_out = Signal()
         with m.Switch(d_op):
             with m.Case(Op.LOADW):
-                with m.If(~fits(d_ea, d_last, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
+                m.d.comb += ub_out.eq(~fits(d_ea, d_last, cfg.ub_depth))
             with m.Case(Op.MATMUL):
-                with m.If(~fits(d_ea, d_span, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(~fits(d_eb, d_last, cfg.acc_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
+                m.d.comb += [ub_out.eq(~fits(d_ea, d_span, cfg.ub_depth)),
+                             acc_out.eq(~fits(d_eb, d_last, cfg.acc_depth))]
             with m.Case(Op.VPU):
                 # aux_overlap: d_ec <= d_eb + d_span and d_eb <= d_ec + d_span;
                 # bias_overlap: d_eb <= d_ed <= d_eb + d_span.
                 aux_overlap = ~_sum_less(d_eb, d_span, d_ec) & ~_sum_less(d_ec, d_span, d_eb)
                 in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_count == 1))
                 bias_overlap = (d_ed >= d_eb) & ~_sum_less(d_eb, d_span, d_ed)
-                m.d.comb += bad.eq((use_aux & aux_overlap & ~in_place) |
-                                   (use_bias & bias_overlap))
-                with m.If(~fits(d_ea, d_last, cfg.acc_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
-                with m.Elif(~fits(d_eb, d_span, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(use_aux & ~fits(d_ec, d_span, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
-                with m.Elif(use_bias & ~fits(d_ed, 0, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
+                m.d.comb += [
+                    bad.eq((use_aux & aux_overlap & ~in_place) | (use_bias & bias_overlap)),
+                    acc_out.eq(~fits(d_ea, d_last, cfg.acc_depth)),
+                    ub_out.eq(~fits(d_eb, d_span, cfg.ub_depth) |
+                              (use_aux & ~fits(d_ec, d_span, cfg.ub_depth)) |
+                              (use_bias & ~fits(d_ed, 0, cfg.ub_depth))),
+                ]
             with m.Case(Op.GD):
-                with m.If(~fits(d_ea, d_last, cfg.acc_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.ACC_RANGE)
-                with m.Elif(~fits(d_eb, d_last, cfg.ub_depth)):
-                    m.d.comb += range_error.eq(ErrorCode.UB_RANGE)
+                m.d.comb += [acc_out.eq(~fits(d_ea, d_last, cfg.acc_depth)),
+                             ub_out.eq(~fits(d_eb, d_last, cfg.ub_depth))]
 
         # The operand and range checks of an engine instruction take its first issue cycle
-        # and are registered: the instruction may issue (or fail) from its second.
+        # and are registered: the instruction may issue (or fail) from its second. The
+        # codes in the order of the checks: bad operands, then the ranges in operand order
+        # (a MATMUL's buffer source before its accumulator destination, a VPU's and a GD's
+        # accumulator source before their buffer operands).
         engine_op = d_op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
-        operand_error = Signal(4)
-        checked_error = Signal(4)
         checked = Signal()
-        with m.If(d_bad | bad):
-            m.d.comb += operand_error.eq(ErrorCode.BAD_OPERAND)
-        with m.Else():
-            m.d.comb += operand_error.eq(range_error)
-        m.d.sync += checked_error.eq(operand_error)
+        bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
+        m.d.sync += [bad_q.eq(d_bad | bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
+        checked_error = Signal(4)
+        acc_first = d_op.matches(Op.VPU, Op.GD)
+        with m.If(bad_q):
+            m.d.comb += checked_error.eq(ErrorCode.BAD_OPERAND)
+        with m.Elif(acc_q & (acc_first | ~ub_q)):
+            m.d.comb += checked_error.eq(ErrorCode.ACC_RANGE)
+        with m.Elif(ub_q):
+            m.d.comb += checked_error.eq(ErrorCode.UB_RANGE)
+        checks_failed = bad_q | ub_q | acc_q
 
         all_idle = ~(self.load_busy | self.matmul_busy | self.vpu_busy | self.gd_busy)
         units_idle = ~(self.vpu_busy | self.gd_busy)
@@ -492,7 +504,7 @@ class ControlUnit(wiring.Component):
                     fail(ErrorCode.ILLEGAL_INSTRUCTION)
                 with m.Elif(engine_op & ~checked):
                     pass                      # checking the operands
-                with m.Elif(engine_op & (checked_error != 0)):
+                with m.Elif(engine_op & checks_failed):
                     fail(checked_error)
                 with m.Elif(can_issue):
                     m.d.sync += [issued.eq(issued + 1), pc.eq(d_next_pc)]

@@ -34,11 +34,13 @@ class GradientDescentUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
-    parameter row ``i`` in cycle ``c+4+i``, and writes the parameter row back in
-    cycle ``c+7+i``. ``busy`` is low from cycle ``c+rows+7`` on. Stages: the
-    memories' outputs registered, the product, the rounding offset added and the
-    fraction dropped, the saturation to the data format, the subtraction with
-    saturation (no stage holds more than one carry chain and its saturation).
+    parameter row ``i`` in cycle ``c+5+i``, and writes the parameter row back in
+    cycle ``c+8+i``. ``busy`` is low from cycle ``c+rows+8`` on. Stages: the
+    memories' outputs registered, the partial products (the gradient's low and high
+    halves times the rate, one multiplier block each), their sum, the rounding
+    offset added and the fraction dropped, the saturation to the data format, the
+    subtraction with saturation (no stage holds more than one multiply or one carry
+    chain and its saturation).
     """
 
     def __init__(self, cfg):
@@ -75,32 +77,42 @@ class GradientDescentUnit(wiring.Component):
                          param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
                          stochastic.eq(self.cmd.payload.stochastic)]
 
-        v0, v1, v2, v3, v4, v5 = (Signal(name=f"valid_{i}") for i in range(6))
-        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4)]
+        v0, v1, v2, v3, v4, v5, v6 = (Signal(name=f"valid_{i}") for i in range(7))
+        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4),
+                     v6.eq(v5)]
 
         # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered.
         grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
         m.d.sync += grad.eq(self.acc_rd.data)
-        # The parameter row is read three cycles after the gradient row and registered, so
+        # The parameter row is read four cycles after the gradient row and registered, so
         # that it arrives in the subtraction stage instead of being carried to it.
-        with m.If(v2):
+        with m.If(v3):
             m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
             m.d.sync += param_rd.eq(param_rd + 1)
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
-        m.d.sync += theta_valid.eq(v2)
+        m.d.sync += theta_valid.eq(v3)
         with m.If(theta_valid):
             m.d.sync += theta.eq(self.ub_rd.data)
 
-        # Stage 2: exact product lr * grad.
-        # (Without a reset, so that synthesis can put the register into a multiplier block.)
+        # Stages 2 and 3: the exact product lr * grad, as lr * (high * 2^k + low) with the
+        # gradient's low k bits unsigned, so that each partial product fits one 18x18
+        # multiplier block; the partial products are registered (without a reset, so that
+        # synthesis can put the registers into the blocks), then added.
+        k = min(17, cfg.acc.width - 1)
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
         for lane in range(n):
-            m.d.sync += prods[lane].eq(grad[lane] * self.lr)
+            low = Signal(signed(k + 1 + cfg.scalar.width), name=f"prod_low_{lane}",
+                         reset_less=True)
+            high = Signal(signed(cfg.acc.width - k + cfg.scalar.width), name=f"prod_high_{lane}",
+                          reset_less=True)
+            m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
+                         high.eq(grad[lane][k:].as_signed() * self.lr),
+                         prods[lane].eq((high << k) + low)]
 
-        # Stage 3: the rounding offset (half an output step, or random bits) added and the
-        # fraction dropped; stage 4: saturated to the data format.
+        # Stage 4: the rounding offset (half an output step, or random bits) added and the
+        # fraction dropped; stage 5: saturated to the data format.
         shift = prod_fmt.frac - fmt.frac
         states = [Signal(32, name=f"rng_{lane}", init=xorshift_seed(0, lane)) for lane in range(n)]
         rounded = [Signal(signed(prod_fmt.width - shift + 1), name=f"rounded_{lane}")
@@ -117,11 +129,11 @@ class GradientDescentUnit(wiring.Component):
             with m.If(self.reseed):
                 seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
                 m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
-            with m.Elif(v2 & stochastic):
+            with m.Elif(v3 & stochastic):
                 m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
-        m.d.sync += update_ovf.eq(ovf & v3)
+        m.d.sync += update_ovf.eq(ovf & v4)
 
-        # Stage 5: subtract and saturate.
+        # Stage 6: subtract and saturate.
         new = Signal(data.ArrayLayout(fmt.shape, n))
         new_ovf = Signal()
         ovf = Const(0, 1)
@@ -129,11 +141,11 @@ class GradientDescentUnit(wiring.Component):
             value, o_value = hdl_saturate(theta[lane] - updates[lane], fmt)
             m.d.sync += new[lane].eq(value)
             ovf = ovf | o_value
-        m.d.sync += new_ovf.eq((ovf & v4) | update_ovf)
+        m.d.sync += new_ovf.eq((ovf & v5) | update_ovf)
 
         m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new)]
-        with m.If(v5):
+        with m.If(v6):
             m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
             m.d.sync += param_wr.eq(param_wr + 1)
-        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4 | v5)
+        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4 | v5 | v6)
         return m

@@ -72,6 +72,7 @@ class HostInterface(wiring.Component):
         max_words = max(item_words(cfg, s) for s in spaces)
 
         command = Signal(8)
+        is_start = Signal()          # command == START, registered with it
         space = Signal(8)
         count = Signal(16)
         addr = Signal(16)            # the address word's low half
@@ -152,7 +153,8 @@ class HostInterface(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [command.eq(self.cmd.payload[:8]), space.eq(self.cmd.payload[8:16]),
-                                 count.eq(self.cmd.payload[16:])]
+                                 count.eq(self.cmd.payload[16:]),
+                                 is_start.eq(self.cmd.payload[:8] == Command.START)]
                     m.next = "ADDRESS"
             with m.State("ADDRESS"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -282,7 +284,6 @@ class HostInterface(wiring.Component):
         # item being read or written, or START_PC for a START), so that the control unit's
         # register read multiplexer follows no logic of this state machine; ``csr_we``
         # says when they count.
-        is_start = command == Command.START
         m.d.comb += [self.csr_addr.eq(Mux(is_start, CSR.START_PC, item_addr)),
                      self.csr_wdata.eq(Mux(is_start, addr, item(Space.CSR)[:32]))]
         return m
