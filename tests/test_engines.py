@@ -145,9 +145,9 @@ def test_vector_unit_transition_matches_float_math():
     assert np.max(np.abs(fmt.decode(model.ub[10:16]) - want)) <= 4 * fmt.lsb
 
 
-def gd_harness(cfg, ub, acc):
+def gd_harness(cfg, ub, acc, **options):
     h = Harness(cfg, ub, acc)
-    gd = GradientDescentUnit(cfg)
+    gd = GradientDescentUnit(cfg, **options)
     h.m.submodules.gd = gd
     share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
     share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
@@ -195,13 +195,16 @@ def test_gradient_descent_unit_stochastic(seed):
     assert not np.array_equal(nearest.ub[:rows], model.ub[:rows])
 
 
-def test_gradient_descent_unit():
+@pytest.mark.parametrize("multiplier_width", [18, 16])
+def test_gradient_descent_unit(multiplier_width):
+    """Both forms of the product (two partial products for 18x18 multiplier blocks, one
+    whole product for 16x16 ones) give the same values in the same cycles."""
     cfg = CFG
     rng = np.random.default_rng(3)
     ub, acc = random_memories(rng, cfg, big=True)
     lr = int(cfg.scalar.encode(0.61))
     rows, src, param = 7, 4, 11
-    h, gd = gd_harness(cfg, ub, acc)
+    h, gd = gd_harness(cfg, ub, acc, multiplier_width=multiplier_width)
     writes, busy, result = [], [], {}
 
     async def tb(ctx):

@@ -43,8 +43,9 @@ class GradientDescentUnit(wiring.Component):
     chain and its saturation).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, multiplier_width=18):
         self._cfg = cfg
+        self._multiplier_width = multiplier_width
         super().__init__({
             "cmd": In(valid_stream(GradientCommandLayout(cfg))),
             "acc_rd": Out(read_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
@@ -95,21 +96,28 @@ class GradientDescentUnit(wiring.Component):
         with m.If(theta_valid):
             m.d.sync += theta.eq(self.ub_rd.data)
 
-        # Stages 2 and 3: the exact product lr * grad, as lr * (high * 2^k + low) with the
-        # gradient's low k bits unsigned, so that each partial product fits one 18x18
-        # multiplier block; the partial products are registered (without a reset, so that
-        # synthesis can put the registers into the blocks), then added.
-        k = min(17, cfg.acc.width - 1)
+        # Stages 2 and 3: the exact product lr * grad. With 18x18 multiplier blocks (ECP5 and
+        # the default) as lr * (high * 2^k + low), the gradient's low k = 17 bits unsigned,
+        # so that each partial product fits one block; the partial products are registered
+        # (without a reset, so that synthesis can put the registers into the blocks), then
+        # added. With 16x16 blocks (iCE40), where that split would take a third block, the
+        # gradient is registered once more and multiplied whole (synthesis splits it
+        # itself and can put the extra register into the blocks' input registers).
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
+        k = min(17, cfg.acc.width - 1)
         for lane in range(n):
-            low = Signal(signed(k + 1 + cfg.scalar.width), name=f"prod_low_{lane}",
-                         reset_less=True)
-            high = Signal(signed(cfg.acc.width - k + cfg.scalar.width), name=f"prod_high_{lane}",
-                          reset_less=True)
-            m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
-                         high.eq(grad[lane][k:].as_signed() * self.lr),
-                         prods[lane].eq((high << k) + low)]
+            if self._multiplier_width >= 18:
+                low = Signal(signed(k + 1 + cfg.scalar.width), name=f"prod_low_{lane}",
+                             reset_less=True)
+                high = Signal(signed(cfg.acc.width - k + cfg.scalar.width),
+                              name=f"prod_high_{lane}", reset_less=True)
+                m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
+                             high.eq(grad[lane][k:].as_signed() * self.lr),
+                             prods[lane].eq((high << k) + low)]
+            else:
+                operand = Signal(cfg.acc.shape, name=f"grad_operand_{lane}", reset_less=True)
+                m.d.sync += [operand.eq(grad[lane]), prods[lane].eq(operand * self.lr)]
 
         # Stage 4: the rounding offset (half an output step, or random bits) added and the
         # fraction dropped; stage 5: saturated to the data format.

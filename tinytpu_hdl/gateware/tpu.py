@@ -74,14 +74,16 @@ class TPU(wiring.Component):
         # only keep logic off block RAM outputs, for timing; results and cycle counts are
         # the same without them, so they are left out where logic cells are scarcer than
         # speed (iCE40), unless asked for.
+        family = str(getattr(platform, "family", "")).lower()
         ram_registers = self._ram_output_registers
         if ram_registers is None:
-            ram_registers = str(getattr(platform, "family", "")).lower() != "ice40"
+            ram_registers = family != "ice40"
         m.submodules.control = control = ControlUnit(cfg, instruction_register=ram_registers)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg)
-        m.submodules.gd = gd = GradientDescentUnit(cfg)
+        m.submodules.gd = gd = GradientDescentUnit(
+            cfg, multiplier_width=16 if family == "ice40" else 18)
         m.submodules.host = host = HostInterface(cfg, read_register=ram_registers)
         #: The memories never read in the cycle a row is written, by name (for the collision
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
