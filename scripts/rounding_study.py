@@ -29,8 +29,8 @@ def main():
     cfg = TPUConfig(n=args.n, ub_depth=65536, acc_depth=256, imem_depth=1024)
     print(f"# digits 64-32-10, MSE, SGD lr {args.lr}, batch {args.batch}, N={args.n}; "
           f"{platform.machine()}, {time.strftime('%Y-%m-%d')}")
-    print(f"| epochs | updates | final train loss | test accuracy |")
-    print(f"| --- | --- | --- | --- |")
+    print("| epochs | updates | final train loss | test accuracy |")
+    print("| --- | --- | --- | --- |")
     for epochs in args.epochs:
         for rounding in ("nearest", "stochastic"):
             model = digits_model()

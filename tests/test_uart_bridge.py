@@ -6,7 +6,6 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
-from tinytpu_hdl.asm import assemble
 from tinytpu_hdl.config import TPUConfig
 from tinytpu_hdl.gateware.uart import UARTReceiver, UARTTransmitter
 from tinytpu_hdl.host_protocol import (

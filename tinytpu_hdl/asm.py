@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, OPCODES, ConfigReg, Instruction, Op, Pathway, decode, encode,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, ConfigReg, Instruction, Op, Pathway, decode, encode,
 )
 from .numeric import FixedFormat
 

@@ -24,8 +24,6 @@ accumulating over the batch, and one ``gd`` per output tile updates ``W^T`` and 
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..isa import ConfigReg
 from .emit import Emitter
 from .layout import ceil_div

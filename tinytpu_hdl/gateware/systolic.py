@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..numeric import FixedFormat, Q8_8, Q16_16, check_accumulator
 from .delay import delayed
 from .signatures import valid_stream
-from .pe import ActivationLayout, PartialSumLayout, ProcessingElement
+from .pe import ActivationLayout, ProcessingElement
 
 __all__ = ["SystolicArray", "array_latency", "InputRowLayout", "WeightRowLayout", "ResultRowLayout"]
 

@@ -238,7 +238,6 @@ class UARTHostBridge(wiring.Component):
         sent = Signal(16)
         tx_word = Signal(32)
         tx_crc = Signal(16, init=0xFFFF)
-        tx_byte = Signal(8)
         tx_index = Signal(2)
         space = first_word[8:16]
         # Data words of a read answer: the count times the item's words (no multiplier).

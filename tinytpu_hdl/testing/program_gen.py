@@ -5,9 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..asm import Program
 from ..isa import (
-    ConfigReg, Instruction, NUM_REGS, Op, OPCODES, encode, used_mask,
+    ConfigReg, Instruction, NUM_REGS, Op, encode, used_mask,
 )
 
 __all__ = ["FuzzCase", "random_case"]
