@@ -1,6 +1,6 @@
 """iCEBreaker (iCE40UP5K-SG48): 5,280 logic cells, 8 SB_MAC16, 30 EBR, 12 MHz oscillator.
 
-A 1x1 TPU, the largest that fits: it takes about 95 % of the logic cells and 7 of
+A 1x1 TPU, the largest that fits: it takes about 98 % of the logic cells and 7 of
 the 8 DSPs (one for the PE, three for the vector unit's multiplies, two for the
 gradient-descent unit's 32x16 product, one for the control unit's range check),
 with 40-bit counters (25 hours at 12 MHz). A 2x2 array needs 15 SB_MAC16; even a
