@@ -311,7 +311,6 @@ def hdl_stochastic_round(value, src, dst, random_bits):
     return (Value.cast(value) + offset) >> shift
 
 
-
 def hdl_xorshift32(state):
     """Amaranth expression: the next xorshift32 state after the 32-bit ``state``."""
     x = Value.cast(state)[:32]

@@ -229,7 +229,9 @@ class ControlUnit(wiring.Component):
         # The watchdog check is registered: a running cycle in which the counter equals the
         # budget minus one (kept beside the budget, ``wd_last``, a cycle after each write of
         # it; the host cannot start a run in the cycle it writes a register) is followed by
-        # one in which it equals the budget, the cycle that stops the run (``wd_expired``).
+        # one in which it equals the budget, the cycle that stops the run (``wd_expired``,
+        # checked in every running cycle before draining: the counter, starting at 0 and
+        # counting every running cycle, first reaches the budget exactly).
         wd_last = Signal(width)
         wd_armed = Signal()
         wd_expired = Signal()
@@ -295,9 +297,9 @@ class ControlUnit(wiring.Component):
                 m.d.comb += legal.eq(0)
 
         dec = (reg_a - 1)[:16]
-        # The next fetch address is on a short path: no subtraction before the branch
-        # decision (R - 1 != 0 is R != 1), and the range checks of both candidates are
-        # made side by side (pc + 1 < depth as pc < depth - 1: no addition before it).
+        # The next fetch address is on a short path: the branch decision (R - 1 != 0 is
+        # R != 1) reads the register's "holds 1" flag, and the range checks of both
+        # candidates are made side by side (pc + 1 < depth as pc < depth - 1).
         taken = (op == Op.DJNZ) & ~reg_is_one[ins.a.reg]
         seq_pc = pc + 1                                  # 17 bits: pc + 1 may be 65536
         next_pc = Mux(taken, ins.count, seq_pc)
@@ -381,10 +383,12 @@ class ControlUnit(wiring.Component):
         # codes in the order of the checks: bad operands, then the ranges in operand order
         # (a MATMUL's buffer source before its accumulator destination, a VPU's and a GD's
         # accumulator source before their buffer operands).
+        # (``checked``: the first issue cycle is over; the fault bits are those of an engine
+        # instruction only, so that ``checks_failed`` needs no decode of the opcode.)
         engine_op = d_op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
         checked = Signal()
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
-        m.d.sync += [bad_q.eq(d_bad | bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
+        m.d.sync += [bad_q.eq(engine_op & (d_bad | bad)), ub_q.eq(ub_out), acc_q.eq(acc_out)]
         checked_error = Signal(4)
         acc_first = d_op.matches(Op.VPU, Op.GD)
         with m.If(bad_q):
@@ -437,10 +441,6 @@ class ControlUnit(wiring.Component):
         def fail(code):
             m.d.sync += [error_code.eq(code), error_pc.eq(pc)]
             m.next = "DRAIN"
-
-        # The cycle counter starts at 0 and counts every running cycle, and ``wd_expired``
-        # (cycles == watchdog != 0) is checked in every running cycle before draining: the
-        # counter first reaches the budget exactly.
 
         def stop_from_outside():
             """The first branches of every running state but DRAIN: the host or the watchdog
@@ -502,11 +502,9 @@ class ControlUnit(wiring.Component):
                 stop_from_outside()
                 with m.Elif(~d_legal):
                     fail(ErrorCode.ILLEGAL_INSTRUCTION)
-                with m.Elif(engine_op & ~checked):
-                    pass                      # checking the operands
-                with m.Elif(engine_op & checks_failed):
+                with m.Elif(checked & checks_failed):
                     fail(checked_error)
-                with m.Elif(can_issue):
+                with m.Elif(can_issue & (checked | ~engine_op)):
                     m.d.sync += [issued.eq(issued + 1), pc.eq(d_next_pc)]
                     with m.If(d_next_ok):
                         m.next = "DECODE"

@@ -111,8 +111,9 @@ class HostInterface(wiring.Component):
                     for source, target in sources:
                         with m.Case(target):
                             m.d.sync += read_item.eq(source)
-            m.d.comb += rword.eq(read_item.word_select(word_index[:max(1, ceil_log2(max_words))], 32)
-                                 if max_words > 1 else read_item)
+            index = word_index[:max(1, ceil_log2(max_words))]
+            m.d.comb += rword.eq(read_item.word_select(index, 32) if max_words > 1
+                                 else read_item)
         else:
             with m.If(latch):
                 with m.Switch(space):

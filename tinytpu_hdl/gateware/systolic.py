@@ -200,6 +200,7 @@ class SystolicArray(wiring.Component):
             m.d.comb += self.result.payload.data[c].eq(out.value)
             overflow = overflow | out.overflow
         m.d.comb += self.result.payload.overflow.eq(overflow)
-        m.d.comb += self.result.valid.eq(delayed(m, self.act.valid, self.latency, name="valid_pipe"))
+        m.d.comb += self.result.valid.eq(delayed(m, self.act.valid, self.latency,
+                                                 name="valid_pipe"))
 
         return m
