@@ -94,10 +94,11 @@ class HostInterface(wiring.Component):
             return buf[32 * (buf_words - item_words(cfg, space)):]
 
         # Read items are sent a word at a time, from the memory's (or the CSR's) output,
-        # which holds while the item is sent. With ``read_register`` the whole item is
-        # registered (``latch``) and its words are selected from the register, so that only
-        # routing follows the block RAM's output; without it, ``rword`` latches word
-        # ``latch_index`` straight from the output (fewer flip-flops, a longer path).
+        # which holds while the item is sent. With ``read_register`` each space's item is
+        # registered by itself (``latch``, no multiplexer between a block RAM's output and
+        # its register) and the words are selected from the registers; without it,
+        # ``rword`` latches word ``latch_index`` straight from the output (fewer
+        # flip-flops, a longer path).
         rword = Signal(32)
         latch = Signal()
         latch_index = Signal.like(word_index)
@@ -105,15 +106,19 @@ class HostInterface(wiring.Component):
         sources = ((self.ub_rd.data, Space.UB), (self.acc_rd.data, Space.ACC),
                    (self.imem_rd.data, Space.IMEM), (self.csr_rdata, Space.CSR))
         if self._read_register:
-            read_item = Signal(32 * max_words, reset_less=True)
-            with m.If(latch):
-                with m.Switch(space):
-                    for source, target in sources:
-                        with m.Case(target):
-                            m.d.sync += read_item.eq(source)
-            index = word_index[:max(1, ceil_log2(max_words))]
-            m.d.comb += rword.eq(read_item.word_select(index, 32) if max_words > 1
-                                 else read_item)
+            item_regs = {}
+            for source, target in sources:
+                item_regs[target] = Signal(32 * item_words(cfg, target), reset_less=True,
+                                           name=f"read_{target.name.lower()}")
+                with m.If(latch & (space == target)):
+                    m.d.sync += item_regs[target].eq(source)
+            with m.Switch(space):
+                for target, item_reg in item_regs.items():
+                    with m.Case(target):
+                        words = item_words(cfg, target)
+                        index = word_index[:max(1, ceil_log2(words))]
+                        m.d.comb += rword.eq(item_reg.word_select(index, 32) if words > 1
+                                             else item_reg)
         else:
             with m.If(latch):
                 with m.Switch(space):
