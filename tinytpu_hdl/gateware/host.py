@@ -132,17 +132,25 @@ class HostInterface(wiring.Component):
                                                  else padded)
 
         words_of = Signal(range(max_words + 1))
-        depth_of = Signal(17)
         with m.Switch(space):
             for s in spaces:
                 with m.Case(s):
-                    m.d.comb += [words_of.eq(item_words(cfg, s)), depth_of.eq(space_depth(cfg, s))]
+                    m.d.comb += words_of.eq(item_words(cfg, s))
         known_space = space < len(spaces)
-        # Whether the range fits the space, registered with the address (``fits``), so that
-        # the decision cycle has no carry chain.
+        # Whether the range fits the space, registered with the address (``fits``). The
+        # room the count leaves (depth - count, and whether the count fits at all) is
+        # computed from the header word as it arrives and registered with it, so that each
+        # of the two cycles has one carry chain.
+        header_depth = Signal(17)
+        with m.Switch(self.cmd.payload[8:16]):
+            for s in spaces:
+                with m.Case(s):
+                    m.d.comb += header_depth.eq(space_depth(cfg, s))
+        room = Signal(17)
+        count_fits = Signal()
         fits = Signal()
-        address_fits = ((self.cmd.payload[16:] == 0) &
-                        ((self.cmd.payload[:16] + count) <= depth_of))
+        address_fits = ((self.cmd.payload[16:] == 0) & count_fits &
+                        (self.cmd.payload[:16] <= room))
 
         item_addr = Signal(16)
 
@@ -160,6 +168,8 @@ class HostInterface(wiring.Component):
                 with m.If(self.cmd.valid):
                     m.d.sync += [command.eq(self.cmd.payload[:8]), space.eq(self.cmd.payload[8:16]),
                                  count.eq(self.cmd.payload[16:]),
+                                 room.eq(header_depth - self.cmd.payload[16:]),
+                                 count_fits.eq(self.cmd.payload[16:] <= header_depth),
                                  is_start.eq(self.cmd.payload[:8] == Command.START)]
                     m.next = "ADDRESS"
             with m.State("ADDRESS"):

@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..numeric import FixedFormat, check_accumulator, hdl_add_sat
+from .multiplier import PipelinedMultiplier
 
 __all__ = ["ActivationLayout", "PartialSumLayout", "ProcessingElement"]
 
@@ -38,6 +39,9 @@ class ProcessingElement(wiring.Component):
         Data format of inputs and weights.
     acc : FixedFormat
         Accumulator format of partial sums (``acc.frac == 2 * fmt.frac``).
+    family : str or None
+        FPGA family whose multiplier block to use (see :class:`.PipelinedMultiplier`);
+        ``None`` for the generic form. Results and timing are the same.
 
     Members
     -------
@@ -88,10 +92,11 @@ class ProcessingElement(wiring.Component):
     ``psum_out`` changes only in cycles following a valid input's product.
     """
 
-    def __init__(self, fmt: FixedFormat, acc: FixedFormat):
+    def __init__(self, fmt: FixedFormat, acc: FixedFormat, *, family=None):
         check_accumulator(fmt, acc)
         self._fmt = fmt
         self._acc = acc
+        self._family = family
         super().__init__({
             "act_in": In(ActivationLayout(fmt)),
             "act_out": Out(ActivationLayout(fmt)),
@@ -120,27 +125,26 @@ class ProcessingElement(wiring.Component):
         m = Module()
 
         active = self.w_active
-        # The operand and product registers load every cycle and have no reset, so that
-        # synthesis can put them into the multiplier block; the valid bits travel beside.
-        x_op = Signal(self._fmt.shape, reset_less=True)
-        w_op = Signal(self._fmt.shape, reset_less=True)
-        product = Signal(2 * self._fmt.width, reset_less=True)
+        # The operands and the product are the multiplier's two register stages; the
+        # valid bits travel beside them.
+        m.submodules.mult = mult = PipelinedMultiplier(self._fmt.width, family=self._family)
         op_valid = Signal()
         product_valid = Signal()
 
+        m.d.comb += [
+            mult.a.eq(self.act_in.data),
+            mult.b.eq(Mux(self.act_in.switch, self.w_shadow, active)),
+        ]
         m.d.sync += [
             self.act_out.eq(self.act_in),
-            x_op.eq(self.act_in.data),
-            w_op.eq(Mux(self.act_in.switch, self.w_shadow, active)),
             op_valid.eq(self.act_in.valid),
-            product.eq(x_op * w_op),
             product_valid.eq(op_valid),
         ]
         with m.If(self.act_in.valid & self.act_in.switch):
             m.d.sync += active.eq(self.w_shadow)
 
         with m.If(product_valid):
-            total, overflow = hdl_add_sat(self.psum_in.value, product.as_signed(), self._acc)
+            total, overflow = hdl_add_sat(self.psum_in.value, mult.p, self._acc)
             m.d.sync += [
                 self.psum_out.value.eq(total),
                 self.psum_out.overflow.eq(self.psum_in.overflow | overflow),

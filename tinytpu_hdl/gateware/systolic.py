@@ -59,6 +59,8 @@ class SystolicArray(wiring.Component):
         Array size (``cols`` defaults to ``rows``).
     fmt, acc : FixedFormat
         Data and accumulator formats.
+    family : str or None
+        FPGA family whose multiplier blocks the PEs use (:class:`.PipelinedMultiplier`).
 
     Members
     -------
@@ -108,7 +110,8 @@ class SystolicArray(wiring.Component):
     the background.
     """
 
-    def __init__(self, rows, cols=None, *, fmt: FixedFormat = Q8_8, acc: FixedFormat = Q16_16):
+    def __init__(self, rows, cols=None, *, fmt: FixedFormat = Q8_8, acc: FixedFormat = Q16_16,
+                 family=None):
         cols = rows if cols is None else cols
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -118,6 +121,7 @@ class SystolicArray(wiring.Component):
         self._cols = cols
         self._fmt = fmt
         self._acc = acc
+        self._family = family
         super().__init__({
             "act": In(valid_stream(InputRowLayout(fmt, rows))),
             "weights": In(valid_stream(WeightRowLayout(fmt, max(rows, cols)))),
@@ -149,7 +153,7 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C = self._rows, self._cols
 
-        pes = [[ProcessingElement(self._fmt, self._acc) for _ in range(C)] for _ in range(R)]
+        pes = [[ProcessingElement(self._fmt, self._acc, family=self._family) for _ in range(C)] for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]

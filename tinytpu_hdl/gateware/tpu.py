@@ -34,6 +34,20 @@ class TPU(wiring.Component):
            ▼            ▼
         SystolicArray (weights, act) ──► result ──► MatmulEngine ──► accumulators
 
+    Parameters
+    ----------
+    cfg : TPUConfig
+        Array size, formats, memory depths.
+    family : str or None
+        FPGA family to build for (``"ecp5"``, ``"ice40"``; default: the platform's
+        ``family``, or none when elaborated without a platform). On ECP5 the PEs use
+        ``MULT18X18D`` blocks with their own registers; on iCE40 the gradient-descent
+        unit keeps its product within one 16x16 DSP and the RAM output registers are
+        left out. Results and cycle counts are the same for every family.
+    ram_output_registers : bool or None
+        Keep the control unit's instruction register and the host interface's read
+        register (default: everywhere but iCE40).
+
     Members
     -------
     host_cmd : In(stream.Signature(32))
@@ -50,10 +64,11 @@ class TPU(wiring.Component):
     done: Out(1)
     error: Out(1)
 
-    def __init__(self, cfg: TPUConfig, *, ram_output_registers=None):
+    def __init__(self, cfg: TPUConfig, *, family=None, ram_output_registers=None):
         if not isinstance(cfg, TPUConfig):
             raise TypeError(f"TPU needs a TPUConfig, not {cfg!r}")
         self._cfg = cfg
+        self._family = None if family is None else str(family).lower()
         self._ram_output_registers = ram_output_registers
         super().__init__()
 
@@ -65,7 +80,11 @@ class TPU(wiring.Component):
         m = Module()
         cfg = self._cfg
 
-        m.submodules.array = array = SystolicArray(cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc)
+        family = self._family
+        if family is None:
+            family = str(getattr(platform, "family", "")).lower() or None
+        m.submodules.array = array = SystolicArray(cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc,
+                                                   family=family)
         m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth)
         m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
         # (The host writes instructions a 32-bit word at a time.)
@@ -74,7 +93,6 @@ class TPU(wiring.Component):
         # only keep logic off block RAM outputs, for timing; results and cycle counts are
         # the same without them, so they are left out where logic cells are scarcer than
         # speed (iCE40), unless asked for.
-        family = str(getattr(platform, "family", "")).lower()
         ram_registers = self._ram_output_registers
         if ram_registers is None:
             ram_registers = family != "ice40"
