@@ -74,6 +74,8 @@ class HostInterface(wiring.Component):
         command = Signal(8)
         is_start = Signal()          # command == START, registered with it
         space = Signal(8)
+        is_space = {s: Signal(name=f"is_{s.name.lower()}") for s in spaces}  # space == s
+        last_word = Signal(range(max_words))   # index of an item's last word in ``space``
         count = Signal(16)
         addr = Signal(16)            # the address word's low half
         status = Signal(8)
@@ -110,7 +112,7 @@ class HostInterface(wiring.Component):
             for source, target in sources:
                 item_regs[target] = Signal(32 * item_words(cfg, target), reset_less=True,
                                            name=f"read_{target.name.lower()}")
-                with m.If(latch & (space == target)):
+                with m.If(latch & is_space[target]):
                     m.d.sync += item_regs[target].eq(source)
             with m.Switch(space):
                 for target, item_reg in item_regs.items():
@@ -131,11 +133,14 @@ class HostInterface(wiring.Component):
                             m.d.sync += rword.eq(padded.word_select(index, 32) if words > 1
                                                  else padded)
 
-        words_of = Signal(range(max_words + 1))
-        with m.Switch(space):
+        # The index of an item's last word, and which space the command names, registered
+        # with the header (from the header word as it arrives), so that the word counting
+        # and the read latch enables need no arithmetic on ``space``.
+        header_last_word = Signal(range(max_words))
+        with m.Switch(self.cmd.payload[8:16]):
             for s in spaces:
                 with m.Case(s):
-                    m.d.comb += words_of.eq(item_words(cfg, s))
+                    m.d.comb += header_last_word.eq(item_words(cfg, s) - 1)
         known_space = space < len(spaces)
         # Whether the range fits the space, registered with the address (``fits``). The
         # room the count leaves (depth - count, and whether the count fits at all) is
@@ -168,6 +173,9 @@ class HostInterface(wiring.Component):
                 with m.If(self.cmd.valid):
                     m.d.sync += [command.eq(self.cmd.payload[:8]), space.eq(self.cmd.payload[8:16]),
                                  count.eq(self.cmd.payload[16:]),
+                                 last_word.eq(header_last_word),
+                                 *[flag.eq(self.cmd.payload[8:16] == s)
+                                   for s, flag in is_space.items()],
                                  room.eq(header_depth - self.cmd.payload[16:]),
                                  count_fits.eq(self.cmd.payload[16:] <= header_depth),
                                  is_start.eq(self.cmd.payload[:8] == Command.START)]
@@ -179,7 +187,7 @@ class HostInterface(wiring.Component):
                     m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr)]
-                is_csr = space == Space.CSR
+                is_csr = is_space[Space.CSR]
                 with m.Switch(command):
                     with m.Case(Command.WRITE):
                         with m.If(~known_space):
@@ -243,7 +251,7 @@ class HostInterface(wiring.Component):
                         m.d.comb += shift.eq(1)
                         with m.If((space == Space.IMEM) & (status == Status.OK)):
                             m.d.comb += self.imem_wr.en.eq(1 << word_index)
-                        with m.If(word_index == words_of - 1):
+                        with m.If(word_index == last_word):
                             m.d.sync += word_index.eq(0)
                             m.next = "WRITE_ITEM"
                         with m.Else():
@@ -285,7 +293,7 @@ class HostInterface(wiring.Component):
             with m.State("READ_SEND"):
                 m.d.comb += [self.resp.valid.eq(1), self.resp.payload.eq(rword)]
                 with m.If(self.resp.ready):
-                    with m.If(word_index == words_of - 1):
+                    with m.If(word_index == last_word):
                         m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
                                      word_index.eq(0)]
                         m.next = "READ_ADDR"
