@@ -493,8 +493,10 @@ class ControlUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += decode_regs + [checked.eq(0)]
                     # Fetch the next instruction now: its decode follows this one's issue.
-                    with m.If(next_ok):
-                        m.d.comb += [self.imem.addr.eq(next_pc), self.imem.en.eq(1)]
+                    # (Not gated by ``next_ok``, so that the range check stays off the
+                    # address path: a word read from beyond the end is never decoded, the
+                    # issue stage goes to FETCH, which stops with PC_RANGE.)
+                    m.d.comb += [self.imem.addr.eq(next_pc), self.imem.en.eq(1)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += mode.eq(_Mode.ISSUE)

@@ -166,6 +166,19 @@ class HostInterface(wiring.Component):
                      self.imem_wr.data.eq(Cat(*[self.cmd.payload] * (INSTRUCTION_BITS // 32)))]
         m.d.comb += self.resp.payload.eq(0)
 
+        # Memory read requests (in state READ_ADDR) come from registers set on the way
+        # there, one per space, so that only an AND lies between them and the read ports'
+        # wired OR (see .memory.share_read).
+        to_read_addr = Signal()
+        read_ports = ((self.ub_rd, Space.UB), (self.acc_rd, Space.ACC),
+                      (self.imem_rd, Space.IMEM))
+        read_request = {target: Signal(name=f"read_request_{target.name.lower()}")
+                        for _, target in read_ports}
+        for port, target in read_ports:
+            m.d.sync += read_request[target].eq(to_read_addr & is_space[target])
+            m.d.comb += [port.addr.eq(Mux(read_request[target], item_addr, 0)),
+                         port.en.eq(read_request[target])]
+
         m.d.sync += [self.stop.eq(0), self.host_conflict.eq(0)]
         with m.FSM(init="HEADER"):
             with m.State("HEADER"):
@@ -275,17 +288,12 @@ class HostInterface(wiring.Component):
                 ]
                 with m.If(self.resp.ready):
                     with m.If((command == Command.READ) & (status == Status.OK) & (count != 0)):
+                        m.d.comb += to_read_addr.eq(1)
                         m.next = "READ_ADDR"
                     with m.Else():
                         m.next = "HEADER"
             with m.State("READ_ADDR"):
-                with m.Switch(space):
-                    with m.Case(Space.UB):
-                        m.d.comb += [self.ub_rd.addr.eq(item_addr), self.ub_rd.en.eq(1)]
-                    with m.Case(Space.ACC):
-                        m.d.comb += [self.acc_rd.addr.eq(item_addr), self.acc_rd.en.eq(1)]
-                    with m.Case(Space.IMEM):
-                        m.d.comb += [self.imem_rd.addr.eq(item_addr), self.imem_rd.en.eq(1)]
+                # (The read request is made from ``read_request``, set on the way here.)
                 m.next = "READ_LATCH"
             with m.State("READ_LATCH"):
                 m.d.comb += latch.eq(1)
@@ -297,7 +305,9 @@ class HostInterface(wiring.Component):
                         m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
                                      word_index.eq(0)]
                         m.next = "READ_ADDR"
+                        m.d.comb += to_read_addr.eq(1)
                         with m.If(remaining == 1):
+                            m.d.comb += to_read_addr.eq(0)
                             m.next = "HEADER"
                     with m.Else():
                         # The memory's output holds: latch the item's next word.
