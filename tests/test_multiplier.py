@@ -50,26 +50,53 @@ def test_generic_form_products_two_cycles_later():
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_rejects_bad_widths():
-    with pytest.raises(ValueError, match="at most 18-bit"):
-        PipelinedMultiplier(20, family="ecp5")
-    with pytest.raises(ValueError, match="positive integer"):
+def test_widths():
+    with pytest.raises(ValueError, match="positive integers"):
         PipelinedMultiplier(0)
-    # Families without a dedicated form use the generic one, whatever the width.
-    assert "MULT18X18D" not in verilog.convert(PipelinedMultiplier(24, family="ice40"))
+    with pytest.raises(ValueError, match="positive integers"):
+        PipelinedMultiplier(16, True)
+    assert PipelinedMultiplier(16, 12, family="ecp5").uses_block
+    assert PipelinedMultiplier(18, family="ECP5").uses_block
+    # Operands wider than the block's 18 bits, and other families, use the generic form.
+    for mult in (PipelinedMultiplier(19, 8, family="ecp5"), PipelinedMultiplier(16, family="ice40"),
+                 PipelinedMultiplier(16)):
+        assert not mult.uses_block
+        assert "MULT18X18D" not in verilog.convert(mult)
+
+
+def test_generic_form_with_unequal_widths():
+    dut = PipelinedMultiplier(16, 10)
+    ops = [(a, b // 64) for a, b in _operands(100, seed=2)]
+    seen = []
+
+    async def bench(ctx):
+        for a, b in ops + [(0, 0)] * 2:
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            seen.append(ctx.get(dut.p))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen[2:] == [a * b for a, b in ops]
 
 
 def _ecp5_instances(component):
     return verilog.convert(component, name="top").count("MULT18X18D ")
 
 
-def test_ecp5_form_is_one_block_per_pe():
+def test_ecp5_blocks_one_per_multiply():
     assert _ecp5_instances(PipelinedMultiplier(WIDTH, family="ecp5")) == 1
     assert _ecp5_instances(PipelinedMultiplier(WIDTH)) == 0
     assert _ecp5_instances(SystolicArray(3, 2, family="ecp5")) == 6
     assert _ecp5_instances(SystolicArray(3, 2)) == 0
-    assert _ecp5_instances(TPU(TPUConfig(n=2, ub_depth=16, acc_depth=16, imem_depth=16),
-                               family="ecp5")) == 4
+    # N = 2: four PEs, three multiplies per vector-unit lane, two partial products per
+    # gradient-descent lane.
+    cfg = TPUConfig(n=2, ub_depth=16, acc_depth=16, imem_depth=16)
+    assert _ecp5_instances(TPU(cfg, family="ecp5")) == 4 + 2 * 3 + 2 * 2
+    assert _ecp5_instances(TPU(cfg)) == 0
 
 
 HARNESS = """

@@ -68,10 +68,11 @@ def test_cli_rejects_bad_config(capsys):
 def test_verilog_for_ecp5_instantiates_the_multiplier_blocks(tmp_path):
     out = tmp_path / "tpu.v"
     assert main(["verilog", "--n", "2", "--family", "ecp5", "-o", str(out)]) == 0
-    # One MULT18X18D per PE, with its input and output registers.
+    # One MULT18X18D per PE (4), vector-unit multiply (2 lanes x 3) and gradient-descent
+    # partial product (2 lanes x 2), each with its input and output registers.
     text = out.read_text()
-    assert text.count("MULT18X18D #(") == 4
-    assert text.count('.REG_OUTPUT_CLK("CLK0")') == 4
+    assert text.count("MULT18X18D #(") == 14
+    assert text.count('.REG_OUTPUT_CLK("CLK0")') == 14
     generic = tmp_path / "generic.v"
     assert main(["verilog", "--n", "2", "-o", str(generic)]) == 0
     assert "MULT18X18D" not in generic.read_text()

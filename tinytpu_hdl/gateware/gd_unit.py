@@ -8,6 +8,7 @@ from ..numeric import (
     FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
 from .memory import addr_width, read_request, write_request
+from .multiplier import PipelinedMultiplier
 from .signatures import valid_stream
 
 __all__ = ["GradientDescentUnit", "GradientCommandLayout"]
@@ -43,9 +44,10 @@ class GradientDescentUnit(wiring.Component):
     chain and its saturation).
     """
 
-    def __init__(self, cfg, *, multiplier_width=18):
+    def __init__(self, cfg, *, multiplier_width=18, family=None):
         self._cfg = cfg
         self._multiplier_width = multiplier_width
+        self._family = family
         super().__init__({
             "cmd": In(valid_stream(GradientCommandLayout(cfg))),
             "acc_rd": Out(read_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
@@ -82,9 +84,9 @@ class GradientDescentUnit(wiring.Component):
         m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4),
                      v6.eq(v5)]
 
-        # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered.
-        grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
-        m.d.sync += grad.eq(self.acc_rd.data)
+        # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered (in
+        # the multipliers' input registers with 18x18 blocks, see below).
+        acc_row = self.acc_rd.data
         # The parameter row is read four cycles after the gradient row and registered, so
         # that it arrives in the subtraction stage instead of being carried to it.
         with m.If(v3):
@@ -98,23 +100,27 @@ class GradientDescentUnit(wiring.Component):
 
         # Stages 2 and 3: the exact product lr * grad. With 18x18 multiplier blocks (ECP5 and
         # the default) as lr * (high * 2^k + low), the gradient's low k = 17 bits unsigned,
-        # so that each partial product fits one block; the partial products are registered
-        # (without a reset, so that synthesis can put the registers into the blocks), then
-        # added. With 16x16 blocks (iCE40), where that split would take a third block, the
-        # gradient is registered once more and multiplied whole (synthesis splits it
-        # itself and can put the extra register into the blocks' input registers).
+        # so that each partial product fits one block: two pipelined multipliers, whose
+        # input registers are stage 1 and output registers stage 2, then the sum. With
+        # 16x16 blocks (iCE40), where that split would take a third block, the gradient
+        # is registered once more and multiplied whole (synthesis splits it itself and
+        # can put the extra register into the blocks' input registers).
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
         k = min(17, cfg.acc.width - 1)
+        if self._multiplier_width < 18:
+            grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
+            m.d.sync += grad.eq(acc_row)
         for lane in range(n):
             if self._multiplier_width >= 18:
-                low = Signal(signed(k + 1 + cfg.scalar.width), name=f"prod_low_{lane}",
-                             reset_less=True)
-                high = Signal(signed(cfg.acc.width - k + cfg.scalar.width),
-                              name=f"prod_high_{lane}", reset_less=True)
-                m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
-                             high.eq(grad[lane][k:].as_signed() * self.lr),
-                             prods[lane].eq((high << k) + low)]
+                low = PipelinedMultiplier(k + 1, cfg.scalar.width, family=self._family)
+                high = PipelinedMultiplier(cfg.acc.width - k, cfg.scalar.width,
+                                           family=self._family)
+                m.submodules[f"mult_low_{lane}"] = low
+                m.submodules[f"mult_high_{lane}"] = high
+                m.d.comb += [low.a.eq(acc_row[lane][:k].as_unsigned()), low.b.eq(self.lr),
+                             high.a.eq(acc_row[lane][k:].as_signed()), high.b.eq(self.lr)]
+                m.d.sync += prods[lane].eq((high.p << k) + low.p)
             else:
                 operand = Signal(cfg.acc.shape, name=f"grad_operand_{lane}", reset_less=True)
                 m.d.sync += [operand.eq(grad[lane]), prods[lane].eq(operand * self.lr)]

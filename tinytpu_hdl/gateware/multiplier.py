@@ -1,4 +1,5 @@
-"""Pipelined signed multiplier: registered operands, registered product.
+"""Pipelined signed multiplier: registered operands, registered product (the processing
+elements' multiply and the vector unit's).
 
 On ECP5 the two register stages are the input and output registers of a ``MULT18X18D``
 block, instantiated directly: Yosys maps a multiplication to ``MULT18X18D`` but leaves the
@@ -20,21 +21,23 @@ _ECP5_WIDTH = 18
 
 
 class PipelinedMultiplier(wiring.Component):
-    """Signed ``width x width`` multiplier with two register stages.
+    """Signed multiplier with two register stages.
 
     Parameters
     ----------
-    width : int
-        Operand width (both operands are signed).
+    a_width, b_width : int
+        Operand widths (both operands are signed; ``b_width`` defaults to ``a_width``).
     family : str or None
-        ``"ecp5"`` for a ``MULT18X18D`` block with its input and output registers (needs
-        ``width <= 18``); ``None`` (or any other family) for registers around a ``*``.
+        ``"ecp5"`` for a ``MULT18X18D`` block with its input and output registers when
+        both operands have at most 18 bits (wider ones, and ``None`` or any other family,
+        use registers around a ``*``). :attr:`uses_block` tells which form was chosen.
 
     Members
     -------
-    a, b : In(signed(width))
+    a : In(signed(a_width))
+    b : In(signed(b_width))
         Operands.
-    p : Out(signed(2 * width))
+    p : Out(signed(a_width + b_width))
         The product.
 
     Timing
@@ -54,32 +57,32 @@ class PipelinedMultiplier(wiring.Component):
     #: Cycles from the operands to their product.
     LATENCY = 2
 
-    def __init__(self, width, *, family=None):
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"multiplier width must be a positive integer, not {width!r}")
+    def __init__(self, a_width, b_width=None, *, family=None):
+        b_width = a_width if b_width is None else b_width
+        for value in (a_width, b_width):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"multiplier widths must be positive integers, not {value!r}")
         family = str(family).lower() if family is not None else None
-        if family == "ecp5" and width > _ECP5_WIDTH:
-            raise ValueError(f"an ECP5 MULT18X18D block multiplies at most {_ECP5_WIDTH}-bit "
-                             f"operands, not {width}")
-        self._width = width
-        self._family = family
+        self._a_width, self._b_width = a_width, b_width
+        self._uses_block = family == "ecp5" and max(a_width, b_width) <= _ECP5_WIDTH
         super().__init__({
-            "a": In(signed(width)),
-            "b": In(signed(width)),
-            "p": Out(signed(2 * width)),
+            "a": In(signed(a_width)),
+            "b": In(signed(b_width)),
+            "p": Out(signed(a_width + b_width)),
         })
 
     @property
-    def width(self):
-        return self._width
+    def widths(self):
+        return self._a_width, self._b_width
 
     @property
-    def family(self):
-        return self._family
+    def uses_block(self):
+        """Whether the multiplier is an FPGA multiplier block with its own registers."""
+        return self._uses_block
 
     def elaborate(self, platform):
         m = Module()
-        if self._family == "ecp5":
+        if self._uses_block:
             self._elaborate_ecp5(m)
         else:
             a = Signal.like(self.a, reset_less=True)
@@ -94,7 +97,8 @@ class PipelinedMultiplier(wiring.Component):
         a = Signal(signed(_ECP5_WIDTH))
         b = Signal(signed(_ECP5_WIDTH))
         p = Signal(2 * _ECP5_WIDTH)
-        m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(p[:2 * self._width])]
+        m.d.comb += [a.eq(self.a), b.eq(self.b),
+                     self.p.eq(p[:self._a_width + self._b_width])]
         ports = {}
         for i in range(_ECP5_WIDTH):
             ports[f"i_A{i}"] = a[i]

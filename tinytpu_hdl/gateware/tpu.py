@@ -40,10 +40,10 @@ class TPU(wiring.Component):
         Array size, formats, memory depths.
     family : str or None
         FPGA family to build for (``"ecp5"``, ``"ice40"``; default: the platform's
-        ``family``, or none when elaborated without a platform). On ECP5 the PEs use
-        ``MULT18X18D`` blocks with their own registers; on iCE40 the gradient-descent
-        unit keeps its product within one 16x16 DSP and the RAM output registers are
-        left out. Results and cycle counts are the same for every family.
+        ``family``, or none when elaborated without a platform). On ECP5 the PEs, the
+        vector unit and the gradient-descent unit use ``MULT18X18D`` blocks with their
+        own registers; on iCE40 the gradient-descent unit keeps its product within
+        one 16x16 DSP and the RAM output registers are left out. Results and cycle counts are the same for every family.
     ram_output_registers : bool or None
         Keep the control unit's instruction register and the host interface's read
         register (default: everywhere but iCE40).
@@ -99,9 +99,9 @@ class TPU(wiring.Component):
         m.submodules.control = control = ControlUnit(cfg, instruction_register=ram_registers)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
-        m.submodules.vector = vector = VectorUnit(cfg)
+        m.submodules.vector = vector = VectorUnit(cfg, family=family)
         m.submodules.gd = gd = GradientDescentUnit(
-            cfg, multiplier_width=16 if family == "ice40" else 18)
+            cfg, multiplier_width=16 if family == "ice40" else 18, family=family)
         m.submodules.host = host = HostInterface(cfg, read_register=ram_registers)
         #: The memories never read in the cycle a row is written, by name (for the collision
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa import Pathway
 from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
 from .memory import addr_width, read_request, write_request
+from .multiplier import PipelinedMultiplier
 from .signatures import valid_stream
 
 __all__ = ["VectorUnit", "VectorCommandLayout"]
@@ -53,8 +54,9 @@ class VectorUnit(wiring.Component):
     #: Pipeline registers between the memories' outputs and the buffer write.
     STAGES = 11
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, family=None):
         self._cfg = cfg
+        self._family = family
         row = data.ArrayLayout(cfg.data.shape, cfg.n)
         super().__init__({
             "cmd": In(valid_stream(VectorCommandLayout(cfg))),
@@ -125,18 +127,26 @@ class VectorUnit(wiring.Component):
         carried = ("x", "y", "h")
         valids = []
 
-        def step(prev, name, *, ovf=None, drop=(), **new):
+        def step(prev, name, *, ovf=None, drop=(), product=None, **new):
             """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
             its value; the carried fields of ``prev`` not in ``new`` or ``drop`` pass on.
-            ``ovf`` maps a lane to its overflow bit."""
+            ``ovf`` maps a lane to its overflow bit. ``product``: the lanes' multipliers
+            whose products (already registered) are this stage's ``p``. ``nxt["next_x"]``
+            lists, per lane, the value its ``x`` register loads (for a multiplier that
+            takes it as an operand in step with the register)."""
             nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(name=f"{name}_ovf")}
             valids.append(nxt["valid"])
             m.d.sync += nxt["valid"].eq(prev["valid"])
+            if "x" in new:
+                nxt["next_x"] = [new["x"](lane) for lane in range(n)]
+            elif "x" in prev:
+                nxt["next_x"] = [prev["x"][lane] for lane in range(n)]
+            if product is not None:
+                nxt["p"] = Signal(layouts["p"], name=f"{name}_p")
+                m.d.comb += [nxt["p"][lane].eq(mult.p) for lane, mult in enumerate(product)]
             for key, layout in layouts.items():
                 if key in new:
-                    # Products have no reset, so that synthesis can put their register
-                    # into the multiplier block.
-                    nxt[key] = Signal(layout, name=f"{name}_{key}", reset_less=(key == "p"))
+                    nxt[key] = Signal(layout, name=f"{name}_{key}")
                     m.d.sync += [nxt[key][lane].eq(new[key](lane)) for lane in range(n)]
                 elif key in carried and key in prev and key not in drop:
                     nxt[key] = Signal(layout, name=f"{name}_{key}")
@@ -164,8 +174,21 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: use_bias & biased[l][1])
         bias_stage = s
 
+        def multipliers(name, operands, scalar):
+            """One pipelined multiplier per lane: ``operands[lane] * scalar``, the operand
+            taken as the stage before the product stage loads it (so that the
+            multiplier's input register is that stage's register again, and its output
+            register the product stage's)."""
+            mults = []
+            for lane in range(n):
+                mult = PipelinedMultiplier(fmt.width, cfg.scalar.width, family=self._family)
+                m.submodules[f"{name}_mult_{lane}"] = mult
+                m.d.comb += [mult.a.eq(operands[lane]), mult.b.eq(scalar)]
+                mults.append(mult)
+            return mults
+
         # Leaky ReLU: h = x if x >= 0 else leak * x.
-        s = step(s, "act_mul", p=lambda l: s["x"][l] * self.leak)
+        s = step(s, "act_mul", product=multipliers("act", bias_stage["next_x"], self.leak))
         leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         neg = [use_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
@@ -188,13 +211,15 @@ class VectorUnit(wiring.Component):
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
         s = step(s, "loss_diff", d=lambda l: diffs[l][0], h=lambda l: s["x"][l],
                  ovf=lambda l: use_loss & diffs[l][1])
-        s = step(s, "loss_mul", p=lambda l: s["d"][l] * self.loss_scale)
+        s = step(s, "loss_mul", product=multipliers(
+            "loss", [diff for diff, _ in diffs], self.loss_scale))
         scaled = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         s = step(s, "loss", x=lambda l: Mux(use_loss, scaled[l][0], s["x"][l]),
                  ovf=lambda l: use_loss & scaled[l][1])
+        loss_stage = s
 
         # Leaky-ReLU derivative: v if r > 0 else leak * v, r = h if LOSS else the aux row.
-        s = step(s, "deriv_mul", p=lambda l: s["x"][l] * self.leak,
+        s = step(s, "deriv_mul", product=multipliers("deriv", loss_stage["next_x"], self.leak),
                  d=lambda l: Mux(use_loss, s["h"][l], s["y"][l]))
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
