@@ -32,6 +32,19 @@ class GradientDescentUnit(wiring.Component):
     (pulse ``reseed``) restarts them. ``overflow`` pulses for a row in which
     the update or the new parameter saturated.
 
+    Parameters
+    ----------
+    cfg : TPUConfig
+    multiplier_width : int
+        Operand width of the FPGA's multiplier blocks: 18 splits the product into two
+        partial products, less multiplies it whole.
+    family : str or None
+        FPGA family (see :class:`.PipelinedMultiplier`).
+    pipelined_multipliers : bool or None
+        Make the partial products with pipelined multipliers fed with the accumulator
+        row (default: where they are multiplier blocks, ECP5); needs
+        ``multiplier_width >= 18``. Same results and timing.
+
     Timing
     ------
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
@@ -44,10 +57,18 @@ class GradientDescentUnit(wiring.Component):
     chain and its saturation).
     """
 
-    def __init__(self, cfg, *, multiplier_width=18, family=None):
+    def __init__(self, cfg, *, multiplier_width=18, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._multiplier_width = multiplier_width
         self._family = family
+        k = min(17, cfg.acc.width - 1)
+        if pipelined_multipliers is None:
+            pipelined_multipliers = multiplier_width >= 18 and all(
+                PipelinedMultiplier.block_fits(family, width, cfg.scalar.width)
+                for width in (k + 1, cfg.acc.width - k))
+        if pipelined_multipliers and multiplier_width < 18:
+            raise ValueError("pipelined multipliers need 18x18 multiplier blocks")
+        self._pipelined = bool(pipelined_multipliers)
         super().__init__({
             "cmd": In(valid_stream(GradientCommandLayout(cfg))),
             "acc_rd": Out(read_request(cfg.acc_depth, data.ArrayLayout(cfg.acc.shape, cfg.n))),
@@ -85,7 +106,7 @@ class GradientDescentUnit(wiring.Component):
                      v6.eq(v5)]
 
         # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered (in
-        # the multipliers' input registers with 18x18 blocks, see below).
+        # the multipliers' input registers on ECP5, see below).
         acc_row = self.acc_rd.data
         # The parameter row is read four cycles after the gradient row and registered, so
         # that it arrives in the subtraction stage instead of being carried to it.
@@ -100,27 +121,38 @@ class GradientDescentUnit(wiring.Component):
 
         # Stages 2 and 3: the exact product lr * grad. With 18x18 multiplier blocks (ECP5 and
         # the default) as lr * (high * 2^k + low), the gradient's low k = 17 bits unsigned,
-        # so that each partial product fits one block: two pipelined multipliers, whose
-        # input registers are stage 1 and output registers stage 2, then the sum. With
-        # 16x16 blocks (iCE40), where that split would take a third block, the gradient
-        # is registered once more and multiplied whole (synthesis splits it itself and
-        # can put the extra register into the blocks' input registers).
+        # so that each partial product fits one block; the partial products are registered
+        # (without a reset), then added. Where the blocks have registers of their own
+        # (ECP5) they are pipelined multipliers fed with the accumulator row, their input
+        # registers standing for stage 1, their output registers for stage 2. With 16x16
+        # blocks (iCE40), where the split would take a third block, the gradient is
+        # registered once more and multiplied whole (synthesis splits it itself and can put
+        # the extra register into the blocks' input registers).
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
         k = min(17, cfg.acc.width - 1)
-        if self._multiplier_width < 18:
+        low_width, high_width = k + 1, cfg.acc.width - k
+        use_blocks = self._pipelined
+        if not use_blocks:
             grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
             m.d.sync += grad.eq(acc_row)
         for lane in range(n):
-            if self._multiplier_width >= 18:
-                low = PipelinedMultiplier(k + 1, cfg.scalar.width, family=self._family)
-                high = PipelinedMultiplier(cfg.acc.width - k, cfg.scalar.width,
-                                           family=self._family)
+            if use_blocks:
+                low = PipelinedMultiplier(low_width, cfg.scalar.width, family=self._family)
+                high = PipelinedMultiplier(high_width, cfg.scalar.width, family=self._family)
                 m.submodules[f"mult_low_{lane}"] = low
                 m.submodules[f"mult_high_{lane}"] = high
                 m.d.comb += [low.a.eq(acc_row[lane][:k].as_unsigned()), low.b.eq(self.lr),
                              high.a.eq(acc_row[lane][k:].as_signed()), high.b.eq(self.lr)]
                 m.d.sync += prods[lane].eq((high.p << k) + low.p)
+            elif self._multiplier_width >= 18:
+                low = Signal(signed(low_width + cfg.scalar.width), name=f"prod_low_{lane}",
+                             reset_less=True)
+                high = Signal(signed(high_width + cfg.scalar.width), name=f"prod_high_{lane}",
+                              reset_less=True)
+                m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
+                             high.eq(grad[lane][k:].as_signed() * self.lr),
+                             prods[lane].eq((high << k) + low)]
             else:
                 operand = Signal(cfg.acc.shape, name=f"grad_operand_{lane}", reset_less=True)
                 m.d.sync += [operand.eq(grad[lane]), prods[lane].eq(operand * self.lr)]

@@ -62,14 +62,19 @@ class PipelinedMultiplier(wiring.Component):
         for value in (a_width, b_width):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"multiplier widths must be positive integers, not {value!r}")
-        family = str(family).lower() if family is not None else None
         self._a_width, self._b_width = a_width, b_width
-        self._uses_block = family == "ecp5" and max(a_width, b_width) <= _ECP5_WIDTH
+        self._uses_block = self.block_fits(family, a_width, b_width)
         super().__init__({
             "a": In(signed(a_width)),
             "b": In(signed(b_width)),
             "p": Out(signed(a_width + b_width)),
         })
+
+    @staticmethod
+    def block_fits(family, a_width, b_width):
+        """Whether a multiplier of these widths is a multiplier block of ``family``."""
+        family = str(family).lower() if family is not None else None
+        return family == "ecp5" and max(a_width, b_width) <= _ECP5_WIDTH
 
     @property
     def widths(self):

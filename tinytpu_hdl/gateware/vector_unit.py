@@ -40,6 +40,16 @@ class VectorUnit(wiring.Component):
     ``overflow`` pulses for a row in which any of them saturated. ``leak`` and
     ``loss_scale`` are in the scalar format.
 
+    Parameters
+    ----------
+    cfg : TPUConfig
+    family : str or None
+        FPGA family (see :class:`.PipelinedMultiplier`).
+    pipelined_multipliers : bool or None
+        Multiply through pipelined multipliers fed with what the stage before each
+        product stage loads (default: where they are multiplier blocks, ECP5), instead
+        of multiplying the stage registers. Same results and timing.
+
     Timing
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
@@ -54,9 +64,13 @@ class VectorUnit(wiring.Component):
     #: Pipeline registers between the memories' outputs and the buffer write.
     STAGES = 11
 
-    def __init__(self, cfg, *, family=None):
+    def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._family = family
+        if pipelined_multipliers is None:
+            pipelined_multipliers = PipelinedMultiplier.block_fits(
+                family, cfg.data.width, cfg.scalar.width)
+        self._pipelined = bool(pipelined_multipliers)
         row = data.ArrayLayout(cfg.data.shape, cfg.n)
         super().__init__({
             "cmd": In(valid_stream(VectorCommandLayout(cfg))),
@@ -131,9 +145,10 @@ class VectorUnit(wiring.Component):
             """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
             its value; the carried fields of ``prev`` not in ``new`` or ``drop`` pass on.
             ``ovf`` maps a lane to its overflow bit. ``product``: the lanes' multipliers
-            whose products (already registered) are this stage's ``p``. ``nxt["next_x"]``
-            lists, per lane, the value its ``x`` register loads (for a multiplier that
-            takes it as an operand in step with the register)."""
+            whose products (already registered) are this stage's ``p``.
+            ``nxt["next_x"]`` (``nxt["next_d"]``) lists, per lane, the value its ``x``
+            (``d``) register loads, for a multiplier that takes it as an operand in step
+            with the register."""
             nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(name=f"{name}_ovf")}
             valids.append(nxt["valid"])
             m.d.sync += nxt["valid"].eq(prev["valid"])
@@ -141,12 +156,16 @@ class VectorUnit(wiring.Component):
                 nxt["next_x"] = [new["x"](lane) for lane in range(n)]
             elif "x" in prev:
                 nxt["next_x"] = [prev["x"][lane] for lane in range(n)]
+            if "d" in new:
+                nxt["next_d"] = [new["d"](lane) for lane in range(n)]
             if product is not None:
                 nxt["p"] = Signal(layouts["p"], name=f"{name}_p")
                 m.d.comb += [nxt["p"][lane].eq(mult.p) for lane, mult in enumerate(product)]
             for key, layout in layouts.items():
                 if key in new:
-                    nxt[key] = Signal(layout, name=f"{name}_{key}")
+                    # Products have no reset, so that synthesis can put their register
+                    # into the multiplier block.
+                    nxt[key] = Signal(layout, name=f"{name}_{key}", reset_less=(key == "p"))
                     m.d.sync += [nxt[key][lane].eq(new[key](lane)) for lane in range(n)]
                 elif key in carried and key in prev and key not in drop:
                     nxt[key] = Signal(layout, name=f"{name}_{key}")
@@ -174,11 +193,21 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: use_bias & biased[l][1])
         bias_stage = s
 
+        # On FPGAs whose multiplier blocks have registers (ECP5), each multiply is a
+        # pipelined multiplier fed with what the stage before the product stage loads (so
+        # that its input register stands beside that stage's register, and its output
+        # register is the product stage's); elsewhere the product stage multiplies the
+        # stage register (no second copy of the operands).
+        use_blocks = self._pipelined
+
+        def multiply(prev, name, field, scalar, **new):
+            """The product stage after ``prev``: ``prev[field][lane] * scalar``."""
+            if not use_blocks:
+                return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
+            return step(prev, name, product=multipliers(name, prev[f"next_{field}"], scalar),
+                        **new)
+
         def multipliers(name, operands, scalar):
-            """One pipelined multiplier per lane: ``operands[lane] * scalar``, the operand
-            taken as the stage before the product stage loads it (so that the
-            multiplier's input register is that stage's register again, and its output
-            register the product stage's)."""
             mults = []
             for lane in range(n):
                 mult = PipelinedMultiplier(fmt.width, cfg.scalar.width, family=self._family)
@@ -188,7 +217,7 @@ class VectorUnit(wiring.Component):
             return mults
 
         # Leaky ReLU: h = x if x >= 0 else leak * x.
-        s = step(s, "act_mul", product=multipliers("act", bias_stage["next_x"], self.leak))
+        s = multiply(s, "act_mul", "x", self.leak)
         leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         neg = [use_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
@@ -211,16 +240,14 @@ class VectorUnit(wiring.Component):
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
         s = step(s, "loss_diff", d=lambda l: diffs[l][0], h=lambda l: s["x"][l],
                  ovf=lambda l: use_loss & diffs[l][1])
-        s = step(s, "loss_mul", product=multipliers(
-            "loss", [diff for diff, _ in diffs], self.loss_scale))
+        s = multiply(s, "loss_mul", "d", self.loss_scale)
         scaled = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         s = step(s, "loss", x=lambda l: Mux(use_loss, scaled[l][0], s["x"][l]),
                  ovf=lambda l: use_loss & scaled[l][1])
-        loss_stage = s
 
         # Leaky-ReLU derivative: v if r > 0 else leak * v, r = h if LOSS else the aux row.
-        s = step(s, "deriv_mul", product=multipliers("deriv", loss_stage["next_x"], self.leak),
-                 d=lambda l: Mux(use_loss, s["h"][l], s["y"][l]))
+        s = multiply(s, "deriv_mul", "x", self.leak,
+                     d=lambda l: Mux(use_loss, s["h"][l], s["y"][l]))
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
