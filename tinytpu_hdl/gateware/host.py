@@ -142,20 +142,34 @@ class HostInterface(wiring.Component):
                 with m.Case(s):
                     m.d.comb += header_last_word.eq(item_words(cfg, s) - 1)
         known_space = space < len(spaces)
-        # Whether the range fits the space, registered with the address (``fits``). The
-        # room the count leaves (depth - count, and whether the count fits at all) is
-        # computed from the header word as it arrives and registered with it, so that each
-        # of the two cycles has one carry chain.
-        header_depth = Signal(17)
-        with m.Switch(self.cmd.payload[8:16]):
-            for s in spaces:
-                with m.Case(s):
-                    m.d.comb += header_depth.eq(space_depth(cfg, s))
-        room = Signal(17)
-        count_fits = Signal()
+        # Whether the range fits the space, registered with the address (``fits``). With
+        # ``read_register`` (the registers for speed), the room the count leaves (depth -
+        # count, and whether the count fits at all) is computed from the header word as it
+        # arrives and registered with it, so that each of the two cycles has one carry
+        # chain; without, the address and count are added and compared with the space's
+        # depth in one cycle (fewer logic cells).
         fits = Signal()
-        address_fits = ((self.cmd.payload[16:] == 0) & count_fits &
-                        (self.cmd.payload[:16] <= room))
+        header_regs = []
+        if self._read_register:
+            header_depth = Signal(17)
+            with m.Switch(self.cmd.payload[8:16]):
+                for s in spaces:
+                    with m.Case(s):
+                        m.d.comb += header_depth.eq(space_depth(cfg, s))
+            room = Signal(17)
+            count_fits = Signal()
+            header_regs = [room.eq(header_depth - self.cmd.payload[16:]),
+                           count_fits.eq(self.cmd.payload[16:] <= header_depth)]
+            address_fits = ((self.cmd.payload[16:] == 0) & count_fits &
+                            (self.cmd.payload[:16] <= room))
+        else:
+            depth_of = Signal(17)
+            with m.Switch(space):
+                for s in spaces:
+                    with m.Case(s):
+                        m.d.comb += depth_of.eq(space_depth(cfg, s))
+            address_fits = ((self.cmd.payload[16:] == 0) &
+                            ((self.cmd.payload[:16] + count) <= depth_of))
 
         item_addr = Signal(16)
 
@@ -189,8 +203,7 @@ class HostInterface(wiring.Component):
                                  last_word.eq(header_last_word),
                                  *[flag.eq(self.cmd.payload[8:16] == s)
                                    for s, flag in is_space.items()],
-                                 room.eq(header_depth - self.cmd.payload[16:]),
-                                 count_fits.eq(self.cmd.payload[16:] <= header_depth),
+                                 *header_regs,
                                  is_start.eq(self.cmd.payload[:8] == Command.START)]
                     m.next = "ADDRESS"
             with m.State("ADDRESS"):

@@ -90,9 +90,13 @@ class PipelinedMultiplier(wiring.Component):
         if self._uses_block:
             self._elaborate_ecp5(m)
         else:
+            # No resets, so that synthesis can put the registers into a multiplier block
+            # (Yosys does for iCE40's SB_MAC16).
             a = Signal.like(self.a, reset_less=True)
             b = Signal.like(self.b, reset_less=True)
-            m.d.sync += [a.eq(self.a), b.eq(self.b), self.p.eq(a * b)]
+            p = Signal.like(self.p, reset_less=True)
+            m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
+            m.d.comb += self.p.eq(p)
         return m
 
     def _elaborate_ecp5(self, m):

@@ -45,8 +45,9 @@ class TPU(wiring.Component):
         own registers; on iCE40 the gradient-descent unit keeps its product within
         one 16x16 DSP and the RAM output registers are left out. Results and cycle counts are the same for every family.
     ram_output_registers : bool or None
-        Keep the control unit's instruction register and the host interface's read
-        register (default: everywhere but iCE40).
+        Keep the registers that only serve speed: the control unit's instruction
+        register, the host interface's read registers and its range check split over
+        two cycles (default: everywhere but iCE40, where logic cells are scarcer).
 
     Members
     -------
