@@ -55,8 +55,9 @@ def test_widths():
         PipelinedMultiplier(0)
     with pytest.raises(ValueError, match="positive integers"):
         PipelinedMultiplier(16, True)
-    assert PipelinedMultiplier(16, 12, family="ecp5").uses_block
-    assert PipelinedMultiplier(18, family="ECP5").uses_block
+    for mult in (PipelinedMultiplier(16, 12, family="ecp5"), PipelinedMultiplier(18, family="ECP5")):
+        assert mult.uses_block
+        assert "MULT18X18D" in verilog.convert(mult)
     # Operands wider than the block's 18 bits, and other families, use the generic form.
     for mult in (PipelinedMultiplier(19, 8, family="ecp5"), PipelinedMultiplier(16, family="ice40"),
                  PipelinedMultiplier(16)):
