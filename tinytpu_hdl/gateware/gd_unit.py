@@ -61,7 +61,8 @@ class GradientDescentUnit(wiring.Component):
         self._cfg = cfg
         self._multiplier_width = multiplier_width
         self._family = family
-        k = min(17, cfg.acc.width - 1)
+        # The gradient's split for 18x18 blocks: its low k bits (unsigned) and the rest.
+        self._k = k = min(17, cfg.acc.width - 1)
         if pipelined_multipliers is None:
             pipelined_multipliers = multiplier_width >= 18 and all(
                 PipelinedMultiplier.block_fits(family, width, cfg.scalar.width)
@@ -130,14 +131,13 @@ class GradientDescentUnit(wiring.Component):
         # the extra register into the blocks' input registers).
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
-        k = min(17, cfg.acc.width - 1)
+        k = self._k
         low_width, high_width = k + 1, cfg.acc.width - k
-        use_blocks = self._pipelined
-        if not use_blocks:
+        if not self._pipelined:
             grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
             m.d.sync += grad.eq(acc_row)
         for lane in range(n):
-            if use_blocks:
+            if self._pipelined:
                 low = PipelinedMultiplier(low_width, cfg.scalar.width, family=self._family)
                 high = PipelinedMultiplier(high_width, cfg.scalar.width, family=self._family)
                 m.submodules[f"mult_low_{lane}"] = low

@@ -198,11 +198,10 @@ class VectorUnit(wiring.Component):
         # that its input register stands beside that stage's register, and its output
         # register is the product stage's); elsewhere the product stage multiplies the
         # stage register (no second copy of the operands).
-        use_blocks = self._pipelined
 
         def multiply(prev, name, field, scalar, **new):
             """The product stage after ``prev``: ``prev[field][lane] * scalar``."""
-            if not use_blocks:
+            if not self._pipelined:
                 return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
             return step(prev, name, product=multipliers(name, prev[f"next_{field}"], scalar),
                         **new)
