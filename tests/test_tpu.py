@@ -219,6 +219,38 @@ def test_back_to_back_accumulation_into_rows_still_in_flight(rows):
     assert np.array_equal(state["acc"][4:6 + rows], want[4:6 + rows])
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_back_to_back_accumulation_forwards_saturated_sums(rows):
+    """Accumulations into rows still in flight whose sums saturate: the row forwarded to
+    the next addition is the saturated one (an unsaturated sum one bit wider would give
+    a different result once a negative row follows), and the overflow flag is set."""
+    cfg = TPUConfig(n=2, **SMALL)
+    rng = np.random.default_rng(100 + rows)
+    ub = np.zeros((48, 2), dtype=np.int64)
+    ub[40:42] = -32768                                    # S: every weight -128.0
+    ub[0:8] = rng.integers(-32768, -30000, (8, 2))        # products near +2**30
+    ub[8:16] = rng.integers(-32768, -30000, (8, 2))
+    ub[16:24] = rng.integers(30000, 32768, (8, 2))        # products near -2**30
+    program = assemble(f"""
+        loadw ub[40], rows=2
+        matmul ub[0], acc[4], rows={rows}
+        matmul ub[8], acc[4], rows={rows}, accumulate
+        matmul ub[16], acc[4], rows={rows}, accumulate
+        sync
+        halt
+    """)
+    state, error = run_both(cfg, program, ub={0: ub})
+    assert error is None
+    lo, hi = -2**31, 2**31 - 1
+    s = ub[40:42]
+    want = np.clip(ub[0:rows] @ s, lo, hi)                # both products of a row have one sign
+    want = np.clip(want + ub[8:8 + rows] @ s, lo, hi)
+    want = np.clip(want + ub[16:16 + rows] @ s, lo, hi)
+    assert (want > -2**30).all() and (want < 2**30).all()  # back from saturation
+    assert np.array_equal(state["acc"][4:4 + rows], want)
+    assert state["status"] >> 16 & 1 == 1
+
+
 def test_watchdog_stops_an_endless_loop():
     cfg = TPUConfig(n=2, **SMALL)
     program = assemble("loop: nop\ndjnz r0, loop")

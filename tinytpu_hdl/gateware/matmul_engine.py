@@ -1,10 +1,10 @@
 """Matmul engine: streams unified-buffer rows through the array into the accumulators."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..numeric import hdl_add_sat
+from ..numeric import hdl_saturate
 from .delay import delayed
 from .memory import addr_width, read_request, write_request
 from .signatures import valid_stream
@@ -52,9 +52,10 @@ class MatmulEngine(wiring.Component):
     is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n+1``) cycles
     later, in cycle ``c+4+i+2n``, and is written two cycles after that, ``c+6+i+2n``
     (registered, then added); in accumulate mode the old row is read one cycle before
-    the result leaves the array, and the rows written in the three cycles before the
-    addition are forwarded to it, so back-to-back commands accumulating into the same
-    rows see each other's sums. ``ready`` is high from cycle ``c+rows`` on, so the next
+    the result leaves the array, and the rows written in the two cycles before the
+    addition and in the cycle of the addition are forwarded to it, so back-to-back
+    commands accumulating into the same rows see each other's sums. ``overflow`` is high
+    in the cycle of the write. ``ready`` is high from cycle ``c+rows`` on, so the next
     command's first row follows the last one with no gap; ``busy`` is low once the last
     row is written, from cycle ``c+rows+2n+6`` on.
     """
@@ -131,51 +132,62 @@ class MatmulEngine(wiring.Component):
 
         # The write side, three stages, so that no carry chain follows a block RAM output
         # and no block RAM input follows a carry chain:
-        #   R (result cycle t): the result row and the old accumulator row, registered;
-        #   S (t+1): old + result, saturated, registered;
-        #   W (t+2): the sum is written.
-        # The read in t-1 sees the writes up to t-2; the rows written in t-1, t and t+1
-        # (by rows still in flight, when a command accumulates into rows the previous one
-        # just wrote) are forwarded into stage S instead.
+        #   R (result cycle t): the result row, and the row it adds to (zero when the
+        #     command does not accumulate), registered;
+        #   S (t+1): the sum, registered unsaturated (one bit wider);
+        #   W (t+2): the sum, saturated, is written.
+        # The read in t-1 sees the writes up to t-2. The rows written in t-1 and t (by rows
+        # still in flight, when a command accumulates into rows the previous one just
+        # wrote) replace what was read in stage R; the row written in t+1, the one stage W
+        # holds while S adds, replaces it in S. So that path, the one that closes a loop
+        # when consecutive rows accumulate into one row, is a multiplexer merged with the
+        # saturation of W's sum, the adder and a register.
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
+        raw_row = data.ArrayLayout(signed(cfg.acc.width + 1), cfg.n)
         r_tag = delayed(m, read_tag, 1, name="dst_tag_result")
         s_tag = Signal(_TagLayout(cfg), name="dst_tag_sum")
-        m.d.sync += s_tag.eq(r_tag)
+        w_tag = Signal(_TagLayout(cfg), name="dst_tag_write")
+        m.d.sync += [s_tag.eq(r_tag), w_tag.eq(s_tag)]
+
+        w_raw = Signal(raw_row, reset_less=True)
+        w_row = Signal(acc_row)
+        lane_overflow = []
+        for lane in range(cfg.n):
+            value, ovf = hdl_saturate(w_raw[lane], cfg.acc)
+            m.d.comb += w_row[lane].eq(value)
+            lane_overflow.append(ovf)
+        written = Signal(acc_row, name="written_row", reset_less=True)   # the row written in t-1
+        m.d.sync += written.eq(w_row)
+
+        # Decided a cycle ahead, from the tags of the rows that will be in W and written:
+        # in t-1 for stage R (which of S's and W's rows is the one R's row adds to), in t
+        # for stage S (whether W's row then is).
+        def same_row(t, dst):
+            return t.valid & (t.addr == dst.addr)
+        take_w = Signal()
+        take_written = Signal()
+        m.d.sync += [take_w.eq(same_row(s_tag, read_tag)),
+                     take_written.eq(same_row(w_tag, read_tag))]
         old = Signal(acc_row, reset_less=True)
         res = Signal(acc_row, reset_less=True)
-        res_ovf = Signal()
-        m.d.sync += [old.eq(self.acc_rd.data), res.eq(self.result.payload.data),
-                     res_ovf.eq(self.result.payload.overflow)]
+        r_res_ovf = Signal()
+        merged = Mux(take_w, Value.cast(w_row), Mux(take_written, Value.cast(written),
+                                                     Value.cast(self.acc_rd.data)))
+        m.d.sync += [old.eq(Mux(r_tag.accumulate, merged, 0)), res.eq(self.result.payload.data),
+                     r_res_ovf.eq(self.result.payload.overflow)]
 
-        w_tag = Signal(_TagLayout(cfg))
-        w_sum = Signal(acc_row, reset_less=True)
-        w_ovf = Signal()
-        # The last two rows written: (valid, addr) one and two cycles ago, and their values.
-        past_tags = [Signal(_TagLayout(cfg), name=f"written_tag_{i}") for i in (1, 2)]
-        past_sums = [Signal(acc_row, name=f"written_sum_{i}", reset_less=True) for i in (1, 2)]
-        m.d.sync += [past_tags[0].eq(w_tag), past_sums[0].eq(w_sum),
-                     past_tags[1].eq(past_tags[0]), past_sums[1].eq(past_sums[0])]
-
-        # Which of the three rows written around stage S holds the row S adds to is decided
-        # in stage R, a cycle ahead, from the tags that will be in W, W+1 and W+2 then
-        # (S's, W's and W+1's now), so that S has only the multiplexer before its adder.
-        forward = Signal(3)
-        m.d.sync += forward.eq(Cat(t.valid & (t.addr == r_tag.addr)
-                                   for t in (s_tag, w_tag, past_tags[0])))
-        base = Value.cast(old)
-        for hit, value in reversed(list(zip(forward, [w_sum] + past_sums))):
-            base = Mux(hit, Value.cast(value), base)
-        base = data.View(acc_row, base)
-        sums_overflow = Const(0, 1)
+        take_sum = Signal()
+        m.d.sync += take_sum.eq(r_tag.accumulate & same_row(s_tag, r_tag))
+        w_res_ovf = Signal()
+        m.d.sync += w_res_ovf.eq(r_res_ovf)
         for lane in range(cfg.n):
-            total, ovf = hdl_add_sat(base[lane], res[lane], cfg.acc)
-            m.d.sync += w_sum[lane].eq(Mux(s_tag.accumulate, total, res[lane]))
-            sums_overflow = sums_overflow | ovf
-        m.d.sync += [w_tag.eq(s_tag), w_ovf.eq(res_ovf | (s_tag.accumulate & sums_overflow))]
+            base = Mux(take_sum, w_row[lane], old[lane])
+            m.d.sync += w_raw[lane].eq(base + res[lane])
 
-        m.d.comb += [self.acc_wr.addr.eq(w_tag.addr), Value.cast(self.acc_wr.data).eq(w_sum)]
+        m.d.comb += [self.acc_wr.addr.eq(w_tag.addr), self.acc_wr.data.eq(w_row)]
         with m.If(w_tag.valid):
-            m.d.comb += [self.acc_wr.en.eq(1), self.overflow.eq(w_ovf)]
+            m.d.comb += [self.acc_wr.en.eq(1),
+                         self.overflow.eq(w_res_ovf | Cat(lane_overflow).any())]
 
         started = active
         finished = w_tag.valid
