@@ -235,6 +235,20 @@ def scaling_plot(results, path):
     return True
 
 
+#: Everything below this line of docs/benchmarks.md is written by hand and kept when the
+#: script rewrites the tables above it.
+NOTES_MARKER = "<!-- Notes below this line are kept when scripts/bench.py rewrites the tables. -->"
+
+
+def write_report(out, tables):
+    """Write ``tables`` to ``out``, keeping what follows :data:`NOTES_MARKER` in the file
+    there (the analysis written below the tables; it names the run it refers to)."""
+    text = tables
+    if out.exists() and NOTES_MARKER in out.read_text():
+        text += "\n" + NOTES_MARKER + out.read_text().split(NOTES_MARKER, 1)[1]
+    out.write_text(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,8 +290,7 @@ def main():
         plot = ROOT / "docs" / "scaling.png"
         if scaling_plot(results, plot):
             sections += ["", "![scaling](scaling.png)"]
-    text = "\n".join(sections) + "\n"
-    Path(args.out).write_text(text)
+    write_report(Path(args.out), "\n".join(sections) + "\n")
     print(f"wrote {args.out}")
 
 
