@@ -83,6 +83,15 @@ def test_board_with_a_faster_clock_gets_a_pll():
         assert top.clock_hz == freq
 
 
+def test_ecp5_reset_is_distributed_on_a_global_network():
+    """The ECP5 board's synchronized reset drives the TPU's flip-flops through a DCCA
+    (a global buffer); the iCE40 build leaves it to nextpnr-ice40's own promotion."""
+    for name, count in (("ulx3s-85f", 1), ("icebreaker", 0)):
+        board = get_board(name).with_n(1)
+        il = board.make_platform().prepare(BoardTop(board), name="tinytpu").files["tinytpu.il"]
+        assert len(re.findall(r"^\s*cell \\DCCA ", il, re.M)) == count, name
+
+
 def test_uart_divisor_refuses_inexact_or_too_fast_baud_rates():
     from dataclasses import replace
     board = get_board("icebreaker")
