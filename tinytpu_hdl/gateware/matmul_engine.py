@@ -89,24 +89,27 @@ class MatmulEngine(wiring.Component):
 
         active = remaining != 0
         m.d.comb += [
-            self.ready.eq(remaining <= 1),
-            self.busy.eq(active | (in_flight != 0)),
             self.ub.addr.eq(Mux(active, src, 0)),
             self.ub.en.eq(active),
         ]
         feed_valid = Signal()
         feed_switch = Signal()
         m.d.sync += [feed_valid.eq(active), feed_switch.eq(active & first)]
+        # ``ready`` and ``busy`` come straight from registers (the control unit's issue
+        # decision follows them in the same cycle): computed from the next row count.
+        next_remaining = Signal.like(remaining)
+        m.d.comb += next_remaining.eq(remaining)
+        m.d.sync += remaining.eq(next_remaining)
         with m.If(active):
+            m.d.comb += next_remaining.eq(remaining - 1)
             m.d.sync += [
-                remaining.eq(remaining - 1),
                 src.eq(src + stride),
                 dst.eq(dst + 1),
                 first.eq(0),
             ]
         with m.If(self.cmd.valid):
+            m.d.comb += next_remaining.eq(self.cmd.payload.rows)
             m.d.sync += [
-                remaining.eq(self.cmd.payload.rows),
                 src.eq(self.cmd.payload.src),
                 stride.eq(self.cmd.payload.stride),
                 dst.eq(self.cmd.payload.dst),
@@ -191,8 +194,15 @@ class MatmulEngine(wiring.Component):
 
         started = active
         finished = w_tag.valid
+        next_in_flight = Signal.like(in_flight)
+        m.d.comb += next_in_flight.eq(in_flight)
         with m.If(started & ~finished):
-            m.d.sync += in_flight.eq(in_flight + 1)
+            m.d.comb += next_in_flight.eq(in_flight + 1)
         with m.Elif(~started & finished):
-            m.d.sync += in_flight.eq(in_flight - 1)
+            m.d.comb += next_in_flight.eq(in_flight - 1)
+        ready = Signal(init=1)
+        busy = Signal()
+        m.d.sync += [in_flight.eq(next_in_flight), ready.eq(next_remaining <= 1),
+                     busy.eq((next_remaining != 0) | (next_in_flight != 0))]
+        m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
         return m
