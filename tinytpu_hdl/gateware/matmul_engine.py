@@ -200,9 +200,17 @@ class MatmulEngine(wiring.Component):
             m.d.comb += next_in_flight.eq(in_flight + 1)
         with m.Elif(~started & finished):
             m.d.comb += next_in_flight.eq(in_flight - 1)
+        # The next ``ready`` and ``busy`` are selected by ``cmd.valid`` (the control unit's
+        # issue decision, late in the cycle) from comparisons of registers and of the
+        # command's row count, so that only a multiplexer follows the decision.
         ready = Signal(init=1)
         busy = Signal()
-        m.d.sync += [in_flight.eq(next_in_flight), ready.eq(next_remaining <= 1),
-                     busy.eq((next_remaining != 0) | (next_in_flight != 0))]
+        # Without a command the count drops by one while it is not zero.
+        rows = self.cmd.payload.rows
+        m.d.sync += [
+            in_flight.eq(next_in_flight),
+            ready.eq(Mux(self.cmd.valid, rows <= 1, remaining <= 2)),
+            busy.eq(Mux(self.cmd.valid, rows != 0, remaining >= 2) | (next_in_flight != 0)),
+        ]
         m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
         return m
