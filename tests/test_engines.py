@@ -271,19 +271,11 @@ def test_weight_loader_order_padding_and_timing(rows, transpose):
     assert ready.index(1) + 1 == n and busy.index(0) + 1 == n + 2
 
 
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_matmul_engine_with_array(accumulate):
-    cfg = CFG
-    n = cfg.n
-    rng = np.random.default_rng(5 + accumulate)
-    ub, acc = random_memories(rng, cfg, big=True)
-    weights = rng.integers(-32768, 32768, (n, n))
-    rows, src, stride, dst = 8, 3, 3, 6
-    weights[:, 0] = -32768                 # the first row's first column saturates
-    ub[src] = -32768
-    h = Harness(cfg, ub, acc)
+def matmul_harness(cfg, ub, acc, acc_transparent=True):
+    """A matmul engine and an array on the harness's memories: (harness, engine, array)."""
+    h = Harness(cfg, ub, acc, acc_transparent=acc_transparent)
     eng = MatmulEngine(cfg)
-    arr = SystolicArray(n, fmt=cfg.data, acc=cfg.acc)
+    arr = SystolicArray(cfg.n, fmt=cfg.data, acc=cfg.acc)
     h.m.submodules.eng = eng
     h.m.submodules.arr = arr
     h.m.d.comb += [arr.act.valid.eq(eng.act.valid), arr.act.payload.eq(eng.act.payload),
@@ -294,15 +286,34 @@ def test_matmul_engine_with_array(accumulate):
     share_read(h.m, h.acc.r0, [eng.acc_rd, h.tb_acc])
     share_write(h.m, h.acc.w, [eng.acc_wr])
     share_write(h.m, h.ub.w, [])
+    return h, eng, arr
+
+
+async def load_weights(ctx, arr, weights):
+    """Load ``weights`` into the array directly (bottom row first) and let it settle."""
+    for r in reversed(range(len(weights))):
+        ctx.set(arr.weights.payload, {"data": [int(v) for v in weights[r]], "transpose": 0})
+        ctx.set(arr.weights.valid, 1)
+        await ctx.tick()
+    ctx.set(arr.weights.valid, 0)
+    await ctx.tick().repeat(len(weights))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_matmul_engine_with_array(accumulate):
+    cfg = CFG
+    n = cfg.n
+    rng = np.random.default_rng(5 + accumulate)
+    ub, acc = random_memories(rng, cfg, big=True)
+    weights = rng.integers(-32768, 32768, (n, n))
+    rows, src, stride, dst = 8, 3, 3, 6
+    weights[:, 0] = -32768                 # the first row's first column saturates
+    ub[src] = -32768
+    h, eng, arr = matmul_harness(cfg, ub, acc)
     writes, feeds, busy, ovf, result = [], [], [], [], {}
 
     async def tb(ctx):
-        for r in reversed(range(n)):                     # load the weights directly
-            ctx.set(arr.weights.payload, {"data": [int(v) for v in weights[r]], "transpose": 0})
-            ctx.set(arr.weights.valid, 1)
-            await ctx.tick()
-        ctx.set(arr.weights.valid, 0)
-        await ctx.tick().repeat(n)
+        await load_weights(ctx, arr, weights)
         ctx.set(eng.cmd.payload, {"src": src, "stride": stride, "rows": rows, "dst": dst,
                                   "accumulate": int(accumulate)})
         ctx.set(eng.cmd.valid, 1)
@@ -350,28 +361,11 @@ def test_matmul_engine_back_to_back_accumulation(seed):
     commands = [dict(src=int(rng.integers(0, 40)), stride=1, rows=int(rng.integers(1, 4)),
                      dst=int(rng.integers(4, 8)), accumulate=int(rng.random() < 0.8))
                 for _ in range(32)]
-    h = Harness(cfg, ub, acc, acc_transparent=False)
-    eng = MatmulEngine(cfg)
-    arr = SystolicArray(n, fmt=cfg.data, acc=cfg.acc)
-    h.m.submodules.eng = eng
-    h.m.submodules.arr = arr
-    h.m.d.comb += [arr.act.valid.eq(eng.act.valid), arr.act.payload.eq(eng.act.payload),
-                   eng.result.valid.eq(arr.result.valid),
-                   eng.result.payload.eq(arr.result.payload)]
-    share_read(h.m, h.ub.r0, [eng.ub, h.tb_ub])
-    share_read(h.m, h.ub.r1, [])
-    share_read(h.m, h.acc.r0, [eng.acc_rd, h.tb_acc])
-    share_write(h.m, h.acc.w, [eng.acc_wr])
-    share_write(h.m, h.ub.w, [])
+    h, eng, arr = matmul_harness(cfg, ub, acc, acc_transparent=False)
     ovf, issued, result = [], [], {}
 
     async def tb(ctx):
-        for r in reversed(range(n)):
-            ctx.set(arr.weights.payload, {"data": [int(v) for v in weights[r]], "transpose": 0})
-            ctx.set(arr.weights.valid, 1)
-            await ctx.tick()
-        ctx.set(arr.weights.valid, 0)
-        await ctx.tick().repeat(n)
+        await load_weights(ctx, arr, weights)
         pending = list(commands)
         cycle = 0
         while pending or ctx.get(eng.busy):
