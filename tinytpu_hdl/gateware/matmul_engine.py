@@ -95,8 +95,6 @@ class MatmulEngine(wiring.Component):
         feed_valid = Signal()
         feed_switch = Signal()
         m.d.sync += [feed_valid.eq(active), feed_switch.eq(active & first)]
-        # ``ready`` and ``busy`` come straight from registers (the control unit's issue
-        # decision follows them in the same cycle): computed from the next row count.
         next_remaining = Signal.like(remaining)
         m.d.comb += next_remaining.eq(remaining)
         m.d.sync += remaining.eq(next_remaining)
@@ -200,12 +198,13 @@ class MatmulEngine(wiring.Component):
             m.d.comb += next_in_flight.eq(in_flight + 1)
         with m.Elif(~started & finished):
             m.d.comb += next_in_flight.eq(in_flight - 1)
-        # The next ``ready`` and ``busy`` are selected by ``cmd.valid`` (the control unit's
-        # issue decision, late in the cycle) from comparisons of registers and of the
-        # command's row count, so that only a multiplexer follows the decision.
+        # ``ready`` and ``busy`` come straight from registers (the control unit's issue
+        # decision follows them in the same cycle). Their next values are selected by
+        # ``cmd.valid`` (that decision, late in the cycle) from comparisons of the row
+        # count register (without a command it drops by one while it is not zero) and of
+        # the command's row count, so that only a multiplexer follows the decision.
         ready = Signal(init=1)
         busy = Signal()
-        # Without a command the count drops by one while it is not zero.
         rows = self.cmd.payload.rows
         m.d.sync += [
             in_flight.eq(next_in_flight),
