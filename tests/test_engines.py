@@ -1,6 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """Unit tests of the engines against the numpy model, with their documented timing."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.hdl import Module
@@ -76,10 +78,11 @@ def model_with(cfg, ub, acc, leak=0, lr=0, loss_scale=0):
     return model
 
 
+@pytest.mark.parametrize("isolated", [False, True])
 @pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("pathway", range(16))
-def test_vector_unit_every_pathway(pathway, pipelined):
-    cfg = CFG
+def test_vector_unit_every_pathway(pathway, pipelined, isolated):
+    cfg = replace(CFG, isolated_multipliers=isolated)
     rng = np.random.default_rng(pathway)
     ub, acc = random_memories(rng, cfg, big=bool(pathway % 3 == 0))
     leak = int(cfg.scalar.encode(0.3))
@@ -105,7 +108,7 @@ def test_vector_unit_every_pathway(pathway, pipelined):
         ctx.set(vpu.cmd.valid, 1)
         await ctx.tick()                                   # accepted in cycle 0
         ctx.set(vpu.cmd.valid, 0)
-        for cycle in range(1, rows + 16):
+        for cycle in range(1, rows + VectorUnit.latency(cfg) + 4):
             if ctx.get(vpu.ub_wr.en):
                 writes.append((cycle, ctx.get(vpu.ub_wr.addr)))
             busy.append(ctx.get(vpu.busy))
@@ -113,8 +116,9 @@ def test_vector_unit_every_pathway(pathway, pipelined):
         result["ub"], result["acc"] = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(12 + i, dst + i * stride) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 12
+    latency = 18 if isolated else 12
+    assert writes == [(latency + i, dst + i * stride) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + latency
     model = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
     ins = Instruction(Op.VPU, flags=pathway, count=rows, a=(src, 0), b=(dst, 0), c=(aux, 0),
                       d=(bias, 0), stride=stride)

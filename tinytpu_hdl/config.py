@@ -24,6 +24,14 @@ class TPUConfig:
     and instruction counters and of the watchdog register (8 to 64 bits; the
     counters wrap modulo ``2 ** counter_width``): 64 by default, fewer on small
     FPGAs (at 12 MHz, 40 bits last 25 hours).
+
+    ``isolated_multipliers`` gives each of the vector unit's three multiplies a
+    register stage of its own on either side, so that nothing but routing lies
+    between a multiplier block and the logic before and after it (six more
+    vector-unit stages: every VPU instruction takes six cycles longer). It is on by
+    default, for FPGAs whose multiplier blocks the placer puts far from the logic
+    around them (ECP5 at N = 8); small FPGAs, where registers cost logic cells and
+    the clock is slow, leave it off. The reference model follows either timing.
     """
 
     n: int = 2
@@ -34,6 +42,7 @@ class TPUConfig:
     acc_depth: int = 256
     imem_depth: int = 256
     counter_width: int = 64
+    isolated_multipliers: bool = True
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -57,6 +66,9 @@ class TPUConfig:
                 or not 8 <= self.counter_width <= 64):
             raise ValueError(f"counter_width must be an integer from 8 to 64, "
                              f"not {self.counter_width!r}")
+        if not isinstance(self.isolated_multipliers, bool):
+            raise TypeError(f"isolated_multipliers must be a bool, "
+                            f"not {self.isolated_multipliers!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         check_accumulator(self.data, self.acc)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import TPUConfig
 from .gateware.control import CSR, State
+from .gateware.vector_unit import VectorUnit
 from .host_protocol import (
     Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
 )
@@ -35,7 +36,7 @@ LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.rea
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = lambda n, rows: rows + 2 * n + 6    # noqa: E731
-VPU_IDLE = lambda n, rows: rows + 12              # noqa: E731
+VPU_IDLE = lambda cfg, rows: rows + VectorUnit.latency(cfg)   # noqa: E731
 GD_IDLE = lambda n, rows: rows + 8                # noqa: E731
 # Instructions whose operands the control unit checks in a cycle of their own before
 # they may issue.
@@ -233,7 +234,7 @@ class ReferenceTPU:
                 load_allowed = c + n
             elif op == Op.VPU:
                 self._vpu(ins, operands)
-                vpu_idle = c + VPU_IDLE(n, rows)
+                vpu_idle = c + VPU_IDLE(cfg, rows)
             elif op == Op.GD:
                 self._gd(operands["src"], operands["param"], rows,
                          bool(ins.flags & FLAG_STOCHASTIC))

@@ -53,16 +53,33 @@ class VectorUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
-    row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+5+i``, and writes output
-    row ``i`` in cycle ``c+12+i``. ``busy`` is low from cycle ``c+rows+12`` on. The rows
-    go through eleven registers: the memories' outputs, narrowing, bias, and for each of the
-    three multiplies a product stage and a rounding/saturating stage (the loss also
-    has a difference stage), so that no stage holds more than one multiply or one
-    carry chain and saturation.
+    row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+A+i``, and writes output
+    row ``i`` in cycle ``c+L+i``; ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
+    :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``), ``A`` is 5 (or 7).
+    The rows go through :meth:`stages` registers: the memories' outputs, narrowing,
+    bias, and for each of the three multiplies a product stage and a
+    rounding/saturating stage (the loss also has a difference stage), so that no
+    stage holds more than one multiply or one carry chain and saturation. With
+    isolated multipliers each multiply also has a stage before its product (the
+    operand, which the multiplier block's input register copies from a fabric
+    register) and one after it (the product copied into the fabric), so that only
+    routing lies between a multiplier block and the logic around it::
+
+        stage      ... bias   act_mul_in   act_mul   act_mul_out   act ...
+        operand        x ──────► (block input register)
+        product                              p ─────► p
+        logic                                                      round, saturate
     """
 
-    #: Pipeline registers between the memories' outputs and the buffer write.
-    STAGES = 11
+    @staticmethod
+    def stages(cfg):
+        """Pipeline registers between the memories' outputs and the buffer write."""
+        return 11 + (6 if cfg.isolated_multipliers else 0)
+
+    @staticmethod
+    def latency(cfg):
+        """Cycles from a command's acceptance to its first row's write."""
+        return VectorUnit.stages(cfg) + 1
 
     def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
         self._cfg = cfg
@@ -140,6 +157,7 @@ class VectorUnit(wiring.Component):
                    "p": data.ArrayLayout(prod_fmt.shape, n)}
         carried = ("x", "y", "h")
         valids = []
+        chain = []                      # the stages' dicts, in order
 
         def step(prev, name, *, ovf=None, drop=(), product=None, **new):
             """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
@@ -175,6 +193,7 @@ class VectorUnit(wiring.Component):
                 for lane in range(n):
                     row_ovf = row_ovf | ovf(lane)
             m.d.sync += nxt["o"].eq(prev.get("o", Const(0, 1)) | (row_ovf & prev["valid"]))
+            chain.append(nxt)
             return nxt
 
         # The accumulator memory's output, registered (no logic after a block RAM output).
@@ -191,20 +210,37 @@ class VectorUnit(wiring.Component):
         biased = [hdl_add_sat(s["x"][l], bias[l], fmt) for l in range(n)]
         s = step(s, "bias", x=lambda l: Mux(use_bias, biased[l][0], s["x"][l]),
                  ovf=lambda l: use_bias & biased[l][1])
-        bias_stage = s
 
         # On FPGAs whose multiplier blocks have registers (ECP5), each multiply is a
-        # pipelined multiplier fed with what the stage before the product stage loads (so
-        # that its input register stands beside that stage's register, and its output
-        # register is the product stage's); elsewhere the product stage multiplies the
-        # stage register (no second copy of the operands).
+        # pipelined multiplier. Without isolation it is fed with what the stage before
+        # the product stage loads (so that its input register stands beside that stage's
+        # register, and its output register is the product stage's); elsewhere the
+        # product stage multiplies the stage register (no second copy of the operands).
+        # With isolation the multiplier is fed from the stage register, and its product
+        # is registered once more before any logic.
+        isolated = cfg.isolated_multipliers
 
         def multiply(prev, name, field, scalar, **new):
-            """The product stage after ``prev``: ``prev[field][lane] * scalar``."""
-            if not self._pipelined:
-                return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
-            return step(prev, name, product=multipliers(name, prev[f"next_{field}"], scalar),
-                        **new)
+            """The stages after ``prev`` that multiply ``prev[field][lane] * scalar``; the
+            last holds the product ``p``. ``new`` gives fields set (from ``prev``) in the
+            first of them and carried to the last."""
+            if not isolated:
+                if not self._pipelined:
+                    return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
+                return step(prev, name,
+                            product=multipliers(name, prev[f"next_{field}"], scalar), **new)
+            operands = [prev[field][lane] for lane in range(n)]
+            first = dict(new)
+            if field not in carried and not self._pipelined:
+                first[field] = lambda l: prev[field][l]
+            s_in = step(prev, f"{name}_in", **first)
+            keep = {key: (lambda l, key=key: s_in[key][l]) for key in new}
+            if self._pipelined:
+                s_p = step(s_in, name, product=multipliers(name, operands, scalar), **keep)
+            else:
+                s_p = step(s_in, name, p=lambda l: s_in[field][l] * scalar, **keep)
+            keep = {key: (lambda l, key=key: s_p[key][l]) for key in new}
+            return step(s_p, f"{name}_out", p=lambda l: s_p["p"][l], **keep)
 
         def multipliers(name, operands, scalar):
             mults = []
@@ -217,15 +253,16 @@ class VectorUnit(wiring.Component):
 
         # Leaky ReLU: h = x if x >= 0 else leak * x.
         s = multiply(s, "act_mul", "x", self.leak)
+        # The aux row is read in the cycle in which the row is two stages before the act
+        # stage and registered, so that it joins the row there instead of being carried
+        # through the stages before.
+        aux_stage = chain[-2]
         leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         neg = [use_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
                  ovf=lambda l: neg[l] & leaky[l][1])
 
-        # The aux row is read four cycles after the accumulator row (while the row is in
-        # the bias stage) and registered, so that it joins the row in the act stage
-        # instead of being carried through the stages before.
-        aux_read = bias_stage["valid"] & use_aux
+        aux_read = aux_stage["valid"] & use_aux
         aux_valid = Signal()
         s["y"] = Signal(row, name="aux_y")
         m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
@@ -251,7 +288,7 @@ class VectorUnit(wiring.Component):
         scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
-        assert len(valids) == self.STAGES, valids
+        assert len(valids) == self.stages(cfg), valids
 
         m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
         with m.If(s["valid"]):
