@@ -163,10 +163,11 @@ def gd_harness(cfg, ub, acc, **options):
     return h, gd
 
 
+@pytest.mark.parametrize("isolated", [False, True])
 @pytest.mark.parametrize("seed", [None, 12345])
-def test_gradient_descent_unit_stochastic(seed):
+def test_gradient_descent_unit_stochastic(seed, isolated):
     """Stochastic rounding against the reference model's generator, also after a reseed."""
-    cfg = CFG
+    cfg = replace(CFG, isolated_multipliers=isolated)
     rng = np.random.default_rng(7)
     ub, acc = random_memories(rng, cfg)
     lr = int(cfg.scalar.encode(0.013))
@@ -186,7 +187,7 @@ def test_gradient_descent_unit_stochastic(seed):
             ctx.set(gd.cmd.valid, 1)
             await ctx.tick()
             ctx.set(gd.cmd.valid, 0)
-            await ctx.tick().repeat(rows + 8)
+            await ctx.tick().repeat(rows + GradientDescentUnit.latency(cfg))
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
@@ -202,11 +203,13 @@ def test_gradient_descent_unit_stochastic(seed):
     assert not np.array_equal(nearest.ub[:rows], model.ub[:rows])
 
 
+@pytest.mark.parametrize("isolated", [False, True])
 @pytest.mark.parametrize("multiplier_width, pipelined", [(18, False), (16, False), (18, True)])
-def test_gradient_descent_unit(multiplier_width, pipelined):
+def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
     """Both forms of the product (two partial products for 18x18 multiplier blocks, one
-    whole product for 16x16 ones) give the same values in the same cycles."""
-    cfg = CFG
+    whole product for 16x16 ones) give the same values in the same cycles, with and
+    without isolated multipliers (two cycles more)."""
+    cfg = replace(CFG, isolated_multipliers=isolated)
     rng = np.random.default_rng(3)
     ub, acc = random_memories(rng, cfg, big=True)
     lr = int(cfg.scalar.encode(0.61))
@@ -221,7 +224,7 @@ def test_gradient_descent_unit(multiplier_width, pipelined):
         ctx.set(gd.cmd.valid, 1)
         await ctx.tick()
         ctx.set(gd.cmd.valid, 0)
-        for cycle in range(1, rows + 10):
+        for cycle in range(1, rows + 12):
             if ctx.get(gd.ub_wr.en):
                 writes.append((cycle, ctx.get(gd.ub_wr.addr)))
             busy.append(ctx.get(gd.busy))
@@ -229,8 +232,9 @@ def test_gradient_descent_unit(multiplier_width, pipelined):
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    assert writes == [(8 + i, param + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 8
+    latency = 10 if isolated else 8
+    assert writes == [(latency + i, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + latency
     # Independent numpy computation of theta - lr * grad.
     update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
     want = ub.copy()
@@ -279,7 +283,8 @@ def matmul_harness(cfg, ub, acc, acc_transparent=True):
     """A matmul engine and an array on the harness's memories: (harness, engine, array)."""
     h = Harness(cfg, ub, acc, acc_transparent=acc_transparent)
     eng = MatmulEngine(cfg)
-    arr = SystolicArray(cfg.n, fmt=cfg.data, acc=cfg.acc)
+    arr = SystolicArray(cfg.n, fmt=cfg.data, acc=cfg.acc,
+                        product_registers=cfg.isolated_multipliers)
     h.m.submodules.eng = eng
     h.m.submodules.arr = arr
     h.m.d.comb += [arr.act.valid.eq(eng.act.valid), arr.act.payload.eq(eng.act.payload),
@@ -303,10 +308,16 @@ async def load_weights(ctx, arr, weights):
     await ctx.tick().repeat(len(weights))
 
 
+@pytest.mark.parametrize("isolated", [False, True])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_matmul_engine_with_array(accumulate):
-    cfg = CFG
+def test_matmul_engine_with_array(accumulate, isolated):
+    """Rows enter the array three cycles after the command; results are written
+    ``latency + 5`` cycles after it (``latency`` = 2n + 1, or 2n + 2 with the PEs'
+    product registers)."""
+    cfg = replace(CFG, isolated_multipliers=isolated)
     n = cfg.n
+    latency = 2 * n + 1 + int(isolated)
+    assert MatmulEngine.array_latency(cfg) == latency
     rng = np.random.default_rng(5 + accumulate)
     ub, acc = random_memories(rng, cfg, big=True)
     weights = rng.integers(-32768, 32768, (n, n))
@@ -323,7 +334,7 @@ def test_matmul_engine_with_array(accumulate):
         ctx.set(eng.cmd.valid, 1)
         await ctx.tick()
         ctx.set(eng.cmd.valid, 0)
-        for cycle in range(1, rows + 2 * n + 9):
+        for cycle in range(1, rows + latency + 8):
             if ctx.get(eng.acc_wr.en):
                 writes.append((cycle, ctx.get(eng.acc_wr.addr)))
                 ovf.append(ctx.get(eng.overflow))
@@ -335,8 +346,8 @@ def test_matmul_engine_with_array(accumulate):
 
     h.run(tb)
     assert feeds == [3 + i for i in range(rows)]
-    assert writes == [(6 + i + 2 * n, dst + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + 2 * n + 6
+    assert writes == [(5 + i + latency, dst + i) for i in range(rows)]
+    assert busy.index(0) + 1 == rows + latency + 5
     x = ub[src + stride * np.arange(rows)]
     want_rows, want_ovf = dot_chain(x, weights, cfg.acc, return_overflow=True)
     if accumulate:

@@ -39,12 +39,13 @@ def drive_anyseq(m, *signals):
             else sig.eq(AnySeq(width))
 
 
-def pe_spec(fmt, acc, *, wrong=False):
+def pe_spec(fmt, acc, *, wrong=False, product_register=False):
     """Shadow = last weight shifted in; active = shadow at the last switch; psum_out three
     cycles after a valid input = saturate(psum_in two cycles after it + x * w), with w the
-    shadow weight on a switch, else the active one; overflow = incoming flag or saturation."""
+    shadow weight on a switch, else the active one; overflow = incoming flag or saturation.
+    With the product register, psum_in three and psum_out four cycles after the input."""
     m = Module()
-    m.submodules.pe = pe = ProcessingElement(fmt, acc)
+    m.submodules.pe = pe = ProcessingElement(fmt, acc, product_register=product_register)
     drive_anyseq(m, pe.act_in, pe.psum_in, pe.w_north, pe.shift_south, pe.w_west, pe.shift_east)
     shadow, active = Signal(fmt.shape), Signal(fmt.shape)
     with m.If(pe.shift_south):
@@ -55,10 +56,13 @@ def pe_spec(fmt, acc, *, wrong=False):
     with m.If(switch):
         m.d.sync += active.eq(shadow)
     m.d.comb += [Assert(pe.w_shadow == shadow), Assert(pe.w_active == active)]
-    x1, w1, x2, w2 = (Signal(fmt.shape) for _ in range(4))
-    v1, v2, v3 = Signal(), Signal(), Signal()
+    x1, w1, x2, w2, x3, w3 = (Signal(fmt.shape) for _ in range(6))
+    v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
     m.d.sync += [x1.eq(pe.act_in.data), w1.eq(Mux(switch, shadow, active)), x2.eq(x1),
-                 w2.eq(w1), v1.eq(pe.act_in.valid), v2.eq(v1), v3.eq(v2)]
+                 w2.eq(w1), x3.eq(x2), w3.eq(w2),
+                 v1.eq(pe.act_in.valid), v2.eq(v1), v3.eq(v2), v4.eq(v3)]
+    if product_register:
+        x2, w2, v3 = x3, w3, v4
     exact = Signal(signed(acc.width + 2))
     m.d.comb += exact.eq(pe.psum_in.value + x2 * w2)
     high, low = exact > acc.max_int, exact < acc.min_int
@@ -75,8 +79,10 @@ def pe_spec(fmt, acc, *, wrong=False):
     return m
 
 
-def test_pe_small_format_by_induction():
-    check(pe_spec(FixedFormat(4, 2), FixedFormat(8, 4)), "prove", 4, "pe_small")
+@pytest.mark.parametrize("product_register", [False, True])
+def test_pe_small_format_by_induction(product_register):
+    check(pe_spec(FixedFormat(4, 2), FixedFormat(8, 4), product_register=product_register),
+          "prove", 5 if product_register else 4, f"pe_small_{int(product_register)}")
 
 
 def test_pe_spec_is_not_vacuous():

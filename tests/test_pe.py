@@ -9,10 +9,10 @@ from tinytpu_hdl.gateware.pe import ProcessingElement
 from tinytpu_hdl.numeric import Q8_8, Q16_16, add_sat
 
 
-def simulate_pe(steps):
+def simulate_pe(steps, product_register=False):
     """``steps``: list of dicts of PE inputs for consecutive cycles. Returns the outputs seen in
     each of those cycles (sampled before the clock edge)."""
-    pe = ProcessingElement(Q8_8, Q16_16)
+    pe = ProcessingElement(Q8_8, Q16_16, product_register=product_register)
     seen = []
 
     async def tb(ctx):
@@ -37,21 +37,26 @@ def simulate_pe(steps):
     return seen
 
 
-def test_mac_three_stage_timing_and_values():
+@pytest.mark.parametrize("product_register", [False, True])
+def test_mac_timing_and_values(product_register):
+    """Three stages (four with the product register): the partial sum for an input in
+    cycle t arrives in t + 2 (t + 3), the sum leaves in t + 3 (t + 4)."""
+    extra = int(product_register)
+    assert ProcessingElement.latency_of(product_register) == 3 + extra
     rng = np.random.default_rng(0)
     w = -30000
     xs = rng.integers(-32768, 32768, 20)
     ps = rng.integers(-2**31, 2**31, 20)
     steps = [{"w_north": w, "shift_south": 1}]
     steps += [{"x": int(x), "valid": 1, "switch": int(i == 0)} for i, x in enumerate(xs)]
-    steps += [{}, {}, {}]
-    for i, p in enumerate(ps):          # psum for input i arrives two cycles after it
-        steps[3 + i]["psum"] = int(p)
-    seen = simulate_pe(steps)
+    steps += [{}, {}, {}, {}]
+    for i, p in enumerate(ps):
+        steps[3 + extra + i]["psum"] = int(p)
+    seen = simulate_pe(steps, product_register)
     want, want_ovf = add_sat(ps, xs * w, Q16_16, return_overflow=True)
-    got = [seen[4 + i]["psum"] for i in range(20)]
+    got = [seen[4 + extra + i]["psum"] for i in range(20)]
     assert got == list(want)
-    assert [seen[4 + i]["ovf"] for i in range(20)] == [int(o) for o in want_ovf]
+    assert [seen[4 + extra + i]["ovf"] for i in range(20)] == [int(o) for o in want_ovf]
     assert want_ovf.any() and not want_ovf.all()
     # act passes east one cycle later, unchanged.
     assert [seen[2 + i]["x"] for i in range(20)] == list(xs)

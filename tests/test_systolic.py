@@ -57,11 +57,12 @@ def test_narrow_format():
     check_tiles(SystolicArray(3, fmt=fmt, acc=acc), tiles, acc)
 
 
+@pytest.mark.parametrize("product_registers", [False, True])
 @pytest.mark.parametrize("rows, cols", [(1, 1), (2, 2), (4, 4), (3, 5)])
-def test_latency(rows, cols):
+def test_latency(rows, cols, product_registers):
     rng = np.random.default_rng(1)
-    array = SystolicArray(rows, cols)
-    assert array.latency == rows + cols + 1
+    array = SystolicArray(rows, cols, product_registers=product_registers)
+    assert array.latency == rows + cols + 1 + int(product_registers)
     tile = random_tile(rng, rows, cols, 3)
     schedule, results = check_tiles(array, [tile])
     first_in = tile.first_row_cycle

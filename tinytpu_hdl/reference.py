@@ -16,6 +16,8 @@ import numpy as np
 
 from .config import TPUConfig
 from .gateware.control import CSR, State
+from .gateware.gd_unit import GradientDescentUnit
+from .gateware.matmul_engine import MatmulEngine
 from .gateware.vector_unit import VectorUnit
 from .host_protocol import (
     Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
@@ -35,9 +37,9 @@ __all__ = ["ReferenceTPU", "ReferenceTransport"]
 LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
-MATMUL_IDLE = lambda n, rows: rows + 2 * n + 6    # noqa: E731
-VPU_IDLE = lambda cfg, rows: rows + VectorUnit.latency(cfg)   # noqa: E731
-GD_IDLE = lambda n, rows: rows + 8                # noqa: E731
+MATMUL_IDLE = MatmulEngine.idle_after
+VPU_IDLE = VectorUnit.idle_after
+GD_IDLE = GradientDescentUnit.idle_after
 # Instructions whose operands the control unit checks in a cycle of their own before
 # they may issue.
 ENGINE_OPS = (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
@@ -230,7 +232,7 @@ class ReferenceTPU:
             elif op == Op.MATMUL:
                 self._matmul(operands["src"], ins.stride, rows, operands["dst"],
                              bool(ins.flags & FLAG_ACCUMULATE))
-                matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(n, rows)
+                matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 load_allowed = c + n
             elif op == Op.VPU:
                 self._vpu(ins, operands)
@@ -238,7 +240,7 @@ class ReferenceTPU:
             elif op == Op.GD:
                 self._gd(operands["src"], operands["param"], rows,
                          bool(ins.flags & FLAG_STOCHASTIC))
-                gd_idle = c + GD_IDLE(n, rows)
+                gd_idle = c + GD_IDLE(cfg, rows)
             self.pc = next_pc
             f = c + 1
 

@@ -1,6 +1,6 @@
 """Gradient-descent unit: ``theta <- theta - lr * grad`` in place in the unified buffer."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -48,14 +48,28 @@ class GradientDescentUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
-    parameter row ``i`` in cycle ``c+5+i``, and writes the parameter row back in
-    cycle ``c+8+i``. ``busy`` is low from cycle ``c+rows+8`` on. Stages: the
-    memories' outputs registered, the partial products (the gradient's low and high
-    halves times the rate, one multiplier block each), their sum, the rounding
-    offset added and the fraction dropped, the saturation to the data format, the
-    subtraction with saturation (no stage holds more than one multiply or one carry
-    chain and its saturation).
+    parameter row ``i`` in cycle ``c+P+i``, and writes the parameter row back in
+    cycle ``c+L+i``. ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
+    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``), ``P`` is ``L - 3``.
+    Stages: the memories' outputs registered, the partial products (the gradient's
+    low and high halves times the rate, one multiplier block each), their sum, the
+    rounding offset added and the fraction dropped, the saturation to the data format,
+    the subtraction with saturation (no stage holds more than one multiply or one
+    carry chain and its saturation). With isolated multipliers the gradient row is
+    registered once more before the multipliers (whose input registers copy it) and the
+    partial products once more after them, so that only routing lies between a
+    multiplier block and the block RAM or logic around it.
     """
+
+    @staticmethod
+    def latency(cfg):
+        """Cycles from a command's acceptance to its first row's write."""
+        return 8 + (2 if cfg.isolated_multipliers else 0)
+
+    @staticmethod
+    def idle_after(cfg, rows):
+        """Cycles from a command's acceptance to the first in which ``busy`` is low."""
+        return rows + GradientDescentUnit.latency(cfg)
 
     def __init__(self, cfg, *, multiplier_width=18, family=None, pipelined_multipliers=None):
         self._cfg = cfg
@@ -93,7 +107,11 @@ class GradientDescentUnit(wiring.Component):
         param_rd = Signal.like(self.cmd.payload.param)
         param_wr = Signal.like(self.cmd.payload.param)
         stochastic = Signal()
-        active = remaining != 0
+        # ``active`` (``remaining != 0``) and ``busy`` are registers (see VectorUnit).
+        active = Signal()
+        busy = Signal()
+        next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
+        m.d.sync += active.eq(next_active)
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1)]
@@ -102,21 +120,33 @@ class GradientDescentUnit(wiring.Component):
                          param_rd.eq(self.cmd.payload.param), param_wr.eq(self.cmd.payload.param),
                          stochastic.eq(self.cmd.payload.stochastic)]
 
-        v0, v1, v2, v3, v4, v5, v6 = (Signal(name=f"valid_{i}") for i in range(7))
-        m.d.sync += [v0.eq(active), v1.eq(v0), v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4),
-                     v6.eq(v5)]
+        # valid[j]: a row is in stage j (valid[0]: the memory's output).
+        isolated = cfg.isolated_multipliers
+        extra = 2 if isolated else 0
+        valid = [Signal(name=f"valid_{i}") for i in range(7 + extra)]
+        m.d.sync += valid[0].eq(active)
+        m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, len(valid))]
+        # Named by what the row is in: the products' sum, rounding, saturation, subtraction.
+        v_sum, v_round, v_sat, v_write = (valid[3 + extra], valid[4 + extra],
+                                          valid[5 + extra], valid[6 + extra])
 
         # Stage 1 (row i in cycle c+3+i): the accumulator memory's output, registered (in
-        # the multipliers' input registers on ECP5, see below).
+        # the multipliers' input registers on ECP5, see below). With isolated multipliers,
+        # registered in the fabric first, the multipliers' input registers a stage later.
         acc_row = self.acc_rd.data
-        # The parameter row is read four cycles after the gradient row and registered, so
-        # that it arrives in the subtraction stage instead of being carried to it.
-        with m.If(v3):
+        if isolated:
+            acc_row = Signal(data.ArrayLayout(cfg.acc.shape, n), name="grad_in",
+                             reset_less=True)
+            m.d.sync += acc_row.eq(self.acc_rd.data)
+        # The parameter row is read four cycles after the gradient row (six with isolated
+        # multipliers) and registered, so that it arrives in the subtraction stage instead
+        # of being carried to it.
+        with m.If(v_sum):
             m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
             m.d.sync += param_rd.eq(param_rd + 1)
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
-        m.d.sync += theta_valid.eq(v3)
+        m.d.sync += theta_valid.eq(v_sum)
         with m.If(theta_valid):
             m.d.sync += theta.eq(self.ub_rd.data)
 
@@ -128,7 +158,9 @@ class GradientDescentUnit(wiring.Component):
         # registers standing for stage 1, their output registers for stage 2. With 16x16
         # blocks (iCE40), where the split would take a third block, the gradient is
         # registered once more and multiplied whole (synthesis splits it itself and can put
-        # the extra register into the blocks' input registers).
+        # the extra register into the blocks' input registers). With isolated multipliers
+        # the partial products are registered once more before they are added
+        # (:meth:`_isolated`), and the gradient once more before them (above).
         prods = [Signal(prod_fmt.shape, name=f"prod_{lane}", reset_less=True)
                  for lane in range(n)]
         k = self._k
@@ -144,18 +176,26 @@ class GradientDescentUnit(wiring.Component):
                 m.submodules[f"mult_high_{lane}"] = high
                 m.d.comb += [low.a.eq(acc_row[lane][:k].as_unsigned()), low.b.eq(self.lr),
                              high.a.eq(acc_row[lane][k:].as_signed()), high.b.eq(self.lr)]
-                m.d.sync += prods[lane].eq((high.p << k) + low.p)
+                low_p, high_p = self._isolated(m, low.p, high.p, lane)
+                m.d.sync += prods[lane].eq((high_p << k) + low_p)
             elif self._multiplier_width >= 18:
                 low = Signal(signed(low_width + cfg.scalar.width), name=f"prod_low_{lane}",
                              reset_less=True)
                 high = Signal(signed(high_width + cfg.scalar.width), name=f"prod_high_{lane}",
                               reset_less=True)
                 m.d.sync += [low.eq(grad[lane][:k].as_unsigned() * self.lr),
-                             high.eq(grad[lane][k:].as_signed() * self.lr),
-                             prods[lane].eq((high << k) + low)]
+                             high.eq(grad[lane][k:].as_signed() * self.lr)]
+                low_p, high_p = self._isolated(m, low, high, lane)
+                m.d.sync += prods[lane].eq((high_p << k) + low_p)
             else:
                 operand = Signal(cfg.acc.shape, name=f"grad_operand_{lane}", reset_less=True)
-                m.d.sync += [operand.eq(grad[lane]), prods[lane].eq(operand * self.lr)]
+                m.d.sync += operand.eq(grad[lane])
+                if isolated:
+                    product = Signal(prod_fmt.shape, name=f"grad_product_{lane}",
+                                     reset_less=True)
+                    m.d.sync += [product.eq(operand * self.lr), prods[lane].eq(product)]
+                else:
+                    m.d.sync += prods[lane].eq(operand * self.lr)
 
         # Stage 4: the rounding offset (half an output step, or random bits) added and the
         # fraction dropped; stage 5: saturated to the data format.
@@ -175,9 +215,9 @@ class GradientDescentUnit(wiring.Component):
             with m.If(self.reseed):
                 seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
                 m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
-            with m.Elif(v3 & stochastic):
+            with m.Elif(v_sum & stochastic):
                 m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
-        m.d.sync += update_ovf.eq(ovf & v4)
+        m.d.sync += update_ovf.eq(ovf & v_round)
 
         # Stage 6: subtract and saturate.
         new = Signal(data.ArrayLayout(fmt.shape, n))
@@ -187,11 +227,22 @@ class GradientDescentUnit(wiring.Component):
             value, o_value = hdl_saturate(theta[lane] - updates[lane], fmt)
             m.d.sync += new[lane].eq(value)
             ovf = ovf | o_value
-        m.d.sync += new_ovf.eq((ovf & v5) | update_ovf)
+        m.d.sync += new_ovf.eq((ovf & v_sat) | update_ovf)
 
         m.d.comb += [self.ub_wr.addr.eq(param_wr), self.ub_wr.data.eq(new)]
-        with m.If(v6):
+        with m.If(v_write):
             m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(new_ovf)]
             m.d.sync += param_wr.eq(param_wr + 1)
-        m.d.comb += self.busy.eq(active | v0 | v1 | v2 | v3 | v4 | v5 | v6)
+        m.d.sync += busy.eq(next_active | active | Cat(valid[:-1]).any())
+        m.d.comb += self.busy.eq(busy)
         return m
+
+    def _isolated(self, m, low, high, lane):
+        """The partial products, registered once more in the fabric with isolated
+        multipliers (as they are otherwise)."""
+        if not self._cfg.isolated_multipliers:
+            return low, high
+        low_q = Signal.like(low, name=f"prod_low_q_{lane}", reset_less=True)
+        high_q = Signal.like(high, name=f"prod_high_q_{lane}", reset_less=True)
+        m.d.sync += [low_q.eq(low), high_q.eq(high)]
+        return low_q, high_q

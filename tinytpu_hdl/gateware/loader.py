@@ -60,7 +60,6 @@ class WeightLoader(wiring.Component):
         remaining = Signal(range(n + 1))
         vector = Signal(range(n))          # row of the tile pushed in this address phase
         rows = Signal(16)
-        base = Signal.like(self.cmd.payload.addr)
         transpose = Signal()
         push_valid = Signal()
         push_zero = Signal()
@@ -71,10 +70,15 @@ class WeightLoader(wiring.Component):
             self.busy.eq((remaining != 0) | push_valid),
         ]
 
-        active = remaining != 0
-        is_row = vector < rows
+        # ``active`` (``remaining != 0``), ``is_row`` (``vector < rows``: the tile row pushed
+        # next is a stored row, not padding) and the row's address (``addr + vector``) are
+        # registers, each loaded with its next value, so that only an AND and a multiplexer
+        # lie between them and the block RAM's address.
+        active = Signal()
+        is_row = Signal()
+        addr = Signal.like(self.cmd.payload.addr)
         m.d.comb += [
-            self.ub.addr.eq(Mux(active & is_row, base + vector, 0)),
+            self.ub.addr.eq(Mux(active & is_row, addr, 0)),
             self.ub.en.eq(active & is_row),
         ]
         m.d.sync += [
@@ -83,15 +87,19 @@ class WeightLoader(wiring.Component):
             push_transpose.eq(transpose),
         ]
         with m.If(active):
-            m.d.sync += [remaining.eq(remaining - 1), vector.eq(vector - 1)]
+            m.d.sync += [remaining.eq(remaining - 1), vector.eq(vector - 1),
+                         active.eq(remaining != 1), is_row.eq(vector - 1 < rows),
+                         addr.eq(addr - 1)]
 
         with m.If(self.cmd.valid):
             m.d.sync += [
                 remaining.eq(n),
                 vector.eq(n - 1),
                 rows.eq(self.cmd.payload.rows),
-                base.eq(self.cmd.payload.addr),
                 transpose.eq(self.cmd.payload.transpose),
+                active.eq(1),
+                is_row.eq(n - 1 < self.cmd.payload.rows),
+                addr.eq(self.cmd.payload.addr + n - 1),
             ]
 
         m.d.comb += [

@@ -49,16 +49,27 @@ class MatmulEngine(wiring.Component):
     ------
     A command accepted in cycle ``c`` reads row ``i`` in cycle ``c+1+i``, registers the
     memory's output and presents the row to the array in cycle ``c+3+i`` (so its switch
-    is in cycle ``c+3``). Its result leaves the array ``latency`` (= ``2n+1``) cycles
-    later, in cycle ``c+4+i+2n``, and is written two cycles after that, ``c+6+i+2n``
-    (registered, then added); in accumulate mode the old row is read one cycle before
+    is in cycle ``c+3``). Its result leaves the array ``latency`` (``λ`` = ``2n+1``, or
+    ``2n+2`` with ``cfg.isolated_multipliers``: :meth:`array_latency`) cycles later, in
+    cycle ``c+3+i+λ``, and is written two cycles after that, ``c+5+i+λ`` (registered,
+    then added); in accumulate mode the old row is read one cycle before
     the result leaves the array, and the rows written in the two cycles before the
     addition and in the cycle of the addition are forwarded to it, so back-to-back
     commands accumulating into the same rows see each other's sums. ``overflow`` is high
     in the cycle of the write. ``ready`` is high from cycle ``c+rows`` on, so the next
     command's first row follows the last one with no gap; ``busy`` is low once the last
-    row is written, from cycle ``c+rows+2n+6`` on.
+    row is written, from cycle ``c+rows+λ+5`` on (:meth:`idle_after`).
     """
+
+    @staticmethod
+    def array_latency(cfg):
+        """The latency of the array the engine feeds (:func:`.array_latency`)."""
+        return array_latency(cfg.n, cfg.n, cfg.isolated_multipliers)
+
+    @staticmethod
+    def idle_after(cfg, rows):
+        """Cycles from a command's acceptance to the first in which ``busy`` is low."""
+        return rows + MatmulEngine.array_latency(cfg) + 5
 
     def __init__(self, cfg):
         self._cfg = cfg
@@ -77,7 +88,7 @@ class MatmulEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        latency = array_latency(cfg.n, cfg.n)
+        latency = self.array_latency(cfg)
 
         remaining = Signal(16)
         src = Signal.like(self.cmd.payload.src)

@@ -42,6 +42,10 @@ class ProcessingElement(wiring.Component):
     family : str or None
         FPGA family whose multiplier block to use (see :class:`.PipelinedMultiplier`);
         ``None`` for the generic form. Results and timing are the same.
+    product_register : bool
+        Register the product once more, in the fabric, before the addition (a
+        four-stage pipeline: the multiplier block's output register then drives only
+        routing to a register next to the adder).
 
     Members
     -------
@@ -90,13 +94,18 @@ class ProcessingElement(wiring.Component):
     also becomes the active weight for the following cycles. A shift in the
     same cycle as a switch is allowed: the switch takes the old shadow value.
     ``psum_out`` changes only in cycles following a valid input's product.
+
+    With ``product_register`` every step from the product on is one cycle later:
+    ``psum_in`` in cycle ``t + 3``, ``psum_out`` in cycle ``t + 4`` (:attr:`latency`).
     """
 
-    def __init__(self, fmt: FixedFormat, acc: FixedFormat, *, family=None):
+    def __init__(self, fmt: FixedFormat, acc: FixedFormat, *, family=None,
+                 product_register=False):
         check_accumulator(fmt, acc)
         self._fmt = fmt
         self._acc = acc
         self._family = family
+        self._product_register = bool(product_register)
         super().__init__({
             "act_in": In(ActivationLayout(fmt)),
             "act_out": Out(ActivationLayout(fmt)),
@@ -110,8 +119,14 @@ class ProcessingElement(wiring.Component):
             "w_active": Out(fmt.shape),
         })
 
-    #: Cycles from a valid input on ``act_in`` to its sum on ``psum_out``.
-    LATENCY = 3
+    @staticmethod
+    def latency_of(product_register=False):
+        """Cycles from a valid input on ``act_in`` to its sum on ``psum_out``."""
+        return 3 + int(bool(product_register))
+
+    @property
+    def latency(self):
+        return self.latency_of(self._product_register)
 
     @property
     def fmt(self):
@@ -143,8 +158,14 @@ class ProcessingElement(wiring.Component):
         with m.If(self.act_in.valid & self.act_in.switch):
             m.d.sync += active.eq(self.w_shadow)
 
+        product = mult.p
+        if self._product_register:
+            product = Signal.like(mult.p, name="product", reset_less=True)
+            product_copy_valid = Signal()
+            m.d.sync += [product.eq(mult.p), product_copy_valid.eq(product_valid)]
+            product_valid = product_copy_valid
         with m.If(product_valid):
-            total, overflow = hdl_add_sat(self.psum_in.value, mult.p, self._acc)
+            total, overflow = hdl_add_sat(self.psum_in.value, product, self._acc)
             m.d.sync += [
                 self.psum_out.value.eq(total),
                 self.psum_out.overflow.eq(self.psum_in.overflow | overflow),

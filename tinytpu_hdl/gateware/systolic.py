@@ -12,11 +12,11 @@ from .pe import ActivationLayout, ProcessingElement
 __all__ = ["SystolicArray", "array_latency", "InputRowLayout", "WeightRowLayout", "ResultRowLayout"]
 
 
-def array_latency(rows, cols):
+def array_latency(rows, cols, product_registers=False):
     """Cycles from an input row entering a ``rows`` x ``cols`` array to its result row
     leaving it: the skew (``r`` cycles for row ``r``), the PE pipelines down a column and
     the de-skew (``cols - 1 - c`` cycles for column ``c``)."""
-    return rows + cols + ProcessingElement.LATENCY - 2
+    return rows + cols + ProcessingElement.latency_of(product_registers) - 2
 
 
 class InputRowLayout(data.StructLayout):
@@ -61,6 +61,9 @@ class SystolicArray(wiring.Component):
         Data and accumulator formats.
     family : str or None
         FPGA family whose multiplier blocks the PEs use (:class:`.PipelinedMultiplier`).
+    product_registers : bool
+        The PEs register their products once more (see :class:`.ProcessingElement`):
+        one cycle more latency.
 
     Members
     -------
@@ -85,12 +88,14 @@ class SystolicArray(wiring.Component):
     Timing
     ------
     The input row presented in cycle ``t`` comes out on ``result`` in cycle
-    ``t + latency`` with ``latency = rows + cols + 1``. Row ``r`` of the input
+    ``t + latency`` with ``latency = rows + cols + 1`` (``+ 2`` with product
+    registers). Row ``r`` of the input
     is delayed by ``r`` registers before entering the array (skew), the
     column ``c`` of the result by ``cols - 1 - c`` registers after leaving
     it (de-skew); PE ``(r, c)`` receives the row presented in cycle ``t``
     in cycle ``t + r + c`` and passes its sum south three cycles later (operands,
-    product and sum registered, see :class:`ProcessingElement`). Input rows may be
+    product and sum registered, see :class:`ProcessingElement`; four with product
+    registers). Input rows may be
     streamed every cycle.
 
     Weight loading (double buffering): a normal load vector presented in
@@ -111,7 +116,7 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows, cols=None, *, fmt: FixedFormat = Q8_8, acc: FixedFormat = Q16_16,
-                 family=None):
+                 family=None, product_registers=False):
         cols = rows if cols is None else cols
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -122,6 +127,7 @@ class SystolicArray(wiring.Component):
         self._fmt = fmt
         self._acc = acc
         self._family = family
+        self._product_registers = bool(product_registers)
         super().__init__({
             "act": In(valid_stream(InputRowLayout(fmt, rows))),
             "weights": In(valid_stream(WeightRowLayout(fmt, max(rows, cols)))),
@@ -147,13 +153,15 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self):
         """Cycles from an input row on ``act`` to its result row on ``result``."""
-        return array_latency(self._rows, self._cols)
+        return array_latency(self._rows, self._cols, self._product_registers)
 
     def elaborate(self, platform):
         m = Module()
         R, C = self._rows, self._cols
 
-        pes = [[ProcessingElement(self._fmt, self._acc, family=self._family) for _ in range(C)] for _ in range(R)]
+        pes = [[ProcessingElement(self._fmt, self._acc, family=self._family,
+                                  product_register=self._product_registers)
+                for _ in range(C)] for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]

@@ -84,8 +84,9 @@ class TPU(wiring.Component):
         family = self._family
         if family is None:
             family = str(getattr(platform, "family", "")).lower() or None
-        m.submodules.array = array = SystolicArray(cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc,
-                                                   family=family)
+        m.submodules.array = array = SystolicArray(
+            cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc, family=family,
+            product_registers=cfg.isolated_multipliers)
         m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth)
         m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
         # (The host writes instructions a 32-bit word at a time.)

@@ -81,6 +81,11 @@ class VectorUnit(wiring.Component):
         """Cycles from a command's acceptance to its first row's write."""
         return VectorUnit.stages(cfg) + 1
 
+    @staticmethod
+    def idle_after(cfg, rows):
+        """Cycles from a command's acceptance to the first in which ``busy`` is low."""
+        return rows + VectorUnit.latency(cfg)
+
     def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._family = family
@@ -123,7 +128,13 @@ class VectorUnit(wiring.Component):
         use_deriv = pathway[Pathway.DERIV.bit_length() - 1]
         use_aux = use_loss | use_deriv
 
-        active = remaining != 0
+        # ``active`` (rows left to read: ``remaining != 0``) and ``busy`` are registers,
+        # their next values selected by ``cmd.valid`` (the control unit's issue decision,
+        # late in its cycle; ``busy`` feeds that decision in turn).
+        active = Signal()
+        busy = Signal()
+        next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
+        m.d.sync += active.eq(next_active)
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
@@ -146,7 +157,9 @@ class VectorUnit(wiring.Component):
                 bias_addr.eq(self.cmd.payload.bias),
             ]
 
-        # The pipeline: every stage registers the row's validity and overflow flag, and
+        # The pipeline: every stage registers the row's validity and overflow flags (one
+        # per lane, ORed only at the write, so that no OR across the lanes follows a
+        # stage's arithmetic), and
         # carries the value ``x`` of each lane, the aux row ``y`` (targets or stored
         # pre-activations) and the activation ``h`` kept for the derivative. A product
         # ``p`` or a difference ``d`` is made for the next stage only. Multiplies have a
@@ -162,12 +175,13 @@ class VectorUnit(wiring.Component):
         def step(prev, name, *, ovf=None, drop=(), product=None, **new):
             """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
             its value; the carried fields of ``prev`` not in ``new`` or ``drop`` pass on.
-            ``ovf`` maps a lane to its overflow bit. ``product``: the lanes' multipliers
+            ``ovf`` maps a lane to its overflow bit (sticky along the pipeline, per lane).
+            ``product``: the lanes' multipliers
             whose products (already registered) are this stage's ``p``.
             ``nxt["next_x"]`` (``nxt["next_d"]``) lists, per lane, the value its ``x``
             (``d``) register loads, for a multiplier that takes it as an operand in step
             with the register."""
-            nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(name=f"{name}_ovf")}
+            nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(n, name=f"{name}_ovf")}
             valids.append(nxt["valid"])
             m.d.sync += nxt["valid"].eq(prev["valid"])
             if "x" in new:
@@ -188,11 +202,10 @@ class VectorUnit(wiring.Component):
                 elif key in carried and key in prev and key not in drop:
                     nxt[key] = Signal(layout, name=f"{name}_{key}")
                     m.d.sync += nxt[key].eq(prev[key])
-            row_ovf = Const(0, 1)
-            if ovf is not None:
-                for lane in range(n):
-                    row_ovf = row_ovf | ovf(lane)
-            m.d.sync += nxt["o"].eq(prev.get("o", Const(0, 1)) | (row_ovf & prev["valid"]))
+            prev_ovf = prev.get("o", Const(0, n))
+            for lane in range(n):
+                lane_ovf = ovf(lane) & prev["valid"] if ovf is not None else Const(0, 1)
+                m.d.sync += nxt["o"][lane].eq(prev_ovf[lane] | lane_ovf)
             chain.append(nxt)
             return nxt
 
@@ -292,7 +305,10 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
         with m.If(s["valid"]):
-            m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(s["o"])]
+            m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(s["o"].any())]
             m.d.sync += dst.eq(dst + stride)
-        m.d.comb += self.busy.eq(active | Cat(valids).any())
+        # Next cycle, the rows in the pipeline are those now in all stages but the last,
+        # and one more if a row is read now.
+        m.d.sync += busy.eq(next_active | active | Cat(valids[:-1]).any())
+        m.d.comb += self.busy.eq(busy)
         return m
