@@ -26,7 +26,8 @@ class Board:
     ``reset_button``: the resource name of a button that resets the TPU, or ``None``.
     ``programmer``: the tool ``--program`` runs; ``loader_id`` the board's name for
     openFPGALoader's ``-b``. ``synth_opts``: extra options of the
-    Yosys synthesis command. ``extra_resources``: names of resource lists of the
+    Yosys synthesis command; ``nextpnr_opts``: extra options of nextpnr.
+    ``extra_resources``: names of resource lists of the
     platform class to add (e.g. a PMOD board that ships attached).
     """
 
@@ -40,6 +41,7 @@ class Board:
     programmer: str = "openFPGALoader"
     loader_id: str = ""
     synth_opts: str = ""
+    nextpnr_opts: str = ""
     extra_resources: tuple = ()
 
     def make_platform(self):

@@ -9,7 +9,7 @@ import pytest
 
 from tinytpu_hdl.boards import board_names, get_board
 from tinytpu_hdl.build import (
-    BuildError, build_board, parse_nextpnr_log, toolchain_env,
+    BuildError, build_board, parse_nextpnr_log, prepare_build, toolchain_env,
 )
 from tinytpu_hdl.gateware.board_top import BoardTop
 from tinytpu_hdl.gateware.clocking import ecp5_pll, ice40_pll
@@ -90,6 +90,19 @@ def test_ecp5_reset_is_distributed_on_a_global_network():
         board = get_board(name).with_n(1)
         il = board.make_platform().prepare(BoardTop(board), name="tinytpu").files["tinytpu.il"]
         assert len(re.findall(r"^\s*cell \\DCCA ", il, re.M)) == count, name
+
+
+def test_build_plan_runs_the_boards_own_tool_options():
+    """The ULX3S build places with nextpnr's static placer; the iCEBreaker's Yosys maps
+    multipliers to DSPs; both get the memory-collision script after reading."""
+    _, _, plan = prepare_build(get_board("ulx3s-85f").with_n(1))
+    script = plan.files["build_tinytpu.sh"]
+    assert re.search(r'NEXTPNR_ECP5.* --placer static .*--json tinytpu.json', script)
+    assert "abc -lut 4:7" in plan.files["tinytpu.ys"]
+    _, _, plan = prepare_build(get_board("icebreaker"))
+    assert re.search(r"synth_ice40 .*-dsp", plan.files["tinytpu.ys"])
+    assert "--placer" not in plan.files["build_tinytpu.sh"]
+    assert "COLLISION_X_MASK" in plan.files["tinytpu.ys"]
 
 
 def test_uart_divisor_refuses_inexact_or_too_fast_baud_rates():

@@ -15,8 +15,8 @@ from pathlib import Path
 from .gateware.board_top import BoardTop
 from .gateware.memory import SYNTHESIS_SCRIPT
 
-__all__ = ["BuildError", "BuildReport", "toolchain_env", "build_board", "ecp5_synthesis",
-           "parse_nextpnr_log",
+__all__ = ["BuildError", "BuildReport", "toolchain_env", "prepare_build", "build_board",
+           "ecp5_synthesis", "parse_nextpnr_log",
            "parse_utilization", "program_board"]
 
 #: Environment variable Amaranth reads -> YoWASP command (and the PyPI package).
@@ -130,13 +130,12 @@ def parse_nextpnr_log(text, family):
     return usage, (sync or [float(freqs[-1][1])])[-1]
 
 
-def build_board(board, *, build_dir="build"):
-    """Synthesize, place, route and pack ``board`` (a :class:`tinytpu_hdl.boards.Board`).
-    Returns a :class:`BuildReport`; raises :class:`BuildError` when a tool fails."""
+def prepare_build(board):
+    """(platform, top, plan) for ``board``: Amaranth's build plan of its
+    :class:`~tinytpu_hdl.gateware.board_top.BoardTop`, with the synthesis script of
+    :func:`ecp5_synthesis` on ECP5 and the board's own Yosys and nextpnr options."""
     platform = board.make_platform()
     family = platform.family.lower()
-    env = toolchain_env(family)
-    build_dir = Path(build_dir).resolve()
     top = BoardTop(board)
     overrides = {"script_after_read": SYNTHESIS_SCRIPT}
     synth_opts = board.synth_opts
@@ -145,10 +144,21 @@ def build_board(board, *, build_dir="build"):
         synth_opts = f"{synth_opts} {opts}".strip()
     if synth_opts:
         overrides["synth_opts"] = synth_opts
+    if board.nextpnr_opts:
+        overrides["nextpnr_opts"] = board.nextpnr_opts
+    return platform, top, platform.prepare(top, name="tinytpu", **overrides)
+
+
+def build_board(board, *, build_dir="build"):
+    """Synthesize, place, route and pack ``board`` (a :class:`tinytpu_hdl.boards.Board`).
+    Returns a :class:`BuildReport`; raises :class:`BuildError` when a tool fails."""
+    family = board.make_platform().family.lower()
+    env = toolchain_env(family)
+    build_dir = Path(build_dir).resolve()
     # A log left by an earlier build must not be read as this one's.
     (build_dir / "tinytpu.tim").unlink(missing_ok=True)
     start = time.monotonic()
-    plan = platform.prepare(top, name="tinytpu", **overrides)
+    platform, top, plan = prepare_build(board)
     try:
         plan.execute_local(str(build_dir), env=env)
     except subprocess.CalledProcessError as exc:

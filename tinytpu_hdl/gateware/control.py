@@ -317,18 +317,19 @@ class ControlUnit(wiring.Component):
         d_stride = Signal(8)
         d_flags = Signal(8)
         d_rd = Signal(3)
-        d_result = Signal(16)            # register result of SETR / ADDI / DJNZ
+        # The register results, both computed (no multiplexer after the adders); the issue
+        # stage writes the one of the instruction. ADDI's ``rs + imm`` is also SETR's
+        # ``imm``: a legal SETR leaves the ``b`` field zero, so ``rs`` reads R0.
+        d_sum = Signal(16)               # SETR, ADDI
+        d_dec = Signal(16)               # DJNZ
         d_next_pc = Signal(16)
         d_next_ok = Signal()
+        # Which readiness condition the instruction issues on (see ``can_issue``), decoded
+        # here so that the issue decision starts from registers.
+        d_waits_load, d_waits_matmul, d_waits_all, d_waits_units, d_engine = (
+            Signal(name=f"d_{name}") for name in
+            ("waits_load", "waits_matmul", "waits_all", "waits_units", "engine"))
         last = (rows - 1)[:16] if ir_last is None else ir_last
-        result = Signal(16)
-        with m.Switch(op):
-            with m.Case(Op.SETR):
-                m.d.comb += result.eq(ins.a.addr)
-            with m.Case(Op.ADDI):
-                m.d.comb += result.eq(reg_b + ins.a.addr)
-            with m.Default():
-                m.d.comb += result.eq(dec)
         decode_regs = [
             d_op.eq(op), d_legal.eq(legal),
             d_bad.eq((rows == 0) | ((op == Op.LOADW) & (rows > n))),
@@ -336,8 +337,12 @@ class ControlUnit(wiring.Component):
             d_ec.eq(ins.c.addr + reg_c), d_ed.eq(ins.d.addr + reg_d),
             d_count.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
-            d_rd.eq(ins.a.reg), d_result.eq(result), d_next_pc.eq(next_pc),
-            d_next_ok.eq(next_ok),
+            d_rd.eq(ins.a.reg), d_sum.eq(reg_b + ins.a.addr), d_dec.eq(dec),
+            d_next_pc.eq(next_pc), d_next_ok.eq(next_ok),
+            d_waits_load.eq(op == Op.LOADW), d_waits_matmul.eq(op == Op.MATMUL),
+            d_waits_all.eq(op.matches(Op.VPU, Op.GD, Op.SYNC, Op.HALT)),
+            d_waits_units.eq(op == Op.CFG),
+            d_engine.eq(op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)),
         ]
 
         # --- issue checks (from the decoded registers) -----------------------------------
@@ -385,7 +390,7 @@ class ControlUnit(wiring.Component):
         # accumulator source before their buffer operands).
         # (``checked``: the first issue cycle is over; the fault bits are those of an engine
         # instruction only, so that ``checks_failed`` needs no decode of the opcode.)
-        engine_op = d_op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
+        engine_op = d_engine
         checked = Signal()
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
         m.d.sync += [bad_q.eq(engine_op & (d_bad | bad)), ub_q.eq(ub_out), acc_q.eq(acc_out)]
@@ -401,18 +406,15 @@ class ControlUnit(wiring.Component):
 
         all_idle = ~(self.load_busy | self.matmul_busy | self.vpu_busy | self.gd_busy)
         units_idle = ~(self.vpu_busy | self.gd_busy)
+        # LOADW and MATMUL wait for their engine and the vector and gradient-descent units;
+        # VPU, GD, SYNC and HALT for every engine; CFG for the two units (whose scalars it
+        # may change); the other instructions issue at once.
         can_issue = Signal()
-        with m.Switch(d_op):
-            with m.Case(Op.LOADW):
-                m.d.comb += can_issue.eq(self.load_ready & (load_hold == 0) & units_idle)
-            with m.Case(Op.MATMUL):
-                m.d.comb += can_issue.eq(self.matmul_ready & (switch_hold == 0) & units_idle)
-            with m.Case(Op.VPU, Op.GD, Op.SYNC, Op.HALT):
-                m.d.comb += can_issue.eq(all_idle)
-            with m.Case(Op.CFG):
-                m.d.comb += can_issue.eq(units_idle)
-            with m.Default():
-                m.d.comb += can_issue.eq(1)
+        waits_any = d_waits_load | d_waits_matmul | d_waits_all | d_waits_units
+        m.d.comb += can_issue.eq(
+            (d_waits_load & self.load_ready & (load_hold == 0) & units_idle) |
+            (d_waits_matmul & self.matmul_ready & (switch_hold == 0) & units_idle) |
+            (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
         m.d.comb += [
@@ -593,6 +595,7 @@ class ControlUnit(wiring.Component):
                 for r in ConfigReg:
                     with m.Case(CSR.CFG_BASE + r):
                         m.d.comb += cfg_we[r].eq(1)
-        m.d.comb += [reg_wdata.eq(Mux(running, d_result, self.csr_wdata)),
+        result = Mux(d_op == Op.DJNZ, d_dec, d_sum)
+        m.d.comb += [reg_wdata.eq(Mux(running, result, self.csr_wdata)),
                      cfg_wdata.eq(Mux(running, d_count, self.csr_wdata))]
         return m

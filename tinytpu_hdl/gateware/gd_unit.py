@@ -28,8 +28,9 @@ class GradientDescentUnit(wiring.Component):
     exact, and only the update is rounded to the data format, with the rules
     of :mod:`tinytpu_hdl.numeric`: to nearest, or stochastically when the
     command's ``stochastic`` bit is set. Each lane has its own xorshift32
-    generator, advanced once per stochastically rounded row; writing ``seed``
-    (pulse ``reseed``) restarts them. ``overflow`` pulses for a row in which
+    generator, advanced once per stochastically rounded row; a pulse of ``reseed``
+    restarts them from ``seed`` (which must hold its value in the pulse's cycle and the
+    next) in the cycle after the pulse. ``overflow`` pulses for a row in which
     the update or the new parameter saturated.
 
     Parameters
@@ -206,15 +207,22 @@ class GradientDescentUnit(wiring.Component):
         updates = Signal(data.ArrayLayout(fmt.shape, n))
         update_ovf = Signal()
         ovf = Const(0, 1)
+        # A reseed takes effect a cycle after the ``reseed`` pulse (the unit is idle then:
+        # the host writes the seed only while no program runs), from registered per-lane
+        # checks of whether the seed would give a generator the all-zero state.
+        reseed = Signal()
+        m.d.sync += reseed.eq(self.reseed)
         for lane in range(n):
             offset = Mux(stochastic, states[lane], 1 << (shift - 1))
             m.d.sync += rounded[lane].eq(hdl_stochastic_round(prods[lane], prod_fmt, fmt, offset))
             update, o_update = hdl_saturate(rounded[lane], fmt)
             m.d.sync += updates[lane].eq(update)
             ovf = ovf | o_update
-            with m.If(self.reseed):
-                seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
-                m.d.sync += states[lane].eq(Mux(seeded == 0, 0x6D2B79F5, seeded))
+            seeded = self.seed ^ Const((lane + 1) * 0x9E3779B9 & 0xFFFFFFFF, 32)
+            degenerate = Signal(name=f"seed_degenerate_{lane}")
+            m.d.sync += degenerate.eq(seeded == 0)
+            with m.If(reseed):
+                m.d.sync += states[lane].eq(Mux(degenerate, 0x6D2B79F5, seeded))
             with m.Elif(v_sum & stochastic):
                 m.d.sync += states[lane].eq(hdl_xorshift32(states[lane]))
         m.d.sync += update_ovf.eq(ovf & v_round)
