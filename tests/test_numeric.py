@@ -169,6 +169,23 @@ class TestHdlExpressions:
         want, want_ovf = narrow(vectors[:, 0], self.small_acc, self.small, return_overflow=True)
         assert np.array_equal(got[:, 0], want) and np.array_equal(got[:, 1], want_ovf)
 
+    @pytest.mark.parametrize("src,dst", [
+        (FixedFormat(10, 4), FixedFormat(5, 2)), (FixedFormat(10, 4), FixedFormat(4, 3)),
+        (FixedFormat(9, 1), FixedFormat(6, 0)), (FixedFormat(8, 6), FixedFormat(6, 1)),
+        (FixedFormat(8, 2), FixedFormat(7, 1)), (FixedFormat(8, 2), FixedFormat(8, 4)),
+        (FixedFormat(6, 3), FixedFormat(2, 0))])
+    def test_narrow_exhaustive_over_shapes(self, src, dst):
+        # Every value of the source, so the rounding carry at and beside the largest and
+        # smallest destination values, and the shifts that keep fewer bits than the
+        # destination holds, are all met.
+        a = Signal(src.shape)
+        res, ovf = hdl_narrow(a, src, dst)
+        out, flag = Signal(dst.shape), Signal()
+        vectors = np.arange(src.min_int, src.max_int + 1)[:, None]
+        got = _eval_comb([a], [(out, res), (flag, ovf)], vectors)
+        want, want_ovf = narrow(vectors[:, 0], src, dst, return_overflow=True)
+        assert np.array_equal(got[:, 0], want) and np.array_equal(got[:, 1], want_ovf)
+
     def test_mul_narrow_and_add_sat_exhaustive(self):
         a, b = Signal(self.small.shape), Signal(self.small.shape)
         prod, prod_ovf = hdl_mul_narrow(a, self.small, b, self.small, self.small)

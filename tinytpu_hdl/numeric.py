@@ -320,8 +320,30 @@ def hdl_xorshift32(state):
 
 
 def hdl_narrow(value, src, dst):
-    """Amaranth expression for :func:`narrow`: returns ``(result, overflow)``."""
-    return hdl_saturate(hdl_round_shift(value, src.frac - dst.frac), dst)
+    """Amaranth expression for :func:`narrow`: returns ``(result, overflow)``.
+
+    When it drops fraction bits, the rounding is the carry into the kept bits (the value
+    shifted right, plus the highest dropped bit) and only the destination's width of
+    them is added: whether the result fits is decided from the input beside that carry
+    chain (the kept bits fit and are not the largest value while the carry is set, or
+    are one below the smallest and the carry is set), so that one multiplexer, not a
+    wide comparison, follows the adder."""
+    value = Value.cast(value)
+    if not value.shape().signed:
+        value = Cat(value, Const(0, 1)).as_signed()
+    shift = src.frac - dst.frac
+    if shift <= 0 or len(value) - shift <= dst.width:
+        return hdl_saturate(hdl_round_shift(value, shift), dst)
+    kept = value[shift:].as_signed()             # floor(value / 2 ** shift)
+    carry = value[shift - 1]                     # rounds to nearest, ties upwards
+    top = kept[dst.width - 1:]
+    ones = kept[:dst.width - 1].all()
+    at_max = ~top.any() & ones                     # the largest value: the carry overflows
+    below_min = top[1:].all() & ~top[0] & ones     # one below the smallest: it comes back
+    fits = ((~top.any() | top.all()) & ~(at_max & carry)) | (below_min & carry)
+    total = (kept[:dst.width] + carry)[:dst.width].as_signed()
+    bound = Mux(value[-1], Const(dst.min_int, dst.shape), Const(dst.max_int, dst.shape))
+    return Mux(fits, total, bound), ~fits
 
 
 def hdl_add_sat(a, b, fmt):
