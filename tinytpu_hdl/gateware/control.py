@@ -11,6 +11,7 @@ from ..isa import (
     InstructionLayout, Op, Pathway, used_mask,
 )
 from ..numeric import hdl_mul_const
+from .arith import complement, compress, negative, product_terms
 from .gd_unit import GradientCommandLayout
 from .loader import LoadCommandLayout
 from .matmul_engine import MatmulCommandLayout
@@ -77,20 +78,24 @@ def _bit_groups():
     return list(zip(cuts, cuts[1:]))
 
 
-def _sum_less(a, b, c):
-    """``a + b < c`` for unsigned values, with one carry chain: ``a + b - c`` as the sum
-    of two terms of a carry-save addition of ``a``, ``b`` and ``~c`` (plus one, in the
-    carry term's free lowest bit), negative exactly when ``a + b < c``."""
-    a, b, c = (Value.cast(v).as_unsigned() for v in (a, b, c))
-    width = max(len(a), len(b), len(c)) + 2
-    not_c = ~Cat(c, Const(0, width - len(c)))
-    total = (a ^ b ^ not_c)[:width]
-    carries = ((a & b) | (a & not_c) | (b & not_c))[:width - 1]
-    return (total + Cat(Const(1, 1), carries))[width - 1]
+#: Width of the issue checks' arithmetic: a 17-bit effective address plus a span of up to
+#: 24 bits (``(rows - 1) * stride``), with a sign bit.
+CHECK_WIDTH = 26
 
 
 class ControlUnit(wiring.Component):
     """Runs the program in the instruction memory on its own.
+
+    Parameters
+    ----------
+    cfg : TPUConfig
+    instruction_register : bool
+        Register the instruction memory's output before decoding it (for timing; the
+        memory's output holds the word anyway, so cycles and results are the same).
+    span_multiplier : bool
+        Compute the span ``(rows - 1) * stride`` of strided operands with a multiply (one
+        DSP block) instead of carry-save partial products (logic). Same results and
+        timing; the multiply suits FPGAs with DSPs to spare and few logic cells.
 
     Members
     -------
@@ -152,9 +157,10 @@ class ControlUnit(wiring.Component):
     ========  ============================================================
     """
 
-    def __init__(self, cfg, *, instruction_register=True):
+    def __init__(self, cfg, *, instruction_register=True, span_multiplier=False):
         self._cfg = cfg
         self._instruction_register = instruction_register
+        self._span_multiplier = bool(span_multiplier)
         super().__init__({
             "imem": Out(read_request(cfg.imem_depth, INSTRUCTION_BITS)),
             "load_cmd": Out(valid_stream(LoadCommandLayout(cfg))),
@@ -259,16 +265,12 @@ class ControlUnit(wiring.Component):
             fetched = Signal()
             ir = Signal(INSTRUCTION_BITS)
             m.d.sync += fetched.eq(self.imem.en)
-            # The count minus one (for the span multiply in decode) is registered with it.
-            ir_last = Signal(16)
             with m.If(fetched):
-                m.d.sync += [ir.eq(self.imem.data),
-                             ir_last.eq(data.View(InstructionLayout, self.imem.data).count - 1)]
+                m.d.sync += ir.eq(self.imem.data)
         else:
             # The memory's output holds the fetched word until the next fetch, which is
             # never before the decode cycle: the same values, without the register.
             ir = self.imem.data
-            ir_last = None
 
         # --- decode (from the instruction register and the index registers) -------------
         ins = data.View(InstructionLayout, ir)
@@ -311,9 +313,11 @@ class ControlUnit(wiring.Component):
         d_bad = Signal()                 # operand errors that need no address arithmetic
         d_ea, d_eb, d_ec, d_ed = (Signal(17, name=f"d_e{s}") for s in "abcd")
         d_count = Signal(16)             # the count field: rows, or the value of a CFG
-        d_last = Signal(16)              # rows - 1
-        d_span = Signal(24, reset_less=True)  # (rows - 1) * stride (no reset: the register
-                                              # can go into a multiplier block)
+        # (rows - 1) * stride in carry-save form (two terms whose sum is the span modulo
+        # 2 ** CHECK_WIDTH): rows * stride as the stride's partial products of rows, minus
+        # the stride, through 3:2 compressors, no carry chain and no multiplier block
+        # (with ``span_multiplier``: the product, and zero).
+        d_span = [Signal(CHECK_WIDTH, name=f"d_span_{i}") for i in range(2)]
         d_stride = Signal(8)
         d_flags = Signal(8)
         d_rd = Signal(3)
@@ -324,64 +328,80 @@ class ControlUnit(wiring.Component):
         d_dec = Signal(16)               # DJNZ
         d_next_pc = Signal(16)
         d_next_ok = Signal()
-        # Which readiness condition the instruction issues on (see ``can_issue``), decoded
-        # here so that the issue decision starts from registers.
-        d_waits_load, d_waits_matmul, d_waits_all, d_waits_units, d_engine = (
-            Signal(name=f"d_{name}") for name in
-            ("waits_load", "waits_matmul", "waits_all", "waits_units", "engine"))
-        last = (rows - 1)[:16] if ir_last is None else ir_last
+        # One-hot opcode classes, decoded here so that the issue decision and the checks
+        # start from registers: the engine instructions (each its own flag, which also says
+        # which readiness condition it issues on, see ``can_issue``), those that wait for
+        # every engine or for the two units, and the VPU's operand uses.
+        d_is = {op_: Signal(name=f"d_is_{op_.name.lower()}")
+                for op_ in (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)}
+        d_waits_all, d_waits_units, d_engine = (
+            Signal(name=f"d_{name}") for name in ("waits_all", "waits_units", "engine"))
+        d_vpu_aux, d_vpu_bias = Signal(), Signal()
+        d_in_place_ok = Signal()         # a VPU may write its aux rows in place
+        if self._span_multiplier:
+            # One multiply (a DSP block) and a constant zero for the second term.
+            span = ((rows - 1)[:16] * ins.stride, Const(0, CHECK_WIDTH))
+        else:
+            span_terms = product_terms(rows, ins.stride) + [complement(ins.stride, CHECK_WIDTH)]
+            span = compress(span_terms, CHECK_WIDTH, carry_in=1)
+        ir_pathway = ins.flags[:4]
+        ir_aux = (ir_pathway[Pathway.LOSS.bit_length() - 1] |
+                  ir_pathway[Pathway.DERIV.bit_length() - 1])
+        ir_bias = ir_pathway[Pathway.BIAS.bit_length() - 1]
+        engine = op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
         decode_regs = [
             d_op.eq(op), d_legal.eq(legal),
-            d_bad.eq((rows == 0) | ((op == Op.LOADW) & (rows > n))),
+            d_bad.eq(engine & ((rows == 0) | ((op == Op.LOADW) & (rows > n)))),
             d_ea.eq(ins.a.addr + reg_a), d_eb.eq(ins.b.addr + reg_b),
             d_ec.eq(ins.c.addr + reg_c), d_ed.eq(ins.d.addr + reg_d),
-            d_count.eq(rows), d_last.eq(last), d_span.eq(last * ins.stride),
+            d_count.eq(rows), d_span[0].eq(span[0]), d_span[1].eq(span[1]),
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
             d_rd.eq(ins.a.reg), d_sum.eq(reg_b + ins.a.addr), d_dec.eq(dec),
             d_next_pc.eq(next_pc), d_next_ok.eq(next_ok),
-            d_waits_load.eq(op == Op.LOADW), d_waits_matmul.eq(op == Op.MATMUL),
             d_waits_all.eq(op.matches(Op.VPU, Op.GD, Op.SYNC, Op.HALT)),
             d_waits_units.eq(op == Op.CFG),
-            d_engine.eq(op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)),
-        ]
+            d_engine.eq(engine),
+            d_vpu_aux.eq((op == Op.VPU) & ir_aux), d_vpu_bias.eq((op == Op.VPU) & ir_bias),
+            d_in_place_ok.eq((ins.stride != 0) | (rows == 1)),
+        ] + [flag.eq(op == code) for code, flag in d_is.items()]
 
         # --- issue checks (from the decoded registers) -----------------------------------
-        def fits(addr, extent, depth):
-            return _sum_less(addr, extent, Const(depth, 17))
+        # Each check is one carry chain after at most two levels of 3:2 compressors: the
+        # sign of a sum of registers, the span's two terms and a constant. An address range
+        # ``addr .. addr + extent`` fits a memory of ``depth`` rows if
+        # ``addr + extent - depth`` is negative; for ``extent = rows - 1`` that is
+        # ``addr + rows - (depth + 1)``.
+        def below(plus, minus):
+            return negative(plus, minus, width=CHECK_WIDTH)
 
-        pathway = d_flags[:4]
-        use_bias = pathway[Pathway.BIAS.bit_length() - 1]
-        use_aux = pathway[Pathway.LOSS.bit_length() - 1] | pathway[Pathway.DERIV.bit_length() - 1]
+        def rows_fit(addr, depth):
+            return below([addr, d_count], [Const(depth + 1, CHECK_WIDTH)])
 
-        # Each check is one carry chain; the first issue cycle of an engine instruction
-        # registers, per kind, whether any of its checks failed (``bad``: overlapping
-        # operands; ``ub_out``, ``acc_out``: a range beyond the buffer or the accumulators),
-        # and the error code is chosen from these three bits in the following cycles.
-        bad = Signal()
-        ub_out = Signal()
-        acc_out = Signal()
-        with m.Switch(d_op):
-            with m.Case(Op.LOADW):
-                m.d.comb += ub_out.eq(~fits(d_ea, d_last, cfg.ub_depth))
-            with m.Case(Op.MATMUL):
-                m.d.comb += [ub_out.eq(~fits(d_ea, d_span, cfg.ub_depth)),
-                             acc_out.eq(~fits(d_eb, d_last, cfg.acc_depth))]
-            with m.Case(Op.VPU):
-                # aux_overlap: d_ec <= d_eb + d_span and d_eb <= d_ec + d_span;
-                # bias_overlap: d_eb <= d_ed <= d_eb + d_span.
-                aux_overlap = ~_sum_less(d_eb, d_span, d_ec) & ~_sum_less(d_ec, d_span, d_eb)
-                in_place = (d_ec == d_eb) & ((d_stride != 0) | (d_count == 1))
-                bias_overlap = (d_ed >= d_eb) & ~_sum_less(d_eb, d_span, d_ed)
-                m.d.comb += [
-                    bad.eq((use_aux & aux_overlap & ~in_place) | (use_bias & bias_overlap)),
-                    acc_out.eq(~fits(d_ea, d_last, cfg.acc_depth)),
-                    ub_out.eq(~fits(d_eb, d_span, cfg.ub_depth) |
-                              (use_aux & ~fits(d_ec, d_span, cfg.ub_depth)) |
-                              (use_bias & ~fits(d_ed, 0, cfg.ub_depth))),
-                ]
-            with m.Case(Op.GD):
-                m.d.comb += [acc_out.eq(~fits(d_ea, d_last, cfg.acc_depth)),
-                             ub_out.eq(~fits(d_eb, d_last, cfg.ub_depth))]
+        def span_fits(addr, depth):
+            return below([addr, *d_span], [Const(depth, CHECK_WIDTH)])
+
+        is_loadw, is_matmul, is_vpu, is_gd = (d_is[o] for o in (Op.LOADW, Op.MATMUL, Op.VPU,
+                                                                 Op.GD))
+        # aux overlap: d_ec <= d_eb + span and d_eb <= d_ec + span (unless in place);
+        # bias overlap: d_eb <= d_ed <= d_eb + span.
+        aux_overlap = ~below([d_eb, *d_span], [d_ec]) & ~below([d_ec, *d_span], [d_eb])
+        in_place = (d_ec == d_eb) & d_in_place_ok
+        bias_overlap = ~below([d_ed], [d_eb]) & ~below([d_eb, *d_span], [d_ed])
+        # Per kind, whether any check of the instruction failed (each check gated by the
+        # registered flag of the instruction it belongs to, so that no opcode decode or
+        # multiplexer follows the carry chains): ``bad``, overlapping operands (and the
+        # decode-time operand errors); ``ub``, ``acc``, a range beyond the buffer or the
+        # accumulators. The first issue cycle of an engine instruction registers them and
+        # the error code is chosen from these three bits in the following cycles.
+        bad = (d_bad | (d_vpu_aux & aux_overlap & ~in_place) | (d_vpu_bias & bias_overlap))
+        ub_out = ((is_loadw & ~rows_fit(d_ea, cfg.ub_depth)) |
+                  (is_matmul & ~span_fits(d_ea, cfg.ub_depth)) |
+                  (is_vpu & ~span_fits(d_eb, cfg.ub_depth)) |
+                  (d_vpu_aux & ~span_fits(d_ec, cfg.ub_depth)) |
+                  (d_vpu_bias & ~below([d_ed], [Const(cfg.ub_depth, CHECK_WIDTH)])) |
+                  (is_gd & ~rows_fit(d_eb, cfg.ub_depth)))
+        acc_out = (((is_vpu | is_gd) & ~rows_fit(d_ea, cfg.acc_depth)) |
+                   (is_matmul & ~rows_fit(d_eb, cfg.acc_depth)))
 
         # The operand and range checks of an engine instruction take its first issue cycle
         # and are registered: the instruction may issue (or fail) from its second. The
@@ -393,9 +413,9 @@ class ControlUnit(wiring.Component):
         engine_op = d_engine
         checked = Signal()
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
-        m.d.sync += [bad_q.eq(engine_op & (d_bad | bad)), ub_q.eq(ub_out), acc_q.eq(acc_out)]
+        m.d.sync += [bad_q.eq(bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
         checked_error = Signal(4)
-        acc_first = d_op.matches(Op.VPU, Op.GD)
+        acc_first = is_vpu | is_gd
         with m.If(bad_q):
             m.d.comb += checked_error.eq(ErrorCode.BAD_OPERAND)
         with m.Elif(acc_q & (acc_first | ~ub_q)):
@@ -410,13 +430,14 @@ class ControlUnit(wiring.Component):
         # VPU, GD, SYNC and HALT for every engine; CFG for the two units (whose scalars it
         # may change); the other instructions issue at once.
         can_issue = Signal()
-        waits_any = d_waits_load | d_waits_matmul | d_waits_all | d_waits_units
+        waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units
         m.d.comb += can_issue.eq(
-            (d_waits_load & self.load_ready & (load_hold == 0) & units_idle) |
-            (d_waits_matmul & self.matmul_ready & (switch_hold == 0) & units_idle) |
+            (is_loadw & self.load_ready & (load_hold == 0) & units_idle) |
+            (is_matmul & self.matmul_ready & (switch_hold == 0) & units_idle) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
+        pathway = d_flags[:4]
         m.d.comb += [
             self.load_cmd.payload.addr.eq(d_ea),
             self.load_cmd.payload.rows.eq(d_count),

@@ -98,7 +98,12 @@ class TPU(wiring.Component):
         ram_registers = self._ram_output_registers
         if ram_registers is None:
             ram_registers = family != "ice40"
-        m.submodules.control = control = ControlUnit(cfg, instruction_register=ram_registers)
+        # The span of a strided operand, (rows - 1) * stride, is a multiply on iCE40 (one
+        # DSP, which the 1x1 TPU has to spare, against hundreds of logic cells) and
+        # carry-save partial products elsewhere (off the multiplier blocks, which the
+        # placer puts far away).
+        m.submodules.control = control = ControlUnit(
+            cfg, instruction_register=ram_registers, span_multiplier=family == "ice40")
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg, family=family)

@@ -21,12 +21,15 @@ class PysimTransport:
     :mod:`tinytpu_hdl.gateware.memory`); one raises :class:`AssertionError`.
     ``ram_output_registers=False`` simulates the TPU without the registers that keep logic
     off block RAM outputs (the control unit's instruction register, the host interface's
-    read register), as built for iCE40 boards.
+    read register), as built for iCE40 boards. ``family`` simulates the gateware as built
+    for that FPGA family (:class:`~tinytpu_hdl.gateware.tpu.TPU`); ECP5's multiplier
+    block instances cannot be simulated here (see ``tests/test_multiplier.py``).
     """
 
-    def __init__(self, cfg, *, vcd=None, check_collisions=False, ram_output_registers=None):
+    def __init__(self, cfg, *, vcd=None, check_collisions=False, ram_output_registers=None,
+                 family=None):
         self.cfg = cfg
-        self.tpu = TPU(cfg, ram_output_registers=ram_output_registers)
+        self.tpu = TPU(cfg, family=family, ram_output_registers=ram_output_registers)
         self.cycle = 0
         self._tx = deque()
         self._rx = []

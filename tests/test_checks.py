@@ -1,0 +1,112 @@
+"""The control unit's issue checks at their edges: every operand range one row inside and
+one row outside its memory, every overlap rule on both sides of its bound, spans wider than
+16 bits, register offsets. Gateware and reference model must agree on everything the host
+sees, and the expected outcome is written out here from the ISA's rules (docs/isa.md)."""
+
+import numpy as np
+import pytest
+
+from tinytpu_hdl.asm import assemble
+from tinytpu_hdl.config import TPUConfig
+from tinytpu_hdl.gateware.control import CSR
+from tinytpu_hdl.host_protocol import Space
+from tinytpu_hdl.isa import NUM_REGS, ErrorCode
+from tinytpu_hdl.reference import ReferenceTransport
+from tinytpu_hdl.runtime.driver import HostDriver, TPUError
+from tinytpu_hdl.runtime.pysim import PysimTransport
+
+from tpu_helpers import snapshot
+
+# 64 buffer rows, 32 accumulator rows.
+CFG = TPUConfig(n=2, ub_depth=64, acc_depth=32, imem_depth=16)
+OK, UB, ACC, BAD = None, ErrorCode.UB_RANGE, ErrorCode.ACC_RANGE, ErrorCode.BAD_OPERAND
+
+CASES = [
+    # LOADW: rows addr .. addr + rows - 1 of the buffer.
+    ("loadw ub[62], rows=2", OK),
+    ("loadw ub[63], rows=2", UB),
+    ("setr r1, 60\nloadw ub[r1+2], rows=2", OK),
+    ("setr r1, 60\nloadw ub[r1+3], rows=2", UB),
+    # MATMUL: buffer rows src + i * stride, then accumulator rows dst .. dst + rows - 1.
+    ("matmul ub[42], acc[0], rows=4, stride=7", OK),        # last row 63
+    ("matmul ub[43], acc[0], rows=4, stride=7", UB),
+    ("matmul ub[0], acc[29], rows=3", OK),
+    ("matmul ub[0], acc[30], rows=3", ACC),
+    ("matmul ub[63], acc[31], rows=2, stride=0", ACC),      # stride 0: one buffer row
+    ("matmul ub[64], acc[31], rows=2", UB),                 # buffer first, then accumulators
+    # (rows - 1) * stride = 65536: zero in 16 bits, still beyond the buffer.
+    ("matmul ub[0], acc[0], rows=4097, stride=16", UB),
+    ("matmul ub[0], acc[0], rows=65535, stride=255", UB),   # the largest span
+    # VPU: accumulator rows src ..; buffer rows dst + i * stride, aux + i * stride; bias.
+    ("vpu acc[30], ub[0], rows=2", OK),
+    ("vpu acc[31], ub[0], rows=2", ACC),
+    ("vpu acc[0], ub[53], rows=3, stride=5", OK),           # last row 63
+    ("vpu acc[0], ub[54], rows=3, stride=5", UB),
+    ("vpu acc[31], ub[54], rows=3, stride=5", ACC),         # accumulators first
+    ("vpu acc[0], ub[0], rows=3, stride=5, aux=ub[53], path=deriv", OK),
+    ("vpu acc[0], ub[0], rows=3, stride=5, aux=ub[54], path=deriv", UB),
+    ("vpu acc[0], ub[0], rows=3, stride=5, aux=ub[54]", OK),  # aux unused: not checked
+    ("vpu acc[0], ub[0], rows=1, bias=ub[63], path=bias", OK),
+    ("vpu acc[0], ub[0], rows=1, bias=ub[64], path=bias", UB),
+    ("vpu acc[0], ub[0], rows=1, bias=ub[64]", OK),           # bias unused: not checked
+    # Aux rows overlapping the destination rows, unless written in place.
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[25], path=loss", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[24], path=loss", BAD),
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[15], path=loss", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[16], path=loss", BAD),
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[20], path=loss", OK),   # in place
+    ("vpu acc[0], ub[20], rows=3, stride=0, aux=ub[20], path=loss", BAD),
+    ("vpu acc[0], ub[20], rows=1, stride=0, aux=ub[20], path=loss", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, aux=ub[24], path=act", OK),    # aux unused
+    # A bias row inside the destination rows.
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[19], path=bias", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[20], path=bias", BAD),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[24], path=bias", BAD),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[25], path=bias", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[24], path=act", OK),   # bias unused
+    ("setr r2, 20\nvpu acc[0], ub[r2], rows=3, stride=2, bias=ub[r2+4], path=bias", BAD),
+    ("vpu acc[0], ub[0], rows=0", BAD),
+    # GD: accumulator rows src .., buffer rows param ...
+    ("gd acc[30], ub[0], rows=2", OK),
+    ("gd acc[31], ub[0], rows=2", ACC),
+    ("gd acc[0], ub[62], rows=2", OK),
+    ("gd acc[0], ub[63], rows=2", UB),
+    ("gd acc[31], ub[63], rows=2", ACC),
+]
+
+
+@pytest.fixture(scope="module", params=[None, "ice40"])
+def drivers(request):
+    """One device per backend for all the cases (a program leaves nothing behind that the
+    next one reads: each starts from the same buffer contents and registers). The
+    gateware in both forms: the span as carry-save terms (default) and as a multiply
+    with the lean registers (as built for iCE40)."""
+    return {"reference": HostDriver(ReferenceTransport(CFG)),
+            "pysim": HostDriver(PysimTransport(CFG, family=request.param))}
+
+
+def _run(driver, words):
+    if driver.status()[0] == 3:
+        driver.clear()
+    driver.write(Space.UB, 0, np.ones((4, 2), dtype=int))
+    for reg in range(1, NUM_REGS):
+        driver.write_csr(CSR.REG_BASE + reg, 0)
+    try:
+        driver.run(words + [0] * (CFG.imem_depth - len(words)))
+    except TPUError as exc:
+        return snapshot(driver), exc
+    return snapshot(driver), None
+
+
+@pytest.mark.parametrize("text, expect", CASES)
+def test_issue_check(drivers, text, expect):
+    words = assemble(text + "\nhalt").words
+    (ref, ref_err), (sim, sim_err) = (_run(drivers[b], words) for b in ("reference", "pysim"))
+    for key in ref:
+        assert np.array_equal(ref[key], sim[key]), f"{key} differs: {ref[key]} vs {sim[key]}"
+    for error in (ref_err, sim_err):
+        if expect is None:
+            assert error is None
+        else:
+            assert error is not None and error.code == expect
+            assert error.pc == text.count("\n")         # the checked instruction

@@ -1,0 +1,68 @@
+"""Carry-save arithmetic: sums of many terms with one carry chain.
+
+A sum of ``k`` terms built as a chain of ``k - 1`` adders puts ``k - 1`` carry chains one
+after another on a path. Here the terms are first reduced with 3:2 compressors (full
+adders side by side, one LUT level each, no carry between the bits) to two terms whose
+sum is the same modulo ``2 ** width``; one carry chain then adds those two, or decides a
+comparison from its sign. Everything is modulo ``2 ** width``: callers choose a width
+in which the true results, with their sign, fit.
+"""
+
+from amaranth.hdl import Cat, Const, Value
+
+__all__ = ["compress", "complement", "product_terms", "negative"]
+
+
+def _fit(value, width):
+    value = Value.cast(value)
+    if len(value) >= width:
+        return value[:width]
+    return Cat(value, Const(0, width - len(value)))
+
+
+def complement(value, width):
+    """``~value`` in ``width`` bits, i.e. ``-value - 1`` modulo ``2 ** width``: a term
+    that subtracts ``value`` with a carry-in of one."""
+    return ~_fit(value, width)
+
+
+def compress(terms, width, *, carry_in=0):
+    """Two terms whose sum equals the sum of ``terms`` (plus ``carry_in``, 0 or 1) modulo
+    ``2 ** width``: the terms (unsigned, zero-extended or cut to ``width`` bits; integers
+    allowed) reduced by 3:2 compressors, three terms to two per level, until two are left.
+    The last level always reduces three terms to a sum and a carry term, and the carry
+    term's lowest bit is always free: ``carry_in`` takes it, at no cost."""
+    terms = [_fit(Const(t, width) if isinstance(t, int) else t, width) for t in terms]
+    while len(terms) < 3:
+        terms.append(Const(0, width))
+    while len(terms) > 2:
+        reduced = []
+        for i in range(0, len(terms) - 2, 3):
+            a, b, c = terms[i:i + 3]
+            reduced.append((a ^ b ^ c)[:width])
+            carry = (a & b) | (a & c) | (b & c)
+            low = Const(carry_in, 1) if len(terms) == 3 else Const(0, 1)
+            reduced.append(Cat(low, carry[:width - 1]))
+        reduced += terms[len(terms) - len(terms) % 3:] if len(terms) % 3 else []
+        terms = reduced
+    return terms[0], terms[1]
+
+
+def product_terms(a, b):
+    """The partial products of the unsigned ``a`` and ``b``: ``a << i`` where bit ``i`` of
+    ``b`` is set, for every bit of ``b`` (their sum is ``a * b``)."""
+    a, b = Value.cast(a).as_unsigned(), Value.cast(b).as_unsigned()
+    return [Cat(Const(0, i), a) & Cat(b[i].replicate(len(a) + i)) for i in range(len(b))]
+
+
+def negative(plus, minus=(), *, width):
+    """Whether ``sum(plus) - sum(minus)`` is negative, for unsigned terms whose true
+    difference lies in ``[-2 ** (width - 1), 2 ** (width - 1))``: each subtracted term
+    enters as its complement plus one (the ones as the compressors' carry-in, and a
+    constant term for more than one), the terms are compressed to two, and one carry
+    chain gives the sign bit."""
+    terms = list(plus) + [complement(t, width) for t in minus]
+    if len(minus) > 1:
+        terms.append(len(minus) - 1)
+    s, c = compress(terms, width, carry_in=1 if minus else 0)
+    return (s + c)[width - 1]
