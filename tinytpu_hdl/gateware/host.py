@@ -81,6 +81,12 @@ class HostInterface(wiring.Component):
         status = Signal(8)
         remaining = Signal(16)       # items left
         word_index = Signal(range(max_words + 1))
+        # Registered beside them, so that the instruction memory's per-word write enables
+        # follow registers through one gate: no items are left (``remaining == 0``); the
+        # word written next, one-hot; the command is an accepted write of instructions.
+        no_items = Signal()
+        word_onehot = Signal(INSTRUCTION_BITS // 32)
+        imem_write = Signal()
         # Written items are collected in a shift register: data words shift in at the top,
         # so an item of w words ends up in its top w words. Instructions are written a
         # word at a time instead (the instruction memory has a write enable per word), so
@@ -212,7 +218,10 @@ class HostInterface(wiring.Component):
                     m.d.sync += [addr.eq(self.cmd.payload[:16]), fits.eq(address_fits)]
                     m.next = "DECIDE"
             with m.State("DECIDE"):
-                m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr)]
+                m.d.sync += [remaining.eq(count), word_index.eq(0), item_addr.eq(addr),
+                             no_items.eq(count == 0), word_onehot.eq(1),
+                             imem_write.eq(is_space[Space.IMEM] & known_space &
+                                           ~self.running & fits)]
                 is_csr = is_space[Space.CSR]
                 with m.Switch(command):
                     with m.Case(Command.WRITE):
@@ -269,19 +278,20 @@ class HostInterface(wiring.Component):
                         m.d.comb += self.start.eq(1)
                 m.next = "RESPOND"
             with m.State("WRITE_DATA"):
-                with m.If(remaining == 0):
+                with m.If(no_items):
                     m.next = "RESPOND"
                 with m.Else():
                     m.d.comb += self.cmd.ready.eq(1)
                     with m.If(self.cmd.valid):
                         m.d.comb += shift.eq(1)
-                        with m.If((space == Space.IMEM) & (status == Status.OK)):
-                            m.d.comb += self.imem_wr.en.eq(1 << word_index)
+                        with m.If(imem_write):
+                            m.d.comb += self.imem_wr.en.eq(word_onehot)
                         with m.If(word_index == last_word):
-                            m.d.sync += word_index.eq(0)
+                            m.d.sync += [word_index.eq(0), word_onehot.eq(1)]
                             m.next = "WRITE_ITEM"
                         with m.Else():
-                            m.d.sync += word_index.eq(word_index + 1)
+                            m.d.sync += [word_index.eq(word_index + 1),
+                                         word_onehot.eq(word_onehot << 1)]
             with m.State("WRITE_ITEM"):
                 with m.If(status == Status.OK):
                     with m.Switch(space):
@@ -291,7 +301,8 @@ class HostInterface(wiring.Component):
                             m.d.comb += self.acc_wr.en.eq(1)
                         with m.Case(Space.CSR):
                             m.d.comb += self.csr_we.eq(1)
-                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1)]
+                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
+                             no_items.eq(remaining == 1)]
                 m.next = "WRITE_DATA"
             with m.State("RESPOND"):
                 m.d.comb += [

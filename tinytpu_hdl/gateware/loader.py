@@ -65,11 +65,6 @@ class WeightLoader(wiring.Component):
         push_zero = Signal()
         push_transpose = Signal()
 
-        m.d.comb += [
-            self.ready.eq(remaining <= 1),
-            self.busy.eq((remaining != 0) | push_valid),
-        ]
-
         # ``active`` (``remaining != 0``), ``is_row`` (``vector < rows``: the tile row pushed
         # next is a stored row, not padding) and the row's address (``addr + vector``) are
         # registers, each loaded with its next value, so that only an AND and a multiplexer
@@ -77,6 +72,15 @@ class WeightLoader(wiring.Component):
         active = Signal()
         is_row = Signal()
         addr = Signal.like(self.cmd.payload.addr)
+        # ``ready`` (``remaining <= 1``) and ``busy`` (``remaining != 0`` or a vector still
+        # to push) are registers too, their next values selected by ``cmd.valid`` (the
+        # control unit's issue decision, which they feed) from registers.
+        ready = Signal(init=1)
+        busy = Signal()
+        m.d.sync += [ready.eq(Mux(self.cmd.valid, n <= 1, remaining <= 2)),
+                     busy.eq(self.cmd.valid | active)]
+        m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
+
         m.d.comb += [
             self.ub.addr.eq(Mux(active & is_row, addr, 0)),
             self.ub.en.eq(active & is_row),

@@ -98,7 +98,11 @@ class MatmulEngine(wiring.Component):
         first = Signal()
         in_flight = Signal(range(latency + 7))
 
-        active = remaining != 0
+        # ``active`` (rows left to read: ``remaining != 0``) is a register, its next value
+        # selected by ``cmd.valid`` (the control unit's issue decision, late in its cycle),
+        # so that only an AND lies between it and the buffer's shared read address.
+        active = Signal()
+        m.d.sync += active.eq(Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2))
         m.d.comb += [
             self.ub.addr.eq(Mux(active, src, 0)),
             self.ub.en.eq(active),
@@ -134,12 +138,15 @@ class MatmulEngine(wiring.Component):
 
         # The destination of each row travels alongside the array, latency + 1 cycles, to the
         # cycle before its result appears (the accumulate read).
+        # (``accumulate`` in a tag implies ``valid``, so that the accumulate read's enable
+        # is a register of the delay line.)
         tag = Signal(_TagLayout(cfg))
-        m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst), tag.accumulate.eq(accumulate)]
+        m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst),
+                     tag.accumulate.eq(active & accumulate)]
         read_tag = delayed(m, tag, latency + 1, name="dst_tag")
         m.d.comb += [
-            self.acc_rd.addr.eq(Mux(read_tag.valid & read_tag.accumulate, read_tag.addr, 0)),
-            self.acc_rd.en.eq(read_tag.valid & read_tag.accumulate),
+            self.acc_rd.addr.eq(Mux(read_tag.accumulate, read_tag.addr, 0)),
+            self.acc_rd.en.eq(read_tag.accumulate),
         ]
 
         # The write side, three stages, so that no carry chain follows a block RAM output
@@ -176,16 +183,20 @@ class MatmulEngine(wiring.Component):
         # for stage S (whether W's row then is).
         def same_row(t, dst):
             return t.valid & (t.addr == dst.addr)
-        take_w = Signal()
-        take_written = Signal()
-        m.d.sync += [take_w.eq(same_row(s_tag, read_tag)),
-                     take_written.eq(same_row(w_tag, read_tag))]
+        # One-hot selects of the row that stage R's row adds to (none: it does not
+        # accumulate, and adds to zero), so that the block RAM's output meets one AND-OR.
+        take_w, take_written, take_read = Signal(), Signal(), Signal()
+        in_s, in_w = same_row(s_tag, read_tag), same_row(w_tag, read_tag)
+        m.d.sync += [take_w.eq(read_tag.accumulate & in_s),
+                     take_written.eq(read_tag.accumulate & ~in_s & in_w),
+                     take_read.eq(read_tag.accumulate & ~in_s & ~in_w)]
         old = Signal(acc_row, reset_less=True)
         res = Signal(acc_row, reset_less=True)
         r_res_ovf = Signal()
-        merged = Mux(take_w, Value.cast(w_row), Mux(take_written, Value.cast(written),
-                                                     Value.cast(self.acc_rd.data)))
-        m.d.sync += [old.eq(Mux(r_tag.accumulate, merged, 0)), res.eq(self.result.payload.data),
+        merged = ((Value.cast(self.acc_rd.data) & take_read.replicate(acc_row.size)) |
+                  (Value.cast(w_row) & take_w.replicate(acc_row.size)) |
+                  (Value.cast(written) & take_written.replicate(acc_row.size)))
+        m.d.sync += [old.eq(merged), res.eq(self.result.payload.data),
                      r_res_ovf.eq(self.result.payload.overflow)]
 
         take_sum = Signal()
