@@ -88,6 +88,10 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     leak = int(cfg.scalar.encode(0.3))
     loss_scale = int(cfg.scalar.encode(-0.7))
     rows, stride, src, dst, aux, bias = 9, 2, 5, 2, 30, 60
+    # Aux rows at the derivative's edge (r = 0 takes the leak, r = 1 does not).
+    ub[aux + stride * np.array([1, 4])] = 0
+    ub[aux + stride * 2] = 1
+    ub[aux + stride * 3] = -1
     h = Harness(cfg, ub, acc)
     # (Pipelined: the multipliers' operands taken as the stage registers load them, as on
     # ECP5's multiplier blocks; same results and timing.)

@@ -166,7 +166,7 @@ class VectorUnit(wiring.Component):
         # stage of their own, and their rounding and saturation the next one.
         prod_fmt = FixedFormat(min(62, fmt.width + cfg.scalar.width),
                                fmt.frac + cfg.scalar.frac)
-        layouts = {"x": row, "y": row, "h": row, "d": row,
+        layouts = {"x": row, "y": row, "h": row, "d": row, "r": data.ArrayLayout(1, n),
                    "p": data.ArrayLayout(prod_fmt.shape, n)}
         carried = ("x", "y", "h")
         valids = []
@@ -295,10 +295,13 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: use_loss & scaled[l][1])
 
         # Leaky-ReLU derivative: v if r > 0 else leak * v, r = h if LOSS else the aux row.
-        s = multiply(s, "deriv_mul", "x", self.leak,
-                     d=lambda l: Mux(use_loss, s["h"][l], s["y"][l]))
+        # Whether r > 0 is decided where the multiply starts and carried as one bit per
+        # lane (``r``), so that no comparison precedes the multiplexer after the product's
+        # rounding.
+        positive = [Mux(use_loss, s["h"][l], s["y"][l]) > 0 for l in range(n)]
+        s = multiply(s, "deriv_mul", "x", self.leak, r=lambda l: positive[l])
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
-        scale = [use_deriv & ~(s["d"][l] > 0) for l in range(n)]
+        scale = [use_deriv & ~s["r"][l] for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.stages(cfg), valids
