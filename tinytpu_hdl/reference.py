@@ -15,7 +15,7 @@ runtime drives it exactly like the simulated or real hardware.
 import numpy as np
 
 from .config import TPUConfig
-from .gateware.control import CSR, State
+from .gateware.control import CHECK_CYCLES, CSR, State
 from .gateware.gd_unit import GradientDescentUnit
 from .gateware.matmul_engine import MatmulEngine
 from .gateware.vector_unit import VectorUnit
@@ -40,9 +40,9 @@ MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = MatmulEngine.idle_after
 VPU_IDLE = VectorUnit.idle_after
 GD_IDLE = GradientDescentUnit.idle_after
-# Instructions whose operands the control unit checks in a cycle of their own before
-# they may issue.
-ENGINE_OPS = (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
+# Instructions whose operands the control unit checks in cycles of their own
+# (``CHECK_CYCLES``) before they may issue.
+ENGINE_OPS = tuple(CHECK_CYCLES)
 
 
 class _Fault(Exception):
@@ -186,8 +186,8 @@ class ReferenceTPU:
                 return stop(ErrorCode.ILLEGAL_INSTRUCTION, e)
             op = ins.op
             if op in ENGINE_OPS:
-                # The operand checks take the first issue cycle.
-                e += 1
+                # The operand checks take the first issue cycles.
+                e += CHECK_CYCLES[op]
                 if wd and e >= wd:
                     return stop(ErrorCode.WATCHDOG, wd)
             try:

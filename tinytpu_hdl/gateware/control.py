@@ -19,7 +19,7 @@ from .memory import read_request
 from .signatures import valid_stream
 from .vector_unit import VectorCommandLayout
 
-__all__ = ["ControlUnit", "State", "CSR"]
+__all__ = ["ControlUnit", "State", "CSR", "CHECK_CYCLES"]
 
 
 class State(IntEnum):
@@ -78,6 +78,11 @@ def _bit_groups():
     return list(zip(cuts, cuts[1:]))
 
 
+#: Issue cycles an engine instruction spends on its operand checks before it may issue
+#: (or fault): one, and two for VPU, whose overlap checks compare addresses with the
+#: span, which its first check cycle adds up from its carry-save terms.
+CHECK_CYCLES = {Op.LOADW: 1, Op.MATMUL: 1, Op.VPU: 2, Op.GD: 1}
+
 #: Width of the issue checks' arithmetic: a 17-bit effective address plus a span of up to
 #: 24 bits (``(rows - 1) * stride``), with a sign bit.
 CHECK_WIDTH = 26
@@ -118,11 +123,12 @@ class ControlUnit(wiring.Component):
     Timing
     ------
     Three stages: fetch (instruction memory read), decode (from the instruction
-    register: effective addresses, ``(rows - 1) * stride``, legality, the
-    branch decision and next pc, all registered) and issue (waits, engine commands;
-    for an engine instruction, the range and overlap checks from the decoded
-    registers take the first issue cycle and are registered, so it issues from its
-    second)::
+    register: effective addresses, ``(rows - 1) * stride`` as two carry-save terms,
+    legality, one-hot opcode classes, the branch decision and next pc, all
+    registered) and issue (waits, engine commands; for an engine instruction, the
+    range and overlap checks from the decoded registers take the first issue cycle,
+    the first two for VPU (:data:`CHECK_CYCLES`), and are registered, so it issues
+    from the cycle after them)::
 
         cycle        s      s+1     s+2     s+3      ...  c       c+1     c+2
         state        start  FETCH   LATCH   DECODE   ISSUE...     DECODE  ISSUE
@@ -134,9 +140,9 @@ class ControlUnit(wiring.Component):
     ``s+4``. The decode cycle also fetches the next instruction (the branch is
     resolved there), so each later instruction is decoded in the cycle after
     its predecessor issues and may issue one cycle later (an engine instruction
-    two cycles later): two cycles per instruction when nothing waits, three for
-    LOADW, MATMUL, VPU and GD. An instruction issues in the first cycle its
-    conditions hold. An error found in issue (or a fetch beyond the
+    two cycles later, VPU three): two cycles per instruction when nothing waits,
+    three for LOADW, MATMUL and GD, four for VPU. An instruction issues in the first
+    cycle its conditions hold. An error found in issue (or a fetch beyond the
     instruction memory, or the watchdog, or a host stop) stops the run, waits
     until the engines have finished the instructions already issued, then
     enters the error state. ``HALT`` issues when every engine is idle and
@@ -245,6 +251,14 @@ class ControlUnit(wiring.Component):
                      wd_expired.eq(wd_armed & running & (cycles == wd_last))]
         with m.If(self.row_fed):
             m.d.sync += array_busy.eq(array_busy + 1)
+        # The instruction counter counts the cycle after each issue (a registered pulse, so
+        # that the issue decision does not drive its adder): the last issue of a run, the
+        # HALT's, is counted in the first cycle after the run, before any host command can
+        # read the counter or start another run.
+        issue_pulse = Signal()
+        m.d.sync += issue_pulse.eq(0)
+        with m.If(issue_pulse):
+            m.d.sync += issued.eq(issued + 1)
         # Every row that enters the array makes n * n multiply-accumulates.
         macs = hdl_mul_const(array_busy, n * n)[:width]
         with m.If(self.array_overflow):
@@ -303,7 +317,9 @@ class ControlUnit(wiring.Component):
         # R != 1) reads the register's "holds 1" flag, and the range checks of both
         # candidates are made side by side (pc + 1 < depth as pc < depth - 1).
         taken = (op == Op.DJNZ) & ~reg_is_one[ins.a.reg]
-        seq_pc = pc + 1                                  # 17 bits: pc + 1 may be 65536
+        # pc + 1 (17 bits: it may be 65536) is a register loaded beside pc, so that no
+        # adder lies on the next fetch's address path.
+        seq_pc = Signal(17)
         next_pc = Mux(taken, ins.count, seq_pc)
         next_ok = Mux(taken, ins.count < cfg.imem_depth, pc < cfg.imem_depth - 1)
 
@@ -371,22 +387,40 @@ class ControlUnit(wiring.Component):
         # ``addr .. addr + extent`` fits a memory of ``depth`` rows if
         # ``addr + extent - depth`` is negative; for ``extent = rows - 1`` that is
         # ``addr + rows - (depth + 1)``.
+        # Sums with the span are taken modulo 2 ** CHECK_WIDTH (the carry-save terms are
+        # exact only modulo that); the others in the fewest bits that hold them. The
+        # multiply form's span is one term.
+        spans = d_span if not self._span_multiplier else d_span[:1]
+
         def below(plus, minus):
-            return negative(plus, minus, width=CHECK_WIDTH)
+            if any(t is d_span[0] or t is d_span[1] for t in plus):
+                width = CHECK_WIDTH
+            else:
+                width = max(sum((1 << len(Value.cast(t))) - 1 for t in terms)
+                            for terms in (plus, minus)).bit_length() + 1
+            return negative(plus, minus, width=width)
 
         def rows_fit(addr, depth):
-            return below([addr, d_count], [Const(depth + 1, CHECK_WIDTH)])
+            return below([addr, d_count], [Const(depth + 1)])
 
         def span_fits(addr, depth):
-            return below([addr, *d_span], [Const(depth, CHECK_WIDTH)])
+            return below([addr, *spans], [Const(depth)])
 
         is_loadw, is_matmul, is_vpu, is_gd = (d_is[o] for o in (Op.LOADW, Op.MATMUL, Op.VPU,
                                                                  Op.GD))
+        # A VPU's checks compare addresses with its span (a true span is below 2 ** 24),
+        # added up in its first check cycle and registered; they are registered at the end
+        # of its second (``CHECK_CYCLES``).
+        if self._span_multiplier:
+            vpu_span = d_span[0]
+        else:
+            vpu_span = Signal(24)
+            m.d.sync += vpu_span.eq((d_span[0] + d_span[1])[:24])
         # aux overlap: d_ec <= d_eb + span and d_eb <= d_ec + span (unless in place);
         # bias overlap: d_eb <= d_ed <= d_eb + span.
-        aux_overlap = ~below([d_eb, *d_span], [d_ec]) & ~below([d_ec, *d_span], [d_eb])
+        aux_overlap = ~below([d_eb, vpu_span], [d_ec]) & ~below([d_ec, vpu_span], [d_eb])
         in_place = (d_ec == d_eb) & d_in_place_ok
-        bias_overlap = ~below([d_ed], [d_eb]) & ~below([d_eb, *d_span], [d_ed])
+        bias_overlap = ~below([d_ed], [d_eb]) & ~below([d_eb, vpu_span], [d_ed])
         # Per kind, whether any check of the instruction failed (each check gated by the
         # registered flag of the instruction it belongs to, so that no opcode decode or
         # multiplexer follows the carry chains): ``bad``, overlapping operands (and the
@@ -396,9 +430,9 @@ class ControlUnit(wiring.Component):
         bad = (d_bad | (d_vpu_aux & aux_overlap & ~in_place) | (d_vpu_bias & bias_overlap))
         ub_out = ((is_loadw & ~rows_fit(d_ea, cfg.ub_depth)) |
                   (is_matmul & ~span_fits(d_ea, cfg.ub_depth)) |
-                  (is_vpu & ~span_fits(d_eb, cfg.ub_depth)) |
-                  (d_vpu_aux & ~span_fits(d_ec, cfg.ub_depth)) |
-                  (d_vpu_bias & ~below([d_ed], [Const(cfg.ub_depth, CHECK_WIDTH)])) |
+                  (is_vpu & ~below([d_eb, vpu_span], [Const(cfg.ub_depth)])) |
+                  (d_vpu_aux & ~below([d_ec, vpu_span], [Const(cfg.ub_depth)])) |
+                  (d_vpu_bias & ~below([d_ed], [Const(cfg.ub_depth)])) |
                   (is_gd & ~rows_fit(d_eb, cfg.ub_depth)))
         acc_out = (((is_vpu | is_gd) & ~rows_fit(d_ea, cfg.acc_depth)) |
                    (is_matmul & ~rows_fit(d_eb, cfg.acc_depth)))
@@ -408,10 +442,12 @@ class ControlUnit(wiring.Component):
         # codes in the order of the checks: bad operands, then the ranges in operand order
         # (a MATMUL's buffer source before its accumulator destination, a VPU's and a GD's
         # accumulator source before their buffer operands).
-        # (``checked``: the first issue cycle is over; the fault bits are those of an engine
+        # (``checked``: the check cycles are over; the fault bits are those of an engine
         # instruction only, so that ``checks_failed`` needs no decode of the opcode.)
         engine_op = d_engine
         checked = Signal()
+        checked_once = Signal()
+        assert set(CHECK_CYCLES.values()) == {1, 2} and CHECK_CYCLES[Op.VPU] == 2
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
         m.d.sync += [bad_q.eq(bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
         checked_error = Signal(4)
@@ -478,7 +514,8 @@ class ControlUnit(wiring.Component):
                 if allow_start:
                     with m.If(self.start):
                         m.d.sync += [
-                            pc.eq(start_pc), cycles.eq(0), array_busy.eq(0),
+                            pc.eq(start_pc), seq_pc.eq(start_pc + 1),
+                            cycles.eq(0), array_busy.eq(0),
                             issued.eq(0), flag_array.eq(0), flag_vpu.eq(0), flag_gd.eq(0),
                             error_code.eq(0), error_pc.eq(0), load_hold.eq(0),
                             switch_hold.eq(0),
@@ -514,7 +551,7 @@ class ControlUnit(wiring.Component):
                 m.d.comb += mode.eq(_Mode.DECODE)
                 stop_from_outside()
                 with m.Else():
-                    m.d.sync += decode_regs + [checked.eq(0)]
+                    m.d.sync += decode_regs + [checked.eq(0), checked_once.eq(0)]
                     # Fetch the next instruction now: its decode follows this one's issue.
                     # (Not gated by ``next_ok``, so that the range check stays off the
                     # address path: a word read from beyond the end is never decoded, the
@@ -523,14 +560,15 @@ class ControlUnit(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += mode.eq(_Mode.ISSUE)
-                m.d.sync += checked.eq(1)
+                m.d.sync += [checked_once.eq(1), checked.eq(checked_once | ~is_vpu)]
                 stop_from_outside()
                 with m.Elif(~d_legal):
                     fail(ErrorCode.ILLEGAL_INSTRUCTION)
                 with m.Elif(checked & checks_failed):
                     fail(checked_error)
                 with m.Elif(can_issue & (checked | ~engine_op)):
-                    m.d.sync += [issued.eq(issued + 1), pc.eq(d_next_pc)]
+                    m.d.sync += [issue_pulse.eq(1), pc.eq(d_next_pc),
+                                 seq_pc.eq(d_next_pc + 1)]
                     with m.If(d_next_ok):
                         m.next = "DECODE"
                     with m.Else():
