@@ -271,6 +271,11 @@ class ControlUnit(wiring.Component):
             m.d.sync += load_hold.eq(load_hold - 1)
         with m.If(switch_hold != 0):
             m.d.sync += switch_hold.eq(switch_hold - 1)
+        # Whether each hold has run out, registered beside it (set with it where an
+        # instruction issues), so that the issue decision reads one bit.
+        load_free = Signal(init=1)
+        switch_free = Signal(init=1)
+        m.d.sync += [load_free.eq(load_hold <= 1), switch_free.eq(switch_hold <= 1)]
 
         # --- fetch ----------------------------------------------------------------------
         # The instruction register latches the instruction memory's output in the cycle
@@ -468,8 +473,8 @@ class ControlUnit(wiring.Component):
         can_issue = Signal()
         waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units
         m.d.comb += can_issue.eq(
-            (is_loadw & self.load_ready & (load_hold == 0) & units_idle) |
-            (is_matmul & self.matmul_ready & (switch_hold == 0) & units_idle) |
+            (is_loadw & self.load_ready & load_free & units_idle) |
+            (is_matmul & self.matmul_ready & switch_free & units_idle) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
@@ -518,7 +523,7 @@ class ControlUnit(wiring.Component):
                             cycles.eq(0), array_busy.eq(0),
                             issued.eq(0), flag_array.eq(0), flag_vpu.eq(0), flag_gd.eq(0),
                             error_code.eq(0), error_pc.eq(0), load_hold.eq(0),
-                            switch_hold.eq(0),
+                            switch_hold.eq(0), load_free.eq(1), switch_free.eq(1),
                         ]
                         m.next = "FETCH"
                 with m.If((self.clear & ~self.start) if allow_start else self.clear):
@@ -582,10 +587,11 @@ class ControlUnit(wiring.Component):
                             m.d.comb += cfg_we.eq(1 << d_flags[:2])
                         with m.Case(Op.LOADW):
                             m.d.comb += self.load_cmd.valid.eq(1)
-                            m.d.sync += switch_hold.eq(max(n - 2, 0))
+                            m.d.sync += [switch_hold.eq(max(n - 2, 0)),
+                                         switch_free.eq(max(n - 2, 0) == 0)]
                         with m.Case(Op.MATMUL):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
-                            m.d.sync += load_hold.eq(n - 1)
+                            m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0)]
                         with m.Case(Op.VPU):
                             m.d.comb += self.vpu_cmd.valid.eq(1)
                         with m.Case(Op.GD):

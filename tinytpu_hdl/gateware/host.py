@@ -40,8 +40,8 @@ class HostInterface(wiring.Component):
     Timing
     ------
     Accepts one command word per cycle (an instruction word is written to the
-    instruction memory as it arrives; the items of the other spaces are written
-    once their last word has arrived). A read answers each word of an item
+    instruction memory as it arrives, or in the cycle after with ``read_register``;
+    the items of the other spaces are written once their last word has arrived). A read answers each word of an item
     after two cycles of memory (or register) access, as ``resp.ready`` allows.
     """
 
@@ -182,8 +182,22 @@ class HostInterface(wiring.Component):
         # Write requests: only ``en`` says whether the host writes (see .memory).
         for port, target in ((self.ub_wr, Space.UB), (self.acc_wr, Space.ACC)):
             m.d.comb += [port.addr.eq(item_addr), Value.cast(port.data).eq(item(target))]
-        m.d.comb += [self.imem_wr.addr.eq(item_addr),
-                     self.imem_wr.data.eq(Cat(*[self.cmd.payload] * (INSTRUCTION_BITS // 32)))]
+        # An instruction word is written as it arrives; with ``read_register`` (the
+        # registers for speed) the write is registered and lands a cycle later, so that
+        # the state decode and the command stream's valid do not reach the instruction
+        # memory's write enables, which lie far away, in the same cycle.
+        imem_en = Signal(INSTRUCTION_BITS // 32)
+        if self._read_register:
+            imem_en_q = Signal.like(imem_en)
+            imem_addr_q = Signal.like(item_addr)
+            imem_word_q = Signal(32, reset_less=True)
+            m.d.sync += [imem_en_q.eq(imem_en), imem_addr_q.eq(item_addr),
+                         imem_word_q.eq(self.cmd.payload)]
+            imem_wr_en, imem_wr_addr, imem_wr_word = imem_en_q, imem_addr_q, imem_word_q
+        else:
+            imem_wr_en, imem_wr_addr, imem_wr_word = imem_en, item_addr, self.cmd.payload
+        m.d.comb += [self.imem_wr.addr.eq(imem_wr_addr), self.imem_wr.en.eq(imem_wr_en),
+                     self.imem_wr.data.eq(Cat(*[imem_wr_word] * (INSTRUCTION_BITS // 32)))]
         m.d.comb += self.resp.payload.eq(0)
 
         # Memory read requests (in state READ_ADDR) come from registers set on the way
@@ -285,7 +299,7 @@ class HostInterface(wiring.Component):
                     with m.If(self.cmd.valid):
                         m.d.comb += shift.eq(1)
                         with m.If(imem_write):
-                            m.d.comb += self.imem_wr.en.eq(word_onehot)
+                            m.d.comb += imem_en.eq(word_onehot)
                         with m.If(word_index == last_word):
                             m.d.sync += [word_index.eq(0), word_onehot.eq(1)]
                             m.next = "WRITE_ITEM"
