@@ -193,12 +193,9 @@ class MatmulEngine(wiring.Component):
         old = Signal(acc_row, reset_less=True)
         res = Signal(acc_row, reset_less=True)
         r_res_ovf = Signal()
-        # The forwarded part is a net of its own (kept through synthesis), so that the
-        # block RAM's output bit meets it, and its select, in one LUT.
-        forwarded = Signal(acc_row.size, attrs={"keep": 1})
-        m.d.comb += forwarded.eq((Value.cast(w_row) & take_w.replicate(acc_row.size)) |
-                                 (Value.cast(written) & take_written.replicate(acc_row.size)))
-        merged = (Value.cast(self.acc_rd.data) & take_read.replicate(acc_row.size)) | forwarded
+        merged = ((Value.cast(self.acc_rd.data) & take_read.replicate(acc_row.size)) |
+                  (Value.cast(w_row) & take_w.replicate(acc_row.size)) |
+                  (Value.cast(written) & take_written.replicate(acc_row.size)))
         m.d.sync += [old.eq(merged), res.eq(self.result.payload.data),
                      r_res_ovf.eq(self.result.payload.overflow)]
 
