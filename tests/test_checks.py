@@ -75,14 +75,22 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=[None, "ice40"])
-def drivers(request):
-    """One device per backend for all the cases (a program leaves nothing behind that the
-    next one reads: each starts from the same buffer contents and registers). The
-    gateware in both forms: the span as carry-save terms (default) and as a multiply
-    with the lean registers (as built for iCE40)."""
+def _drivers(family):
     return {"reference": HostDriver(ReferenceTransport(CFG)),
-            "pysim": HostDriver(PysimTransport(CFG, family=request.param))}
+            "pysim": HostDriver(PysimTransport(CFG, family=family))}
+
+
+@pytest.fixture(scope="module")
+def drivers():
+    """One device per backend for all the cases (a program leaves nothing behind that the
+    next one reads: each starts from the same buffer contents and registers)."""
+    return _drivers(None)
+
+
+@pytest.fixture(scope="module")
+def ice40_drivers():
+    """The gateware as built for iCE40: the span as a multiply, the lean registers."""
+    return _drivers("ice40")
 
 
 def _run(driver, words):
@@ -98,8 +106,7 @@ def _run(driver, words):
     return snapshot(driver), None
 
 
-@pytest.mark.parametrize("text, expect", CASES)
-def test_issue_check(drivers, text, expect):
+def _check(drivers, text, expect):
     words = assemble(text + "\nhalt").words
     (ref, ref_err), (sim, sim_err) = (_run(drivers[b], words) for b in ("reference", "pysim"))
     for key in ref:
@@ -110,3 +117,14 @@ def test_issue_check(drivers, text, expect):
         else:
             assert error is not None and error.code == expect
             assert error.pc == text.count("\n")         # the checked instruction
+
+
+@pytest.mark.parametrize("text, expect", CASES)
+def test_issue_check(drivers, text, expect):
+    _check(drivers, text, expect)
+
+
+@pytest.mark.parametrize("text, expect", [c for c in CASES if "stride=" in c[0]])
+def test_issue_check_with_the_span_multiplier(ice40_drivers, text, expect):
+    """The cases with a span, on the form that multiplies it out."""
+    _check(ice40_drivers, text, expect)
