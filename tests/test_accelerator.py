@@ -160,11 +160,19 @@ def test_stochastic_rounding_keeps_small_updates():
 
 def test_digits_reference_accuracy():
     pytest.importorskip("sklearn")
-    from tinytpu_hdl.demos.digits import run_digits
-    device_acc, float_acc, losses, _ = run_digits(epochs=10, plot=None, out=lambda *a: None)
+    import re
+    from tinytpu_hdl.demos.digits import load_digits_split, run_digits
+    lines = []
+    device_acc, float_acc, losses, _ = run_digits(epochs=10, plot=None, out=lines.append)
     assert device_acc >= 0.90
     assert losses[-1] < losses[0]
     assert abs(device_acc - float_acc) < 0.05
+    # The cycles it reports are the training's: at least its multiply-accumulates (forward,
+    # weight gradients of both layers, input gradients of the second) over the 64 PEs.
+    cycles = int(re.search(r"Training ran (\d+) device cycles", "\n".join(lines)).group(1))
+    batches = len(load_digits_split()[0]) // 32
+    macs = 10 * batches * 32 * (2 * (64 * 32 + 32 * 10) + 32 * 10)
+    assert macs <= cycles * 64 < 3 * macs
 
 
 def test_digits_pysim_matches_reference_on_a_few_batches():

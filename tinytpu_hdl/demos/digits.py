@@ -56,8 +56,8 @@ def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=32, hi
         f"{backend} backend (N={n})")
     losses = acc.train(model, x_train, onehot, lr=lr, epochs=epochs, batch_size=batch_size,
                        progress=ProgressBar(epochs))
+    stats = acc.stats                   # the training's (the test-set pass below has its own)
     device_acc = float(np.mean(np.argmax(acc.forward(model, x_test), axis=1) == y_test))
-    stats = acc.stats
     float_losses = train_float(reference, x_train, onehot, lr=lr, epochs=epochs,
                                batch_size=batch_size)
     float_acc = float(np.mean(np.argmax(reference.forward_float(x_test), axis=1) == y_test))
