@@ -95,8 +95,10 @@ class ControlUnit(wiring.Component):
     ----------
     cfg : TPUConfig
     instruction_register : bool
-        Register the instruction memory's output before decoding it (for timing; the
-        memory's output holds the word anyway, so cycles and results are the same).
+        Keep the registers that only serve speed: the instruction memory's output
+        registered before it is decoded (the memory's output holds the word anyway) and
+        ``pc + 1`` registered beside ``pc``. Cycles and results are the same without
+        them (for FPGAs short of logic cells).
     span_multiplier : bool
         Compute the span ``(rows - 1) * stride`` of strided operands with a multiply (one
         DSP block) instead of carry-save partial products (logic). Same results and
@@ -323,8 +325,13 @@ class ControlUnit(wiring.Component):
         # candidates are made side by side (pc + 1 < depth as pc < depth - 1).
         taken = (op == Op.DJNZ) & ~reg_is_one[ins.a.reg]
         # pc + 1 (17 bits: it may be 65536) is a register loaded beside pc, so that no
-        # adder lies on the next fetch's address path.
-        seq_pc = Signal(17)
+        # adder lies on the next fetch's address path (without the speed registers, the
+        # sum).
+        seq_pc = Signal(17) if self._instruction_register else pc + 1
+
+        def seq_pc_loads(value):
+            """The statements that load ``seq_pc`` where ``pc`` loads ``value``."""
+            return [seq_pc.eq(value + 1)] if self._instruction_register else []
         next_pc = Mux(taken, ins.count, seq_pc)
         next_ok = Mux(taken, ins.count < cfg.imem_depth, pc < cfg.imem_depth - 1)
 
@@ -519,7 +526,7 @@ class ControlUnit(wiring.Component):
                 if allow_start:
                     with m.If(self.start):
                         m.d.sync += [
-                            pc.eq(start_pc), seq_pc.eq(start_pc + 1),
+                            pc.eq(start_pc), *seq_pc_loads(start_pc),
                             cycles.eq(0), array_busy.eq(0),
                             issued.eq(0), flag_array.eq(0), flag_vpu.eq(0), flag_gd.eq(0),
                             error_code.eq(0), error_pc.eq(0), load_hold.eq(0),
@@ -573,7 +580,7 @@ class ControlUnit(wiring.Component):
                     fail(checked_error)
                 with m.Elif(can_issue & (checked | ~engine_op)):
                     m.d.sync += [issue_pulse.eq(1), pc.eq(d_next_pc),
-                                 seq_pc.eq(d_next_pc + 1)]
+                                 *seq_pc_loads(d_next_pc)]
                     with m.If(d_next_ok):
                         m.next = "DECODE"
                     with m.Else():
