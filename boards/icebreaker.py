@@ -3,9 +3,9 @@
 A 1x1 TPU, the largest that fits: it takes about 98 % of the logic cells and 7 of
 the 8 DSPs (one for the PE, three for the vector unit's multiplies, two for the
 gradient-descent unit's 32x16 product, one for the control unit's range check),
-with 40-bit counters (25 hours at 12 MHz). A 2x2 array needs 15 SB_MAC16; even a
-vector unit and a gradient-descent unit with a single lane time-shared by both
-columns (not built) would leave 4 PEs + 3 + 2 = 9 of 8.
+with 40-bit counters (25 hours at 12 MHz). Yosys maps a 2x2 TPU to 12 SB_MAC16
+(docs/benchmarks.md); even a vector unit and a gradient-descent unit with a single
+lane time-shared by both columns (not built) would leave 4 PEs + 3 + 2 = 9 of 8.
 The compiler tiles any network onto the 1x1 array, so XOR and the other demos run
 unchanged, only slower. LEDs: green = done, red = error, the break-off PMOD's LED
 2 = running; the user button resets the TPU. The TPU runs from the 12 MHz

@@ -1,8 +1,9 @@
 """ULX3S with the ECP5 LFE5U-85F (CABGA381): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD,
 25 MHz oscillator.
 
-An 8x8 array by default (out of context it routes at 87.5 MHz; its board build did not
-finish routing on a 2-core machine, `--n 4` builds in about 3 minutes at 74.5 MHz).
+An 8x8 array by default: its board build routes with nextpnr's static placer (73.3 MHz
+against the 25 MHz clock, 872 s on a 2-core machine with other jobs running; out of
+context the 8x8 TPU reaches 103.3 MHz, docs/benchmarks.md).
 The TPU's reset goes on a global network (see ``gateware/clocking.py``).
 LEDs 0/1/2 = running/done/error; fire button 1 resets the TPU. The TPU runs from the
 25 MHz oscillator.

@@ -386,8 +386,8 @@ def main():
     sections += sim_speed_table(8, args.pysim_batches)
     if args.synth:
         sections += ["", "## FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)", "",
-                     "Yosys `synth_ecp5` (flattened; LUTs mapped by the classic `abc`, see `tinytpu_hdl.build.ecp5_synthesis`), nextpnr-ecp5 `--out-of-context` (no pins), "
-                     "target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
+                     "Yosys `synth_ecp5` (flattened; LUTs mapped by the classic `abc`, see `tinytpu_hdl.build.ecp5_synthesis`), nextpnr-ecp5 `--out-of-context` (no pins) "
+                     "with the static placer (`--placer static`, seed 1), target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
                      "instructions).", ""]
         rows, results = synth_table(args.synth_sizes, args.keep)
         sections += rows
