@@ -415,8 +415,8 @@ class ControlUnit(wiring.Component):
         def rows_fit(addr, depth):
             return below([addr, d_count], [Const(depth + 1)])
 
-        def span_fits(addr, depth):
-            return below([addr, *spans], [Const(depth)])
+        def span_fits(addr, depth, span_terms):
+            return below([addr, *span_terms], [Const(depth)])
 
         is_loadw, is_matmul, is_vpu, is_gd = (d_is[o] for o in (Op.LOADW, Op.MATMUL, Op.VPU,
                                                                  Op.GD))
@@ -441,9 +441,9 @@ class ControlUnit(wiring.Component):
         # the error code is chosen from these three bits in the following cycles.
         bad = (d_bad | (d_vpu_aux & aux_overlap & ~in_place) | (d_vpu_bias & bias_overlap))
         ub_out = ((is_loadw & ~rows_fit(d_ea, cfg.ub_depth)) |
-                  (is_matmul & ~span_fits(d_ea, cfg.ub_depth)) |
-                  (is_vpu & ~below([d_eb, vpu_span], [Const(cfg.ub_depth)])) |
-                  (d_vpu_aux & ~below([d_ec, vpu_span], [Const(cfg.ub_depth)])) |
+                  (is_matmul & ~span_fits(d_ea, cfg.ub_depth, spans)) |
+                  (is_vpu & ~span_fits(d_eb, cfg.ub_depth, [vpu_span])) |
+                  (d_vpu_aux & ~span_fits(d_ec, cfg.ub_depth, [vpu_span])) |
                   (d_vpu_bias & ~below([d_ed], [Const(cfg.ub_depth)])) |
                   (is_gd & ~rows_fit(d_eb, cfg.ub_depth)))
         acc_out = (((is_vpu | is_gd) & ~rows_fit(d_ea, cfg.acc_depth)) |
