@@ -17,10 +17,9 @@ from . import Board
 BOARD = Board(
     name="ulx3s-85f",
     platform=ULX3S_85F_Platform,
-    # The default memories (1024-row buffer, 256 accumulator rows, 256 instructions): a
-    # 4096-row buffer left the router with 66,700 overused wires after 26 minutes
-    # of routing on a 2-core machine.
-    cfg=TPUConfig(n=8),
+    # A 16,384-row buffer (2 Mbit: 128 of the 208 DP16KD, one copy: see UnifiedBuffer) holds
+    # a 784-64-10 network's parameters and training state with a batch of 32 samples.
+    cfg=TPUConfig(n=8, ub_depth=16384),
     clock_hz=25e6,
     baud=1_000_000,
     leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
@@ -31,7 +33,6 @@ from tinytpu_hdl.build import ecp5_synthesis
 from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
-BIG = dict(ub_depth=65536, acc_depth=4096, imem_depth=65536)
 
 
 def scalesim_ws(m, k, n_out, n):
@@ -53,7 +54,7 @@ def gemm_table(sizes, gemms):
         a = rng.integers(-256, 256, (m, k))
         b = rng.integers(-256, 256, (k, n_out))
         for n in sizes:
-            acc = Accelerator(TPUConfig(n=n, **BIG))
+            acc = Accelerator(TPUConfig(n=n))
             try:
                 got = acc.matmul_raw(a, b)
             except CompileError as exc:
@@ -73,11 +74,13 @@ def gemm_table(sizes, gemms):
 
 
 def training_table(sizes):
+    from tinytpu_hdl.boards import get_board
     nets = [("XOR 2-2-1", [2, 2, 1], 4, ["leaky_relu", "leaky_relu"]),
             ("digits 64-32-10", [64, 32, 10], 32, ["leaky_relu", "none"]),
             ("MLP 784-64-10", [784, 64, 10], 32, ["leaky_relu", "none"])]
-    rows = ["| network | batch | array | cycles per step | useful MACs | utilization | instructions |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| network | batch | array | memories | cycles per step | useful MACs | utilization | instructions |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ulx3s = get_board("ulx3s-85f").cfg
     rng = np.random.default_rng(1)
     for name, layer_sizes, batch, acts in nets:
         model = MLP.random(layer_sizes, seed=0, activations=acts, leak=0.1)
@@ -87,25 +90,123 @@ def training_table(sizes):
         # forward, weight gradients for every layer, input gradients for all but the first
         macs = batch * (2 * sum(i * o for i, o in pairs) + sum(i * o for i, o in pairs[1:]))
         for n in sizes:
-            acc = Accelerator(TPUConfig(n=n, **BIG))
+            cfg, where = TPUConfig(n=n), "default"
             try:
+                acc = Accelerator(cfg)
                 acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
                           record_loss=False)
-            except CompileError as exc:
-                rows.append(f"| {name} | {batch} | {n}x{n} | does not fit: {exc} | | | |")
-                continue
+            except CompileError:
+                # Too large for the default buffer: the ULX3S board's memories.
+                cfg, where = replace(ulx3s, n=n), "ulx3s-85f's"
+                try:
+                    acc = Accelerator(cfg)
+                    acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
+                              record_loss=False)
+                except CompileError as exc:
+                    rows.append(f"| {name} | {batch} | {n}x{n} | | does not fit: "
+                                f"{str(exc).split(';')[0]} | | | |")
+                    print(rows[-1], flush=True)
+                    continue
             s = acc.stats
-            rows.append(f"| {name} | {batch} | {n}x{n} | {s.cycles:,} | {macs:,} | "
-                        f"{100 * macs / (s.cycles * n * n):.1f}% | {s.instructions:,} |")
+            rows.append(f"| {name} | {batch} | {n}x{n} | {where} ({cfg.ub_depth:,} rows) | "
+                        f"{s.cycles:,} | {macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "
+                        f"{s.instructions:,} |")
             print(rows[-1], flush=True)
     return rows
+
+
+def _metered(cfg):
+    """An accelerator on the reference model that counts its serial-link bytes."""
+    from tinytpu_hdl.runtime.driver import HostDriver
+    from tinytpu_hdl.runtime.uart import LinkMeter
+    acc = Accelerator(cfg)
+    acc.transport = LinkMeter(acc.transport)
+    acc.driver = HostDriver(acc.transport)
+    return acc
+
+
+def anysize_tables():
+    """Large work on the default configuration (and the boards'): GEMMs, MNIST-sized
+    inference, digits training; runs, host words, utilization; the boards' link time."""
+    from tinytpu_hdl.boards import get_board
+    from tinytpu_hdl.compiler.plan import Read, Write
+    from tinytpu_hdl.demos.digits import digits_model, load_digits_split
+    rng = np.random.default_rng(2)
+    rows = ["| work | configuration | result | runs | device cycles | utilization | host words written / read | host words per MAC |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    board_rows = ["| board | work | device time | link time at the baud rate | link share | frames |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+
+    def record(work, cfg_name, acc, macs, result):
+        s, plan = acc.stats, acc.last_plan
+        written, read = plan.words(Write), plan.words(Read)
+        rows.append(f"| {work} | {cfg_name} | {result} | {s.runs:,} | {s.cycles:,} | "
+                    f"{100 * s.utilization:.1f}% | {written:,} / {read:,} | "
+                    f"{(written + read) / macs:.4f} |")
+        print(rows[-1], flush=True)
+
+    def board(name, work, acc):
+        b = get_board(name)
+        device = acc.stats.cycles / b.clock_hz
+        link = acc.transport.seconds(b.baud)
+        board_rows.append(f"| {name} ({b.cfg.n}x{b.cfg.n}, {b.clock_hz / 1e6:g} MHz, "
+                          f"{b.baud:,} baud) | {work} | {device * 1e3:,.1f} ms | "
+                          f"{link:,.1f} s | {100 * link / (link + device):.1f}% | "
+                          f"{acc.transport.exchanges:,} |")
+        print(board_rows[-1], flush=True)
+
+    default = TPUConfig(n=8)
+    for size in (256, 1024):
+        a = rng.integers(-256, 256, (size, size))
+        b = rng.integers(-256, 256, (size, size))
+        acc = _metered(default)
+        got = acc.matmul_raw(a, b)
+        record(f"GEMM {size}^3", "TPUConfig(n=8)", acc, size ** 3,
+               "exact" if np.array_equal(got, a @ b) else "WRONG")
+        if size == 256:
+            board("ulx3s-85f", f"GEMM {size}^3", acc)
+
+    model = MLP.random([784, 64, 10], seed=0, activations=["leaky_relu", "none"], leak=0.01)
+    x = rng.uniform(0, 1, (10_000, 784))
+    want = model.forward_float(x)
+    for cfg_name, cfg in (("TPUConfig(n=8)", default),
+                          ("ulx3s-85f board", get_board("ulx3s-85f").cfg)):
+        acc = _metered(cfg)
+        got = acc.forward(model, x)
+        err = float(np.max(np.abs(got - want)))
+        record("784-64-10 inference, 10,000 samples", f"{cfg_name} "
+               f"({acc.last_plan.info['form']})", acc, 10_000 * (784 * 64 + 64 * 10),
+               f"max error vs float64 {err:.3f}")
+        if cfg_name.startswith("ulx3s"):
+            board("ulx3s-85f", "784-64-10 inference, 10,000 samples", acc)
+
+    xs, ys, _, _ = load_digits_split()
+    onehot = np.eye(10)[ys]
+    batches = len(xs) // 32
+    macs = batches * 32 * (2 * (64 * 32 + 32 * 10) + 32 * 10)
+    for cfg_name, cfg in (("TPUConfig(n=8)", default),
+                          ("ulx3s-85f board", get_board("ulx3s-85f").cfg),
+                          ("icebreaker board", get_board("icebreaker").cfg)):
+        acc = _metered(cfg)
+        try:
+            losses = acc.train(digits_model(), xs, onehot, lr=0.5, epochs=1, batch_size=32)
+        except CompileError as exc:
+            rows.append(f"| digits 64-32-10 training, 1 epoch | {cfg_name} | does not fit: "
+                        f"{str(exc).split(';')[0]} | | | | | |")
+            continue
+        record("digits 64-32-10 training, 1 epoch (batch 32)",
+               f"{cfg_name}, {acc.last_plan.info['batches per run']} batches per run", acc,
+               macs, f"loss {losses[-1]:.4f}")
+        if cfg_name.endswith("board"):
+            board(cfg_name.split()[0], "digits training, 1 epoch", acc)
+    return rows, board_rows
 
 
 def sim_speed_table(n, pysim_batches):
     from tinytpu_hdl.demos.digits import digits_model, load_digits_split
     x, y, _, _ = load_digits_split()
     onehot = np.eye(10)[y]
-    cfg = TPUConfig(n=n, ub_depth=65536, acc_depth=256, imem_depth=1024)
+    cfg = TPUConfig(n=n)
     batch = 32
     rows = ["| backend | work measured | simulated cycles | wall time | cycles/s | one digits epoch (wall) | vs pysim |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -382,6 +483,23 @@ def main():
                  "One SGD step (forward, loss derivative, backward, weight gradients, update) of "
                  "one batch, as the compiler emits it.", ""]
     sections += training_table(args.sizes)
+    anysize, boards = anysize_tables()
+    sections += ["", "## Any size on the default configuration", "",
+                 "`TPUConfig(n=8)` with its default memories (unified buffer 4,096 rows, "
+                 "accumulators 512 rows, instruction memory 256 words), and the boards' "
+                 "configurations. Work larger than the chip runs as a sequence of program "
+                 "runs with host transfers in between (`acc.last_plan`); cycles and "
+                 "utilization count the device's cycles of those runs, host words are the "
+                 "32-bit words of the transfers' data (headers excluded).", ""]
+    sections += anysize
+    sections += ["", "### On the boards: device time and serial-link time", "",
+                 "The same plans on each board's configuration: device time from the cycle "
+                 "count at the board's TPU clock; link time from the bytes of every frame the "
+                 "UART bridge carries (commands and responses, 8N1) at the board's baud rate. "
+                 "The USB adapter's latency per exchange (FTDI latency timer, up to 16 ms) is "
+                 "not included. Computed from the reference model, not measured on a board.",
+                 ""]
+    sections += boards
     sections += ["", "## Simulation speed (digits training, N=8)", ""]
     sections += sim_speed_table(8, args.pysim_batches)
     if args.synth:

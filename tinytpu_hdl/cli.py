@@ -116,8 +116,10 @@ def _cmd_demo_xor(args):
 
 def _cmd_demo_digits(args):
     from .demos.digits import run_digits
-    run_digits(backend=args.backend, n=args.n, epochs=args.epochs, lr=args.lr,
-               batch_size=args.batch, hidden=args.hidden, seed=args.seed, plot=args.plot)
+    cfg, options = _board_backend(args)
+    run_digits(backend=args.backend, n=8 if args.n is None else args.n, epochs=args.epochs,
+               lr=args.lr, batch_size=args.batch, hidden=args.hidden, seed=args.seed,
+               plot=args.plot, cfg=cfg, options=options)
     return 0
 
 
@@ -182,12 +184,18 @@ def main(argv=None):
     d.add_argument("--plot", default="xor_loss.png", help="loss-curve PNG ('' for none)")
     d.set_defaults(func=_cmd_demo_xor)
     d = demos.add_parser("digits", help="train an MLP on the 8x8 digits on the device")
-    d.add_argument("--backend", default="reference", help="reference (default) or pysim")
-    d.add_argument("--n", type=int, default=8, help="array size N (default 8)")
+    d.add_argument("--backend", default="reference",
+                   help="reference (default), pysim, verilator, serial-sim or uart (a board)")
+    d.add_argument("--n", type=int, help="array size N (default 8, or the board's)")
+    d.add_argument("--board", help="the board's configuration (with --backend uart: the board "
+                                   "on --port)")
+    d.add_argument("--port", help="serial port of the board (uart backend)")
     d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--lr", type=float, default=0.5)
-    d.add_argument("--batch", type=int, default=32)
-    d.add_argument("--hidden", type=int, default=32)
+    d.add_argument("--batch", type=int,
+                   help="batch size (default 32, or the largest that fits the configuration)")
+    d.add_argument("--hidden", type=int,
+                   help="hidden units (default 32, or the most that fit the configuration)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--plot", default="digits_loss.png", help="loss-curve PNG ('' for none)")
     d.set_defaults(func=_cmd_demo_digits)

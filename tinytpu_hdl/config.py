@@ -38,8 +38,8 @@ class TPUConfig:
     data: FixedFormat = Q8_8
     acc: FixedFormat = field(default=None)
     scalar: FixedFormat = field(default=None)
-    ub_depth: int = 1024
-    acc_depth: int = 256
+    ub_depth: int = 4096
+    acc_depth: int = 512
     imem_depth: int = 256
     counter_width: int = 64
     isolated_multipliers: bool = True

@@ -132,45 +132,88 @@ def _lanes(cfg, space):
     return cfg.n, cfg.acc
 
 
+def _rows_to_words(bits, width, words_per):
+    """``(R, lanes)`` unsigned lane patterns of ``width`` bits -> ``(R, words_per)`` 32-bit
+    words, lane 0 in the lowest bits."""
+    rows, lanes = bits.shape
+    if 32 % width == 0:
+        per = 32 // width
+        padded = np.zeros((rows, words_per * per), dtype=np.uint64)
+        padded[:, :lanes] = bits
+        shifts = (np.arange(per, dtype=np.uint64) * np.uint64(width))
+        return (padded.reshape(rows, words_per, per) << shifts).sum(axis=2, dtype=np.uint64)
+    out = np.zeros((rows, words_per), dtype=np.uint64)
+    for start in range(0, rows, 1 << 14):
+        chunk = bits[start:start + (1 << 14)]
+        flat = ((chunk[:, :, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1))
+        flat = flat.reshape(len(chunk), lanes * width)
+        padded = np.zeros((len(chunk), words_per * 32), dtype=np.uint64)
+        padded[:, :lanes * width] = flat
+        out[start:start + len(chunk)] = (padded.reshape(len(chunk), words_per, 32)
+                                         << np.arange(32, dtype=np.uint64)).sum(axis=2)
+    return out
+
+
+def _words_to_rows(words, width, lanes):
+    """Inverse of :func:`_rows_to_words`: ``(R, words_per)`` words -> ``(R, lanes)``."""
+    words = np.asarray(words, dtype=np.uint64)
+    rows, words_per = words.shape
+    mask = np.uint64((1 << width) - 1)
+    if 32 % width == 0:
+        per = 32 // width
+        shifts = (np.arange(per, dtype=np.uint64) * np.uint64(width))
+        return ((words[:, :, None] >> shifts) & mask).reshape(rows, words_per * per)[:, :lanes]
+    out = np.zeros((rows, lanes), dtype=np.uint64)
+    for start in range(0, rows, 1 << 14):
+        chunk = words[start:start + (1 << 14)]
+        flat = ((chunk[:, :, None] >> np.arange(32, dtype=np.uint64)) & np.uint64(1))
+        flat = flat.reshape(len(chunk), words_per * 32)[:, :lanes * width]
+        out[start:start + len(chunk)] = (flat.reshape(len(chunk), lanes, width)
+                                         << np.arange(width, dtype=np.uint64)).sum(axis=2)
+    return out
+
+
 def pack_items(cfg, space, items):
-    """Words of a sequence of items. UB/ACC items are rows of raw signed integers; IMEM
-    items are 128-bit integers; CSR items are 32-bit integers."""
+    """Words of a sequence of items. UB/ACC items are rows of raw signed integers (a list
+    of rows or an ``(R, n)`` array); IMEM items are 128-bit integers; CSR items are 32-bit
+    integers."""
     space = Space(space)
     words_per = item_words(cfg, space)
+    if space in (Space.UB, Space.ACC):
+        lanes, fmt = _lanes(cfg, space)
+        rows = np.asarray(items, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        if rows.ndim != 2 or rows.shape[1] != lanes:
+            raise ValueError(f"a {space.name} row has {lanes} lanes, not shape "
+                             f"{rows.shape[1:]}")
+        words = _rows_to_words(fmt.to_unsigned(rows).astype(np.uint64), fmt.width, words_per)
+        return words.reshape(-1).astype(np.int64).tolist()
     out = []
     for item in items:
-        if space in (Space.UB, Space.ACC):
-            lanes, fmt = _lanes(cfg, space)
-            row = np.asarray(item, dtype=np.int64)
-            if row.shape != (lanes,):
-                raise ValueError(f"a {space.name} row has {lanes} lanes, not shape {row.shape}")
-            value = 0
-            for lane, v in enumerate(fmt.to_unsigned(row)):
-                value |= int(v) << (lane * fmt.width)
-        else:
-            value = int(item)
-            if not 0 <= value < 1 << item_bits(cfg, space):
-                raise ValueError(f"{space.name} item {value:#x} does not fit in "
-                                 f"{item_bits(cfg, space)} bits")
+        value = int(item)
+        if not 0 <= value < 1 << item_bits(cfg, space):
+            raise ValueError(f"{space.name} item {value:#x} does not fit in "
+                             f"{item_bits(cfg, space)} bits")
         out.extend((value >> (32 * i)) & 0xFFFFFFFF for i in range(words_per))
     return out
 
 
 def unpack_items(cfg, space, words):
-    """Inverse of :func:`pack_items`: a list of items (rows as int64 arrays)."""
+    """Inverse of :func:`pack_items`: a list of items (UB/ACC rows as int64 arrays)."""
     space = Space(space)
     words_per = item_words(cfg, space)
     if len(words) % words_per:
         raise ProtocolError(f"{len(words)} words do not make whole {space.name} items")
+    if space in (Space.UB, Space.ACC):
+        lanes, fmt = _lanes(cfg, space)
+        grid = np.asarray(words, dtype=np.uint64).reshape(-1, words_per)
+        rows = fmt.from_unsigned(_words_to_rows(grid, fmt.width, lanes).astype(np.int64))
+        return list(rows)
     items = []
     for start in range(0, len(words), words_per):
         value = 0
         for i, w in enumerate(words[start:start + words_per]):
             value |= int(w) << (32 * i)
-        if space in (Space.UB, Space.ACC):
-            lanes, fmt = _lanes(cfg, space)
-            raw = [(value >> (lane * fmt.width)) & ((1 << fmt.width) - 1) for lane in range(lanes)]
-            items.append(fmt.from_unsigned(np.array(raw, dtype=np.int64)))
-        else:
-            items.append(value)
+        items.append(value)
     return items

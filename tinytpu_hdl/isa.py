@@ -11,12 +11,12 @@ Every instruction is one 128-bit word with a uniform layout::
     [5:0]     opcode    see OPCODES
     [13:6]    flags     per-opcode flag bits (transpose, accumulate, pathway, config id)
     [29:14]   count     row count, immediate or branch target
-    [48:30]   a         operand slot a: 16-bit address/immediate + 3-bit register
-    [67:49]   b         operand slot b
-    [86:68]   c         operand slot c
-    [105:87]  d         operand slot d
-    [113:106] stride    row stride of a strided stream
-    [127:114] reserved  must be zero
+    [49:30]   a         operand slot a: 16-bit address/immediate + 4-bit register
+    [69:50]   b         operand slot b
+    [89:70]   c         operand slot c
+    [109:90]  d         operand slot d
+    [117:110] stride    row stride of a strided stream
+    [127:118] reserved  must be zero
 
 An address operand is ``base + R[reg]`` (``R0`` reads as zero), computed in
 17 bits and checked against the size of the addressed memory. Bits that an
@@ -25,20 +25,21 @@ opcode does not use must be zero, or the instruction is illegal.
 
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from functools import lru_cache
 
 from amaranth.lib import data
 
 __all__ = [
-    "INSTRUCTION_BITS", "NUM_REGS", "OperandLayout", "InstructionLayout", "Op", "Pathway",
+    "INSTRUCTION_BITS", "NUM_REGS", "REG_BITS", "OperandLayout", "InstructionLayout", "Op", "Pathway",
     "ConfigReg", "ErrorCode", "OpSpec", "OPCODES", "Instruction", "encode", "decode",
     "DecodeError", "used_mask",
 ]
 
 INSTRUCTION_BITS = 128
-#: Number of index registers R0..R7 (R0 is always zero).
-NUM_REGS = 8
+#: Number of index registers R0..R15 (R0 is always zero).
+NUM_REGS = 16
 ADDR_BITS = 16
-REG_BITS = 3
+REG_BITS = 4
 COUNT_BITS = 16
 STRIDE_BITS = 8
 FLAG_BITS = 8
@@ -54,7 +55,8 @@ InstructionLayout = data.StructLayout({
     "c": OperandLayout,
     "d": OperandLayout,
     "stride": STRIDE_BITS,
-    "reserved": 14,
+    "reserved": INSTRUCTION_BITS - 6 - FLAG_BITS - COUNT_BITS - 4 * (ADDR_BITS + REG_BITS)
+                - STRIDE_BITS,
 })
 assert InstructionLayout.size == INSTRUCTION_BITS
 
@@ -144,6 +146,7 @@ OPCODES = {
 }
 
 
+@lru_cache(maxsize=None)
 def _field_bits(path):
     """(offset, width) of a field path like ``"a.reg"`` in :data:`InstructionLayout`."""
     layout, offset = InstructionLayout, 0
@@ -155,6 +158,7 @@ def _field_bits(path):
     return offset, int(width)
 
 
+@lru_cache(maxsize=None)
 def used_mask(op):
     """Bit mask of the instruction bits opcode ``op`` may set (opcode field included)."""
     spec = OPCODES[Op(op)]
@@ -236,6 +240,11 @@ def encode(ins: Instruction) -> int:
 
 def decode(word: int) -> Instruction:
     """Decode a 128-bit integer; raises :class:`DecodeError` for an illegal word."""
+    return _decode(int(word))
+
+
+@lru_cache(maxsize=1 << 16)
+def _decode(word):
     if not 0 <= word < (1 << INSTRUCTION_BITS):
         raise DecodeError(f"instruction word {word:#x} is not a {INSTRUCTION_BITS}-bit value")
 

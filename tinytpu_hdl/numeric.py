@@ -248,6 +248,13 @@ def dot_chain(x, w, acc, *, psum=None, return_overflow=False):
     if psum is not None:
         out = out + np.asarray(psum, dtype=np.int64)
     overflow = np.zeros(x.shape[0], dtype=bool)
+    # No partial sum can leave the accumulator range when |psum| + sum_k |x w| stays in it
+    # (bounds of every prefix of the chain): then the chain is the plain product.
+    if max(abs(acc.min_int), acc.max_int) < 1 << 62 and x.size and w.size:
+        bound = np.abs(x) @ np.abs(w) + np.abs(out)
+        if int(bound.max()) <= min(-acc.min_int, acc.max_int):
+            out = out + x @ w
+            return (out, overflow) if return_overflow else out
     for k in range(x.shape[1]):
         out, ovf = saturate(out + x[:, k:k + 1] * w[k:k + 1, :], acc, return_overflow=True)
         overflow |= ovf.any(axis=1)

@@ -4,28 +4,37 @@
 element ``(r, c)`` is in row ``(c // n) * R + r``, lane ``c % n``. Streaming
 the rows of one block feeds ``n`` columns of the matrix through the array.
 
-*Transposed-chunk* layout of an ``(B, F)`` activation matrix (the transpose
+Feature dimensions of the layouts below are padded to whole tiles, ``pad(F) =
+ceil(F / n) * n`` (the padding rows are zero), so that every weight tile a program
+loads is a whole one and no loop needs a partial last iteration.
+
+*Transposed-chunk* layout of a ``(B, F)`` activation matrix (the transpose
 that weight gradients stream): the batch is cut into ``nb = ceil(B / n)``
 chunks of ``n`` samples; row ``f * nb + bt`` holds feature ``f`` of the
-samples of chunk ``bt`` (lane = sample within the chunk), for ``f < F``, and
-rows ``F * nb .. F * nb + nb - 1`` are all ones (they give the bias
-gradient). Chunk ``bt``'s ``F + 1`` rows are read with stride ``nb``.
+samples of chunk ``bt`` (lane = sample within the chunk), for ``f < pad(F)``, and
+rows ``pad(F) * nb .. pad(F) * nb + nb - 1`` are all ones (they give the bias
+gradient). Chunk ``bt``'s ``pad(F) + 1`` rows are read with stride ``nb``.
 
 *Parameter* layout of a layer ``(W, b)`` with ``W`` of shape ``(out, in)``:
-for each output tile ``ot`` of ``n`` outputs, ``in + 1`` rows: the rows of
-``W^T`` (row ``i`` holds ``W[ot*n : ot*n+n, i]``) and then the bias row. The
-weight gradient of a tile lands in the accumulators in the same order, so
+for each output tile ``ot`` of ``n`` outputs, ``pad(in) + 1`` rows: the rows of
+``W^T`` (row ``i`` holds ``W[ot*n : ot*n+n, i]``, zero for ``i >= in``) and then the
+bias row. The weight gradient of a tile lands in the accumulators in the same order, so
 one gradient-descent instruction updates weights and bias together.
 """
 
 import numpy as np
 
-__all__ = ["ceil_div", "to_blocked", "from_blocked", "to_transposed_chunks", "to_params",
-           "from_params"]
+__all__ = ["ceil_div", "pad", "to_blocked", "from_blocked", "to_transposed_chunks",
+           "to_params", "from_params"]
 
 
 def ceil_div(a, b):
     return -(-a // b)
+
+
+def pad(features, n):
+    """``features`` rounded up to whole tiles of ``n``."""
+    return ceil_div(features, n) * n
 
 
 def _lanes(n, values):
@@ -55,10 +64,10 @@ def to_transposed_chunks(raw, n, one):
     raw = np.asarray(raw, dtype=np.int64)
     B, F = raw.shape
     nb = ceil_div(B, n)
-    padded = np.zeros((nb * n, F), dtype=np.int64)
-    padded[:B] = raw
+    padded = np.zeros((nb * n, pad(F, n)), dtype=np.int64)
+    padded[:B, :F] = raw
     # chunk bt, feature f -> row f * nb + bt, lanes = samples of the chunk
-    chunks = padded.reshape(nb, n, F).transpose(2, 0, 1).reshape(F * nb, n)
+    chunks = padded.reshape(nb, n, -1).transpose(2, 0, 1).reshape(-1, n)
     return np.concatenate([chunks, np.full((nb, n), one, dtype=np.int64)])
 
 
@@ -69,8 +78,10 @@ def to_params(w_raw, b_raw, n):
     out_f, in_f = w_raw.shape
     rows = []
     for ot in range(ceil_div(out_f, n)):
-        tile = w_raw[ot * n:(ot + 1) * n, :].T          # (in, <=n)
-        rows.append(_lanes(n, tile))
+        tile = np.zeros((pad(in_f, n), n), dtype=np.int64)
+        part = w_raw[ot * n:(ot + 1) * n, :].T          # (in, <=n)
+        tile[:in_f, :part.shape[1]] = part
+        rows.append(tile)
         rows.append(_lanes(n, b_raw[None, ot * n:(ot + 1) * n]))
     return np.concatenate(rows)
 
@@ -80,9 +91,10 @@ def from_params(rows, out_f, in_f, n):
     rows = np.asarray(rows, dtype=np.int64)
     w = np.zeros((out_f, in_f), dtype=np.int64)
     b = np.zeros(out_f, dtype=np.int64)
+    per = pad(in_f, n) + 1
     for ot in range(ceil_div(out_f, n)):
         k = min(n, out_f - ot * n)
-        block = rows[ot * (in_f + 1):(ot + 1) * (in_f + 1)]
+        block = rows[ot * per:(ot + 1) * per]
         w[ot * n:ot * n + k] = block[:in_f, :k].T
-        b[ot * n:ot * n + k] = block[in_f, :k]
+        b[ot * n:ot * n + k] = block[per - 1, :k]
     return w, b

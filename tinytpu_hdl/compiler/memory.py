@@ -14,6 +14,7 @@ class Region:
     name: str
     base: int
     rows: int
+    space: str = "ub"
 
     @property
     def end(self):
@@ -34,28 +35,25 @@ class MemoryPlan:
     def alloc(self, name, rows):
         if name in self.ub:
             raise ValueError(f"region {name!r} allocated twice")
-        region = Region(name, self._ub_top, rows)
+        region = Region(name, self._ub_top, rows, "ub")
         if region.end > self.ub_depth:
             used = ", ".join(f"{r.name} {r.rows}" for r in self.ub.values())
             raise CompileError(
                 f"the unified buffer is too small: {name} needs {rows} rows at row "
                 f"{region.base}, but the buffer has {self.ub_depth} rows (already used: "
-                f"{used or 'nothing'}); use a TPUConfig with a larger ub_depth, a smaller "
-                f"batch or fewer samples")
-        if region.end > 1 << 16:
-            raise CompileError(f"{name} would end at row {region.end}, beyond the ISA's 16-bit "
-                               f"addresses")
+                f"{used or 'nothing'})")
         self.ub[name] = region
         self._ub_top = region.end
         return region
 
     def alloc_acc(self, name, rows):
-        region = Region(name, self._acc_top, rows)
+        if name in self.acc:
+            raise ValueError(f"region {name!r} allocated twice")
+        region = Region(name, self._acc_top, rows, "acc")
         if region.end > self.acc_depth:
             raise CompileError(
                 f"the accumulators are too small: {name} needs {rows} rows, the accumulator "
-                f"memory has {self.acc_depth}; use a TPUConfig with a larger acc_depth or a "
-                f"smaller batch")
+                f"memory has {self.acc_depth}")
         self.acc[name] = region
         self._acc_top = region.end
         return region
@@ -63,3 +61,11 @@ class MemoryPlan:
     @property
     def ub_used(self):
         return self._ub_top
+
+    @property
+    def ub_free(self):
+        return self.ub_depth - self._ub_top
+
+    @property
+    def regions(self):
+        return {**{f"acc.{k}": v for k, v in self.acc.items()}, **self.ub}

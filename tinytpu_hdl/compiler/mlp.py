@@ -1,38 +1,57 @@
-"""Lowering of a multilayer perceptron to TPU programs: inference, and training on the device.
+"""Lowering of MLP inference and training to plans of any size.
 
-Conventions (see :mod:`.layout` for the data layouts):
+**Inference.** When the parameters and one batch of activations fit the unified buffer,
+one program holds the whole network (*resident* form): it loops over the batches of a
+chunk of samples, which the host writes before each run and whose outputs it reads after;
+the parameters are written once. Otherwise each layer is a matrix product with a bias and
+activation epilogue (:func:`~.gemm.gemm_plan`), blocked over the memories, the activations
+travelling through the host between layers (*layer-by-layer* form).
 
-* parameters of layer ``l`` in the parameter layout (``W^T`` tiles and bias rows),
-* activations ``H`` in the blocked layout (batch rows, feature lanes),
-* the transposes ``H^T`` that weight gradients need in the transposed-chunk layout,
-  produced on the device by streaming an identity matrix against the activations
-  loaded transposed (``loadw ..., transpose``),
-* index registers: ``r1`` batch counter, ``r2``/``r3``/``r4`` offsets of the current batch
-  in the inputs / transposed inputs / targets (or outputs), ``r5`` epochs of this run and
-  ``r6`` loss-log offset (both written by the host before the run).
+**Training** (plain SGD on the MSE loss, mean over all elements) keeps the parameters and
+one batch's working state on chip; the samples are streamed: per run, a chunk of batches
+(each batch a *record*: its inputs ``x`` blocked, its inputs transposed ``xt`` and its
+targets ``y``), or the whole data set for several epochs per run when it fits. Per batch:
 
-Forward through layer ``l`` (``Z = H W^T + b``): for each output tile, the ``W^T`` tiles of
-the tile's column are loaded as they are stored and the matching input blocks streamed,
-accumulating over the input tiles; the vector unit adds the bias and applies the
-activation. Backward: the last layer's vector pass computes ``dZ = s (H - Y) * act'``
-directly from its accumulators; ``dH = dZ W`` streams ``dZ`` against the same stored
-``W^T`` tiles loaded transposed, and the vector unit multiplies by the activation
-derivative taken from the stored ``H``; weight and bias gradients ``[dW^T; db] =
-[H^T; 1] dZ`` stream the transposed activations (and a row of ones) against ``dZ`` chunks,
-accumulating over the batch, and one ``gd`` per output tile updates ``W^T`` and ``b``.
+Forward through layer ``l`` (``Z = H W^T + b``): per output tile, the ``W^T`` tiles of the
+tile's column are loaded as stored and the matching input blocks streamed, accumulating
+over the input tiles; the vector unit adds the bias and applies the activation. Hidden
+activations are transposed on the device for the weight gradients. Backward: the last
+layer's vector pass computes ``dZ = s (H - Y) * act'`` from its accumulators; ``dH = dZ W``
+streams ``dZ`` against the same ``W^T`` tiles loaded transposed, and the vector unit
+multiplies by the activation derivative of the stored ``H``, in place; weight and bias
+gradients ``[dW^T; db] = [H^T; 1] dZ`` stream the transposed activations (and a row of
+ones) against ``dZ`` chunks, accumulating over the batch, in chunks of at most the
+accumulator memory's rows, each followed by one ``gd`` that updates ``W^T`` and ``b``.
+
+Every dimension is a loop (:class:`~.emit.Emitter`), so a program's length depends on the
+number of layers only.
+
+Index registers: ``r15`` epochs of the run and ``r14`` batches of the run (set by the host),
+``r13`` batch counter, ``r12`` offset of the current batch's record (inputs), ``r11`` offset
+of its outputs (inference) or of its logged outputs (training).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
+
+from ..host_protocol import Space
 from ..isa import ConfigReg
-from .emit import Emitter
-from .layout import ceil_div
+from .emit import Addr, Emitter
+from .gemm import Epilogue, gemm_plan, run_overhead
+from .layout import ceil_div, pad
 from .memory import CompileError, MemoryPlan
+from .plan import (
+    Blocked, Concat, Literal, LoadPrograms, Mark, Params, Plan, ProgramImage, Read, Run,
+    TransposedChunks, Write,
+)
 
-__all__ = ["LayerSpec", "ForwardPlan", "TrainingPlan", "compile_forward", "compile_training",
-           "split_loss_scale"]
+__all__ = ["LayerSpec", "compile_forward", "compile_training", "split_loss_scale",
+           "training_footprint", "MAX_STRIDE"]
 
 MAX_STRIDE = 255
+REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT = 15, 14, 13, 12, 11
+RESERVED = (REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT)
 
 
 @dataclass(frozen=True)
@@ -49,48 +68,9 @@ class LayerSpec:
         return self.activation == "leaky_relu"
 
 
-@dataclass
-class ForwardPlan:
-    program: object
-    layers: tuple
-    batch: int
-    batches: int
-    regions: dict = field(default_factory=dict)
-
-    @property
-    def x_stride(self):
-        return self.batch * ceil_div(self.layers[0].in_features, self.n)
-
-    @property
-    def out_stride(self):
-        return self.batch * ceil_div(self.layers[-1].out_features, self.n)
-
-    n: int = 0
-
-
-@dataclass
-class TrainingPlan:
-    program: object
-    layers: tuple
-    batch: int
-    batches: int
-    n: int
-    lr: float                  # the learning rate asked for
-    loss_scale: float          # value of the loss_scale register
-    lr_register: float         # value of the lr register
-    log_slots: int             # epochs whose outputs fit in the loss log (0: no log)
-    regions: dict = field(default_factory=dict)
-
-    @property
-    def effective_lr(self):
-        """The learning rate the device applies to the true MSE gradient (after rounding the
-        two registers to the scalar format)."""
-        return self._effective
-
-    _effective: float = 0.0
-
-
 def _check_layers(layers):
+    if not layers:
+        raise CompileError("a network needs at least one layer")
     for i, layer in enumerate(layers):
         if layer.activation not in ("leaky_relu", "none"):
             raise CompileError(f"layer {i}: unknown activation {layer.activation!r}")
@@ -99,84 +79,171 @@ def _check_layers(layers):
                                f"gives {layers[i - 1].out_features}")
 
 
-def _alloc_params(plan, layers, n):
-    return [plan.alloc(f"params{i}", ceil_div(layer.out_features, n) * (layer.in_features + 1))
-            for i, layer in enumerate(layers)]
+def _param_rows(layer, n):
+    return ceil_div(layer.out_features, n) * (pad(layer.in_features, n) + 1)
 
 
-def _forward_layer(e, layer, params, src, acc_base, batch):
-    """Emit ``src @ W^T`` for one layer, one output tile at a time, into the accumulators.
-    ``src`` is ``(base, reg)`` of a blocked matrix with ``batch`` rows per block. A generator:
-    after each output tile's matrix products it yields ``(tile, bias_row)`` so that the caller
-    emits that tile's vector pass before the next tile reuses the accumulators."""
+def _blocks(features, n):
+    return ceil_div(features, n)
+
+
+def _assemble(cfg, build, what):
+    """Emit with the most unrolling whose program fits the instruction memory."""
+    for unroll in (4, 2, 1):
+        e = build(unroll)
+        program = e.program()
+        if len(program) <= cfg.imem_depth:
+            return e, program
+    raise CompileError(f"the {what} program has {len(program)} instructions even with every "
+                       f"dimension looped; the instruction memory holds {cfg.imem_depth} "
+                       f"(use a TPUConfig with a larger imem_depth, or fewer layers)")
+
+
+def _forward_layer(e, layer, params, src, batch, acc, *, out):
+    """``out(addrs)`` emits the vector passes of one output tile; ``addrs[0]`` is the
+    tile's parameters (its bias row at ``+ in_features``), the other addresses are the
+    extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile)."""
     n = e.n
-    in_f = layer.in_features
-    for ot, (o0, _) in enumerate(e.tiles(layer.out_features)):
-        tile_base = params.base + ot * (in_f + 1)
-        e.matmul_tiles(
-            weights=lambda it: (tile_base + it * n, min(n, in_f - it * n)),
-            inputs=lambda it: (src[0] + it * batch, src[1], 1),
-            acc_base=acc_base, m=batch, k_total=ceil_div(in_f, n), transpose=False,
-            comment=f"layer {layer.in_features}->{layer.out_features}, outputs {o0}..")
-        yield ot, tile_base + in_f
+    in_pad = pad(layer.in_features, n)
+    if layer.leaky:
+        e.config(ConfigReg.LEAK, layer.leak)
+
+    def tile(a):
+        e.reduce(in_pad // n, a[0], n, src, batch, acc, batch)
+        out.emit(a, a[0] + in_pad)
+
+    e.loop(_blocks(layer.out_features, n),
+           [(params, in_pad + 1)] + [(s, batch) for s in out.streams], tile)
 
 
-def _vpu(e, src, dst, rows, *, dst_reg=0, aux=None, bias=None, path=(), stride=1):
-    text = f"vpu {e.addr('acc', src)}, {e.addr('ub', dst, dst_reg)}, rows={rows}"
-    if aux is not None:
-        text += f", aux={e.addr('ub', *aux)}"
-    if bias is not None:
-        text += f", bias={e.addr('ub', bias)}"
-    if path:
-        text += ", path=" + "|".join(path)
-    if stride != 1:
-        text += f", stride={stride}"
-    e.emit(text)
+class _Out:
+    def __init__(self, streams, emit):
+        self.streams = streams
+        self.emit = emit
 
 
-def compile_forward(cfg, layers, batch, batches):
-    """Inference over ``batches`` batches of ``batch`` samples stored one after the other."""
+# --- inference --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ForwardLayout:
+    batch: int
+    chunk: int           # batches per run
+    x_stride: int
+    out_stride: int
+
+
+def _forward_memory(cfg, layers, batch, chunk):
+    n = cfg.n
+    mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
+    mem.alloc_acc("work", batch)
+    params = [mem.alloc(f"params{i}", _param_rows(l, n)) for i, l in enumerate(layers)]
+    hidden = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n))
+              for i, l in enumerate(layers[:-1])]
+    x_stride = batch * _blocks(layers[0].in_features, n)
+    out_stride = batch * _blocks(layers[-1].out_features, n)
+    x = mem.alloc("x", chunk * x_stride)
+    out = mem.alloc("out", chunk * out_stride)
+    return mem, params, hidden, x, out, _ForwardLayout(batch, chunk, x_stride, out_stride)
+
+
+def _forward_resident(cfg, layers, samples, batch=None):
+    n = cfg.n
+    # The largest batch (up to the accumulators) for which one batch fits; then as many
+    # batches per run as fit.
+    batch = min(samples, cfg.acc_depth, batch or 256)
+    while True:
+        try:
+            mem, *_ = _forward_memory(cfg, layers, batch, 1)
+            break
+        except CompileError:
+            if batch <= 1:
+                raise
+            batch = max(1, batch // 2)
+    per_batch = batch * (_blocks(layers[0].in_features, n) + _blocks(layers[-1].out_features, n))
+    batches = ceil_div(samples, batch)
+    chunk = max(1, min(batches, 1 + mem.ub_free // per_batch))
+    mem, params, hidden, x, out, lay = _forward_memory(cfg, layers, batch, chunk)
+
+    def build(unroll):
+        e = Emitter(cfg, unroll=unroll, reserved=RESERVED)
+        acc = Addr("acc", 0)
+        e.emit(f"addi r{REG_COUNT}, r{REG_BATCHES}, 0", "batches of this run (host)")
+        e.emit(f"setr r{REG_REC}, 0")
+        e.emit(f"setr r{REG_OUT}, 0")
+        e.label("batch")
+        e.forget_config()
+        for i, layer in enumerate(layers):
+            src = Addr("ub", x.base, REG_REC) if i == 0 else Addr("ub", hidden[i - 1].base)
+            path = ("bias", "act") if layer.leaky else ("bias",)
+            dst = Addr("ub", out.base, REG_OUT) if i == len(layers) - 1 else \
+                Addr("ub", hidden[i].base)
+            _forward_layer(e, layer, Addr("ub", params[i].base), src, batch, acc,
+                           out=_Out([dst], lambda a, bias, path=path: e.vpu(
+                               acc, a[1], batch, bias=bias, path=path)))
+        e.emit(f"addi r{REG_REC}, r{REG_REC}, {lay.x_stride}")
+        e.emit(f"addi r{REG_OUT}, r{REG_OUT}, {lay.out_stride}")
+        e.emit(f"djnz r{REG_COUNT}, batch")
+        e.emit("halt")
+        return e
+
+    _, program = _assemble(cfg, build, "inference")
+    image = ProgramImage("forward", program, 0)
+    steps = [Write(Space.UB, params[i].base, params[i].rows, Params(i))
+             for i in range(len(layers))]
+    in_f, out_f = layers[0].in_features, layers[-1].out_features
+    for b0 in range(0, batches, chunk):
+        b1 = min(batches, b0 + chunk)
+        rows = [Blocked("x", j * batch, (j + 1) * batch, 0, in_f) for j in range(b0, b1)]
+        steps.append(Write(Space.UB, x.base, (b1 - b0) * lay.x_stride, Concat(tuple(rows))))
+        steps.append(Run("forward", ((REG_BATCHES, b1 - b0),), ("batches", b0, b1)))
+        steps.append(Read(Space.UB, out.base, (b1 - b0) * lay.out_stride,
+                          Concat(tuple(Blocked("out", j * batch, (j + 1) * batch, 0, out_f)
+                                       for j in range(b0, b1)))))
+    info = {"form": "resident", "batch": batch, "batches per run": chunk,
+            "padded samples": batches * batch}
+    return Plan("inference", cfg, (image,), steps, mem.regions, info)
+
+
+def _forward_layerwise(cfg, layers, samples):
+    """Each layer a blocked matrix product with a bias/activation epilogue; tensors ``h0``
+    (the inputs) .. ``h{L}`` (the outputs), ``WT{l}`` (in, out) and ``bias{l}`` (1, out)."""
+    steps, images, regions = [], [], {}
+    info = {"form": "layer by layer"}
+    for i, layer in enumerate(layers):
+        path = ("bias", "act") if layer.leaky else ("bias",)
+        sub = gemm_plan(cfg, samples, layer.in_features, layer.out_features, a=f"h{i}",
+                        b=f"WT{i}", c=f"h{i + 1}",
+                        epilogue=Epilogue(f"bias{i}", path, layer.leak), kind=f"layer{i}")
+        if i == 0:
+            images = list(sub.programs)
+        else:
+            steps.append(LoadPrograms(sub.programs))
+        steps.extend(sub.steps)
+        regions.update({f"layer{i}.{k}": v for k, v in sub.regions.items()})
+        info[f"layer {i}"] = sub.info["blocking"]
+    plan = Plan("inference", cfg, tuple(images), steps, regions, info)
+    return plan
+
+
+def compile_forward(cfg, layers, samples, *, batch=None):
+    """The plan of the inference of ``samples`` samples, in batches of at most ``batch``
+    (default: as many as fit, up to 256). Resident form: tensors ``x`` in and ``out``
+    out, both padded to ``plan.info["padded samples"]`` rows, and the parameters
+    (:class:`~.plan.Params`); layer-by-layer form: ``h0`` (the inputs) .. ``h{L}`` (the
+    outputs), ``WT{l}`` (in, out) and ``bias{l}`` (1, out)."""
     layers = tuple(layers)
     _check_layers(layers)
-    n = cfg.n
-    if batch < 1 or batches < 1:
-        raise CompileError(f"batch size and batch count must be positive, not {batch}, {batches}")
-    plan = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
-    acc = plan.alloc_acc("work", batch)
-    params = _alloc_params(plan, layers, n)
-    x_stride = batch * ceil_div(layers[0].in_features, n)
-    out_stride = batch * ceil_div(layers[-1].out_features, n)
-    x = plan.alloc("x", batches * x_stride)
-    out = plan.alloc("out", batches * out_stride)
-    hidden = [plan.alloc(f"h{i}", batch * ceil_div(layer.out_features, n))
-              for i, layer in enumerate(layers[:-1])]
-    e = Emitter(cfg)
-    e.emit(f"setr r1, {batches}")
-    e.emit("setr r2, 0")
-    e.emit("setr r4, 0")
-    e.label("batch")
-    e.forget_config()
-    for i, layer in enumerate(layers):
-        src = (x.base, 2) if i == 0 else (hidden[i - 1].base, 0)
-        last = i == len(layers) - 1
-        for ot, bias in _forward_layer(e, layer, params[i], src, acc.base, batch):
-            path = ("bias", "act") if layer.leaky else ("bias",)
-            if layer.leaky:
-                e.config(ConfigReg.LEAK, layer.leak)
-            if last:
-                _vpu(e, acc.base, out.base + ot * batch, batch, dst_reg=4, bias=bias, path=path)
-            else:
-                _vpu(e, acc.base, hidden[i].base + ot * batch, batch, bias=bias, path=path)
-    e.emit(f"addi r2, r2, {x_stride}")
-    e.emit(f"addi r4, r4, {out_stride}")
-    e.emit("djnz r1, batch")
-    e.emit("halt")
-    regions = {"x": x, "out": out, **{f"params{i}": p for i, p in enumerate(params)},
-               **{f"h{i}": h for i, h in enumerate(hidden)}}
-    fp = ForwardPlan(e.program(), layers, batch, batches, regions, n=n)
-    fp.text = e.text
-    return fp
+    if not isinstance(samples, int) or samples < 1:
+        raise CompileError(f"the number of samples must be a positive integer, not {samples!r}")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise CompileError(f"batch size must be a positive integer, not {batch!r}")
+    try:
+        return _forward_resident(cfg, layers, samples, batch)
+    except CompileError:
+        return _forward_layerwise(cfg, layers, samples)
 
+
+# --- training ---------------------------------------------------------------------------
 
 def split_loss_scale(cfg, lr, scale):
     """Split ``lr * scale`` (scale = 2 / (batch * outputs)) between the ``lr`` and
@@ -206,145 +273,327 @@ def split_loss_scale(cfg, lr, scale):
     return float(sc.decode(lr_raw)), float(sc.decode(loss_raw)), float(effective)
 
 
-def compile_training(cfg, layers, batch, batches, lr, *, log_slots=None, stochastic=True):
-    """Training with plain SGD on the MSE loss (mean over all elements) for ``r5`` epochs over
-    ``batches`` batches of ``batch`` samples. ``log_slots`` epochs of the network's outputs
-    are kept for the host to compute the loss (default: as many as fit, 0 for none).
-    ``stochastic`` selects stochastic rounding of the parameter updates (see
-    :func:`tinytpu_hdl.numeric.stochastic_narrow`) instead of rounding to nearest."""
-    layers = tuple(layers)
-    _check_layers(layers)
+@dataclass(frozen=True)
+class TrainingFootprint:
+    """Unified-buffer rows of a training plan: ``fixed`` (parameters, identity, working
+    state of one batch), ``record`` per batch of samples, ``log`` per batch and epoch of
+    logged outputs."""
+
+    fixed: int
+    record: int
+    log: int
+
+    def minimum(self, record_loss=True):
+        return self.fixed + self.record + (self.log if record_loss else 0)
+
+
+def training_footprint(cfg, layers, batch):
     n = cfg.n
-    L = len(layers)
-    if batch < 1 or batches < 1:
-        raise CompileError(f"batch size and batch count must be positive, not {batch}, {batches}")
     nb = ceil_div(batch, n)
-    if nb > MAX_STRIDE:
-        raise CompileError(f"batch size {batch} needs a stride of {nb} rows for the transposed "
-                           f"activations; the ISA allows {MAX_STRIDE} (batch <= {MAX_STRIDE * n})")
-    out_f = layers[-1].out_features
-    scale = 2.0 / (batch * out_f)
-    lr_reg, loss_reg, effective = split_loss_scale(cfg, lr, scale)
+    fixed = sum(_param_rows(l, n) for l in layers) + n
+    for l in layers[:-1]:
+        fixed += batch * _blocks(l.out_features, n) + (pad(l.out_features, n) + 1) * nb
+    y_stride = batch * _blocks(layers[-1].out_features, n)
+    fixed += y_stride                                       # dZ of the last layer
+    record = (batch * _blocks(layers[0].in_features, n)
+              + (pad(layers[0].in_features, n) + 1) * nb + y_stride)
+    return TrainingFootprint(fixed, record, y_stride)
 
-    plan = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
-    max_in = max(layer.in_features for layer in layers)
-    acc = plan.alloc_acc("work", max(batch, max_in + 1, n))
-    params = _alloc_params(plan, layers, n)
-    ident = plan.alloc("identity", n)
-    x_stride = batch * ceil_div(layers[0].in_features, n)
-    xt_stride = (layers[0].in_features + 1) * nb
-    y_stride = batch * ceil_div(out_f, n)
-    x = plan.alloc("x", batches * x_stride)
-    xt = plan.alloc("xt", batches * xt_stride)
-    y = plan.alloc("y", batches * y_stride)
-    hidden = [plan.alloc(f"h{i}", batch * ceil_div(layer.out_features, n))
-              for i, layer in enumerate(layers[:-1])]
-    hidden_t = [plan.alloc(f"ht{i}", (layer.out_features + 1) * nb)
-                for i, layer in enumerate(layers[:-1])]
-    dz = [plan.alloc(f"dz{i}", batch * ceil_div(layer.out_features, n))
-          for i, layer in enumerate(layers)]
-    log_epoch = batches * y_stride
-    free = cfg.ub_depth - plan.ub_used
-    fit = free // log_epoch if log_epoch else 0
-    slots = fit if log_slots is None else log_slots
-    if log_slots is not None and log_slots > fit:
-        raise CompileError(f"the loss log needs {log_slots * log_epoch} rows for {log_slots} "
-                           f"epochs; {free} rows are free")
-    slots = min(slots, 65535 // max(1, log_epoch))
-    log = plan.alloc("log", slots * log_epoch) if slots else None
 
-    e = Emitter(cfg)
-    e.comment(f"SGD on MSE: lr {lr:g} x 2/({batch}*{out_f}) = lr register {lr_reg:g} x "
-              f"loss_scale {loss_reg:g}")
+def _largest_fitting(cfg, layers, batch, record_loss):
+    """The network with the same input and output sizes and the same number of layers whose
+    hidden layers are the widest (all scaled alike) that train on ``cfg``, or None."""
+    if len(layers) < 2:
+        return None
+    widths = [l.out_features for l in layers[:-1]]
+    best = None
+    lo, hi = 1, max(widths)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        scaled = [max(1, w * mid // max(widths)) for w in widths]
+        sizes = [layers[0].in_features] + scaled + [layers[-1].out_features]
+        trial = [LayerSpec(a, b, l.activation, l.leak) for a, b, l in zip(sizes, sizes[1:],
+                                                                         layers)]
+        if training_footprint(cfg, trial, batch).minimum(record_loss) <= cfg.ub_depth:
+            best, lo = sizes, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _does_not_fit(cfg, layers, batch, fp, record_loss):
+    n = cfg.n
+    sizes = [layers[0].in_features] + [l.out_features for l in layers]
+    name = "-".join(map(str, sizes))
+    params = sum(_param_rows(l, n) for l in layers)
+    need = fp.minimum(record_loss)
+    fits = [b for b in range(1, min(batch, cfg.acc_depth, MAX_STRIDE * n) + 1)
+            if training_footprint(cfg, layers, b).minimum(record_loss) <= cfg.ub_depth]
+    smaller = f", or batch <= {fits[-1]}" if fits else ""
+    best = _largest_fitting(cfg, layers, batch, record_loss)
+    shape = f"{len(layers)}-layer network with {sizes[0]} inputs and {sizes[-1]} outputs"
+    hint = (f"the largest {shape} that trains here at batch {batch} is "
+            f"{'-'.join(map(str, best))}" if best else
+            f"no {shape} trains here at batch {batch}")
+    return (f"training the {name} network with batch {batch} needs {need:,} unified-buffer "
+            f"rows on chip (parameters {params:,}, working state {fp.fixed - params:,}, one "
+            f"batch of samples {fp.record:,}"
+            f"{f', logged outputs {fp.log:,}' if record_loss else ''}); this TPUConfig(n={n}) "
+            f"has ub_depth={cfg.ub_depth:,}. Use ub_depth >= {need:,}{smaller}; {hint}")
+
+
+def _training_memory(cfg, layers, batch, chunk, log_batches):
+    n = cfg.n
+    nb = ceil_div(batch, n)
+    mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
+    mem.alloc_acc("work", cfg.acc_depth)
+    regions = {}
+    regions["params"] = [mem.alloc(f"params{i}", _param_rows(l, n))
+                         for i, l in enumerate(layers)]
+    regions["identity"] = mem.alloc("identity", n)
+    regions["h"] = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n))
+                    for i, l in enumerate(layers[:-1])]
+    regions["ht"] = [mem.alloc(f"ht{i}", (pad(l.out_features, n) + 1) * nb)
+                     for i, l in enumerate(layers[:-1])]
+    y_stride = batch * _blocks(layers[-1].out_features, n)
+    regions["dz"] = mem.alloc("dz", y_stride)
+    fp = training_footprint(cfg, layers, batch)
+    regions["records"] = mem.alloc("records", chunk * fp.record)
+    regions["log"] = mem.alloc("log", log_batches * y_stride) if log_batches else None
+    return mem, regions
+
+
+def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochastic, log,
+                      unroll):
+    n = cfg.n
+    nb = ceil_div(batch, n)
+    L = len(layers)
+    e = Emitter(cfg, unroll=unroll, reserved=RESERVED)
+    acc = Addr("acc", 0)
+    params = [Addr("ub", p.base) for p in regions["params"]]
+    hidden = [Addr("ub", h.base) for h in regions["h"]]
+    hidden_t = [Addr("ub", h.base) for h in regions["ht"]]
+    dz_last = Addr("ub", regions["dz"].base)
+    ident = Addr("ub", regions["identity"].base)
+    rec = regions["records"].base
+    in0 = layers[0].in_features
+    x_rec = Addr("ub", rec, REG_REC)
+    xt_rec = x_rec + batch * _blocks(in0, n)
+    y_rec = xt_rec + (pad(in0, n) + 1) * nb
+    record_rows = training_footprint(cfg, layers, batch).record
+    y_stride = batch * _blocks(layers[-1].out_features, n)
+    log_addr = Addr("ub", regions["log"].base, REG_OUT) if log else None
+    rc_max = cfg.acc_depth                # rows of a weight-gradient chunk
+
+    e.comment(f"SGD on MSE: lr register {lr_reg:g} x loss_scale {loss_reg:g}")
     e.config(ConfigReg.LR, lr_reg)
     e.config(ConfigReg.LOSS_SCALE, loss_reg)
+    e.emit(f"setr r{REG_OUT}, 0")
     e.label("epoch")
-    e.emit(f"setr r1, {batches}")
-    e.emit("setr r2, 0")
-    e.emit("setr r3, 0")
-    e.emit("setr r4, 0")
+    e.emit(f"addi r{REG_COUNT}, r{REG_BATCHES}, 0", "batches of this run (host)")
+    e.emit(f"setr r{REG_REC}, 0")
     e.label("batch")
-    e.forget_config()
-    e.config(ConfigReg.LR, lr_reg)
-    e.config(ConfigReg.LOSS_SCALE, loss_reg)
+    e.forget_config(keep=(ConfigReg.LR, ConfigReg.LOSS_SCALE))     # only LEAK changes
 
     # Forward.
     for i, layer in enumerate(layers):
-        src = (x.base, 2) if i == 0 else (hidden[i - 1].base, 0)
-        last = i == L - 1
-        for ot, bias in _forward_layer(e, layer, params[i], src, acc.base, batch):
-            act = ("act",) if layer.leaky else ()
-            if layer.leaky:
-                e.config(ConfigReg.LEAK, layer.leak)
-            if not last:
-                _vpu(e, acc.base, hidden[i].base + ot * batch, batch, bias=bias,
-                     path=("bias",) + act)
-                continue
-            if log is not None:
-                _vpu(e, acc.base, log.base + ot * batch, batch, dst_reg=6, bias=bias,
-                     path=("bias",) + act)
+        src = x_rec if i == 0 else hidden[i - 1]
+        act = ("act",) if layer.leaky else ()
+        if i < L - 1:
+            out = _Out([hidden[i]], lambda a, bias, act=act: e.vpu(
+                acc, a[1], batch, bias=bias, path=("bias",) + act))
+        else:
             deriv = ("deriv",) if layer.leaky else ()
-            _vpu(e, acc.base, dz[i].base + ot * batch, batch, aux=(y.base + ot * batch, 4),
-                 bias=bias, path=("bias",) + act + ("loss",) + deriv)
-        if not last:
+
+            def last(a, bias, act=act, deriv=deriv):
+                if log:
+                    e.vpu(acc, a[3], batch, bias=bias, path=("bias",) + act)
+                e.vpu(acc, a[1], batch, aux=a[2], bias=bias,
+                      path=("bias",) + act + ("loss",) + deriv)
+            out = _Out([dz_last, y_rec] + ([log_addr] if log else []), last)
+        _forward_layer(e, layer, params[i], src, batch, acc, out=out)
+        if i < L - 1:
             e.comment(f"transpose h{i} for the weight gradients")
-            for ot, (o0, ko) in enumerate(e.tiles(layer.out_features)):
-                for bt, (b0, kb) in enumerate(e.tiles(batch)):
-                    e.emit(f"loadw {e.addr('ub', hidden[i].base + ot * batch + b0)}, rows={kb}, "
-                           f"transpose")
-                    e.emit(f"matmul {e.addr('ub', ident.base)}, {e.addr('acc', acc.base)}, "
-                           f"rows={ko}")
-                    _vpu(e, acc.base, hidden_t[i].base + o0 * nb + bt, ko, stride=nb)
+            e.loop(_blocks(layer.out_features, n), [(hidden[i], batch), (hidden_t[i], n * nb)],
+                   lambda a: e.tiled(batch, [(a[0], n), (a[1], 1)], lambda b, kb: (
+                       e.loadw(b[0], kb, transpose=True),
+                       e.matmul(ident, acc, n),
+                       e.vpu(acc, b[1], n, stride=nb))))
 
     # Backward.
     for i in reversed(range(L)):
         layer = layers[i]
-        in_f = layer.in_features
+        in_pad = pad(layer.in_features, n)
+        ot_count = _blocks(layer.out_features, n)
+        dz = dz_last if i == L - 1 else hidden[i]        # dZ_i was written over h_i
         if i > 0:
             prev = layers[i - 1]
-            e.comment(f"dZ{i - 1} = (dZ{i} W{i}) * act'(h{i - 1})")
-            for it, (i0, _) in enumerate(e.tiles(in_f)):
-                e.matmul_tiles(
-                    weights=lambda ot, it=it: (params[i].base + ot * (in_f + 1) + it * n,
-                                               min(n, in_f - it * n)),
-                    inputs=lambda ot: (dz[i].base + ot * batch, 0, 1),
-                    acc_base=acc.base, m=batch, k_total=ceil_div(layer.out_features, n),
-                    transpose=True)
+            e.comment(f"dZ{i - 1} = (dZ{i} W{i}) * act'(h{i - 1}), over h{i - 1}")
+            if prev.leaky:
+                e.config(ConfigReg.LEAK, prev.leak)
+
+            def input_tile(a, prev=prev, dz=dz, in_pad=in_pad, ot_count=ot_count):
+                e.reduce(ot_count, a[0], in_pad + 1, dz, batch, acc, batch, transpose=True)
                 if prev.leaky:
-                    e.config(ConfigReg.LEAK, prev.leak)
-                    _vpu(e, acc.base, dz[i - 1].base + it * batch, batch,
-                         aux=(hidden[i - 1].base + it * batch, 0), path=("deriv",))
+                    e.vpu(acc, a[1], batch, aux=a[1], path=("deriv",))
                 else:
-                    _vpu(e, acc.base, dz[i - 1].base + it * batch, batch)
+                    e.vpu(acc, a[1], batch)
+            e.loop(in_pad // n, [(params[i], n), (hidden[i - 1], batch)], input_tile)
         e.comment(f"[dW{i}^T; db{i}] = [h^T; 1] dZ{i}, then SGD")
-        src_t = (xt.base, 3) if i == 0 else (hidden_t[i - 1].base, 0)
-        for ot, _ in enumerate(e.tiles(layer.out_features)):
-            e.matmul_tiles(
-                weights=lambda bt, ot=ot: (dz[i].base + ot * batch + bt * n,
-                                           min(n, batch - bt * n)),
-                inputs=lambda bt: (src_t[0] + bt, src_t[1], nb),
-                acc_base=acc.base, m=in_f + 1, k_total=nb, transpose=False)
-            e.emit(f"gd {e.addr('acc', acc.base)}, {e.addr('ub', params[i].base + ot * (in_f + 1))}, "
-                   f"rows={in_f + 1}" + (", stochastic" if stochastic else ""))
+        src_t = xt_rec if i == 0 else hidden_t[i - 1]
 
-    e.emit(f"addi r2, r2, {x_stride}")
-    e.emit(f"addi r3, r3, {xt_stride}")
-    e.emit(f"addi r4, r4, {y_stride}")
-    if log is not None:
-        e.emit(f"addi r6, r6, {y_stride}")
-    e.emit("djnz r1, batch")
-    e.emit("djnz r5, epoch")
+        in_f = layer.in_features
+
+        def gradient(param, dz_tile, src, stream):
+            """Stream ``stream`` rows of ``[h^T; 1]`` from ``src`` against the batch's
+            ``dZ`` chunks into the accumulators."""
+            e.reduce(nb, dz_tile, n, src, 1, acc, stream, last_rows=batch - (nb - 1) * n,
+                     stride=nb)
+
+        def update(param, rows, bias_at=None):
+            """SGD on the real rows (the padding rows of the features have no parameters:
+            their gradient is zero and they are skipped, so that the random stream of
+            stochastic rounding is the same for every array size), then the bias row."""
+            if bias_at == rows:
+                e.gd(acc, param, rows + 1, stochastic=stochastic)
+                return
+            if rows:
+                e.gd(acc, param, rows, stochastic=stochastic)
+            if bias_at is not None:
+                e.gd(acc + bias_at, param + bias_at, 1, stochastic=stochastic)
+
+        def output_tile(a, in_f=in_f, in_pad=in_pad, src_t=src_t):
+            # Chunks of the weight rows of at most the accumulator memory's rows; the last
+            # chunk also streams the padding rows and the bias row (the row of ones).
+            full, last = divmod(in_f, rc_max)
+            e.loop(full, [(a[0], rc_max), (a[1], 0), (src_t, rc_max * nb)],
+                   lambda c: (gradient(c[0], c[1], c[2], rc_max), update(c[0], rc_max)))
+            start = full * rc_max
+            tail = in_pad + 1 - start                  # rows the last chunk streams
+            if tail <= rc_max:
+                gradient(a[0] + start, a[1], src_t + start * nb, tail)
+                update(a[0] + start, last, bias_at=tail - 1)
+                return
+            # The last rows and the bias row do not fit one chunk: one chunk each.
+            gradient(a[0] + start, a[1], src_t + start * nb, last)
+            update(a[0] + start, last)
+            gradient(a[0] + in_pad, a[1], src_t + in_pad * nb, 1)
+            update(a[0] + in_pad, 0, bias_at=0)
+        e.loop(ot_count, [(params[i], in_pad + 1), (dz, batch)], output_tile)
+
+    e.emit(f"addi r{REG_REC}, r{REG_REC}, {record_rows}")
+    if log:
+        e.emit(f"addi r{REG_OUT}, r{REG_OUT}, {y_stride}")
+    e.emit(f"djnz r{REG_COUNT}, batch")
+    e.emit(f"djnz r{REG_EPOCHS}, epoch")
     e.emit("halt")
+    return e
 
-    regions = {"x": x, "xt": xt, "y": y, "identity": ident,
-               **{f"params{i}": p for i, p in enumerate(params)},
-               **{f"h{i}": h for i, h in enumerate(hidden)},
-               **{f"ht{i}": h for i, h in enumerate(hidden_t)},
-               **{f"dz{i}": d for i, d in enumerate(dz)}}
-    if log is not None:
-        regions["log"] = log
-    tp = TrainingPlan(e.program(), layers, batch, batches, n, lr, loss_reg, lr_reg, slots, regions,
-                      _effective=effective)
-    tp.text = e.text
-    tp.scale = scale
-    return tp
+
+def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=True,
+                     stochastic=True, epochs_per_run=None):
+    """The plan of ``epochs`` epochs of SGD over ``samples // batch`` batches (a last partial
+    batch is dropped). Tensors: ``x`` (samples, in) and ``y`` (samples, out) in,
+    ``W{l}``/``b{l}`` in and out (the parameters), ``outputs`` out (the network's outputs
+    during each epoch of a run, ``plan.info["log epochs"]`` epochs, for the loss).
+    ``Mark(("epochs", e0, e1))`` steps follow the runs that finish epochs ``e0 .. e1 - 1``."""
+    layers = tuple(layers)
+    _check_layers(layers)
+    n = cfg.n
+    for name, value in (("batch size", batch), ("samples", samples), ("epochs", epochs)):
+        if not isinstance(value, int) or value < 1:
+            raise CompileError(f"{name} must be a positive integer, not {value!r}")
+    batches = samples // batch
+    if batches == 0:
+        raise CompileError(f"batch size {batch} is larger than the {samples} samples")
+    nb = ceil_div(batch, n)
+    if nb > MAX_STRIDE:
+        raise CompileError(f"batch size {batch} needs a stride of {nb} rows for the transposed "
+                           f"activations; the ISA allows {MAX_STRIDE} (batch <= "
+                           f"{MAX_STRIDE * n} on N={n})")
+    if batch > cfg.acc_depth:
+        raise CompileError(f"batch size {batch} needs {batch} accumulator rows; this TPUConfig "
+                           f"has acc_depth={cfg.acc_depth} (use batch <= {cfg.acc_depth})")
+    out_f = layers[-1].out_features
+    lr_reg, loss_reg, effective = split_loss_scale(cfg, lr, 2.0 / (batch * out_f))
+
+    fp = training_footprint(cfg, layers, batch)
+    if fp.minimum(record_loss) > cfg.ub_depth:
+        raise CompileError(_does_not_fit(cfg, layers, batch, fp, record_loss))
+    free = cfg.ub_depth - fp.fixed
+    log_per_batch = fp.log if record_loss else 0
+    if free >= batches * (fp.record + log_per_batch):
+        chunk = batches                                   # the whole data set on chip
+        log_epochs = min(epochs, (free - batches * fp.record) // (batches * fp.log)) \
+            if record_loss else epochs
+        log_epochs = min(log_epochs, epochs_per_run or log_epochs, 0xFFFF)
+    else:
+        chunk = free // (fp.record + log_per_batch)
+        log_epochs = 1
+    mem, regions = _training_memory(cfg, layers, batch, chunk,
+                                    chunk * log_epochs if record_loss else 0)
+
+    def build(unroll):
+        return _training_program(cfg, layers, batch, regions, lr_reg=lr_reg, loss_reg=loss_reg,
+                                 stochastic=stochastic, log=record_loss, unroll=unroll)
+    _, program = _assemble(cfg, build, "training")
+    image = ProgramImage("train", program, 0)
+
+    one = int(cfg.data.encode(1.0))
+    in_f = layers[0].in_features
+    steps = [Write(Space.UB, regions["params"][i].base, regions["params"][i].rows, Params(i))
+             for i in range(len(layers))]
+    steps.append(Write(Space.UB, regions["identity"].base, n,
+                       Literal("identity", np.eye(n, dtype=np.int64) * one)))
+    for i, layer in enumerate(layers[:-1]):
+        rows = (pad(layer.out_features, n) + 1) * nb
+        init = np.zeros((rows, n), dtype=np.int64)
+        init[rows - nb:] = one                                    # the rows of ones
+        steps.append(Write(Space.UB, regions["ht"][i].base, rows, Literal(f"ht{i}", init)))
+
+    def records(b0, b1):
+        parts = []
+        for j in range(b0, b1):
+            s0, s1 = j * batch, (j + 1) * batch
+            parts += [Blocked("x", s0, s1, 0, in_f), TransposedChunks("x", s0, s1, one),
+                      Blocked("y", s0, s1, 0, out_f)]
+        return Concat(tuple(parts))
+
+    y_stride = fp.log
+    if chunk == batches:
+        steps.append(Write(Space.UB, regions["records"].base, batches * fp.record,
+                           records(0, batches)))
+        done = 0
+        while done < epochs:
+            count = min(log_epochs, epochs - done)
+            steps.append(Run("train", ((REG_BATCHES, batches), (REG_EPOCHS, count)),
+                             ("epochs", done, done + count)))
+            if record_loss:
+                steps.append(Read(Space.UB, regions["log"].base, count * batches * y_stride,
+                                  Concat(tuple(Blocked("outputs", k * batch, (k + 1) * batch,
+                                                       0, out_f)
+                                               for k in range(count * batches)))))
+            steps.append(Mark(("epochs", done, done + count)))
+            done += count
+    else:
+        for epoch in range(epochs):
+            for b0 in range(0, batches, chunk):
+                b1 = min(batches, b0 + chunk)
+                steps.append(Write(Space.UB, regions["records"].base, (b1 - b0) * fp.record,
+                                   records(b0, b1)))
+                steps.append(Run("train", ((REG_BATCHES, b1 - b0), (REG_EPOCHS, 1)),
+                                 ("epoch", epoch, "batches", b0, b1)))
+                if record_loss:
+                    steps.append(Read(Space.UB, regions["log"].base, (b1 - b0) * y_stride,
+                                      Concat(tuple(Blocked("outputs", k * batch,
+                                                           (k + 1) * batch, 0, out_f)
+                                                   for k in range(b0, b1)))))
+            steps.append(Mark(("epochs", epoch, epoch + 1)))
+    for i, layer in enumerate(layers):
+        steps.append(Read(Space.UB, regions["params"][i].base, regions["params"][i].rows,
+                          Params(i)))
+    info = {"batch": batch, "batches": batches, "batches per run": chunk,
+            "log epochs": log_epochs if record_loss else 0,
+            "lr register": lr_reg, "loss_scale register": loss_reg, "effective lr": effective,
+            "per-run overhead estimate": run_overhead(cfg)}
+    return Plan("training", cfg, (image,), steps, mem.regions, info)

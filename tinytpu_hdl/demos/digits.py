@@ -43,12 +43,38 @@ def train_float(model, x, y_onehot, *, lr, epochs, batch_size):
     return losses
 
 
-def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=32, hidden=32,
-               seed=0, plot="digits_loss.png", out=print):
+def fitting_size(cfg, hidden=None, batch_size=None):
+    """``(hidden, batch_size)`` for training 64-hidden-10 on ``cfg``: the given values, or
+    where one is not given, the largest up to 32 that trains with the other on this
+    configuration (a small board's buffer does not hold 64-32-10 at batch 32)."""
+    from ..compiler import Capacity
+    cap = Capacity(cfg)
+    hiddens = [hidden] if hidden else list(range(32, 0, -1))
+    batches = [batch_size] if batch_size else list(range(min(32, cap.max_batch), 0, -1))
+    for b in batches:
+        for h in hiddens:
+            if cap.training([64, h, 10], b).fits:
+                return h, b
+    return hiddens[0], batches[0]             # does not fit: training says why
+
+
+def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=None, hidden=None,
+               seed=0, plot="digits_loss.png", out=print, cfg=None, options=None):
+    """Train on ``backend``. ``cfg`` (default: ``TPUConfig(n=n)`` with its default memories)
+    must match the hardware behind the backend, e.g. a board's configuration; ``options``
+    go to the backend's transport (e.g. ``port`` and ``baudrate`` for uart). The samples
+    are streamed through the chip when they do not fit it (``acc.last_plan`` says how).
+    ``hidden`` and ``batch_size`` default to 32, or the largest that fit ``cfg``."""
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     onehot = np.eye(10)[y_train]
-    cfg = TPUConfig(n=n, ub_depth=65536, acc_depth=256, imem_depth=1024)
-    acc = Accelerator(cfg, backend=backend)
+    cfg = cfg or TPUConfig(n=n)
+    n = cfg.n
+    fitted = fitting_size(cfg, hidden, batch_size)
+    if (hidden, batch_size) != fitted and fitted != (32, 32):
+        out(f"This configuration (N={n}, {cfg.ub_depth:,}-row buffer) trains at most "
+            f"64-{fitted[0]}-10 with batch {fitted[1]} on chip: training that.")
+    hidden, batch_size = fitted
+    acc = Accelerator(cfg, backend=backend, **(options or {}))
     model = digits_model(hidden, seed)
     reference = model.copy()
     out(f"Training a 64-{hidden}-10 MLP on {len(x_train)} digits ({len(x_test)} held out), "
@@ -57,6 +83,7 @@ def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=32, hi
     losses = acc.train(model, x_train, onehot, lr=lr, epochs=epochs, batch_size=batch_size,
                        progress=ProgressBar(epochs))
     stats = acc.stats                   # the training's (the test-set pass below has its own)
+    train_plan = acc.last_plan
     device_acc = float(np.mean(np.argmax(acc.forward(model, x_test), axis=1) == y_test))
     float_losses = train_float(reference, x_train, onehot, lr=lr, epochs=epochs,
                                batch_size=batch_size)
@@ -65,7 +92,9 @@ def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=32, hi
     out(f"{'final training loss':>22} {losses[-1]:>10.5f} {float_losses[-1]:>10.5f}")
     out(f"{'test accuracy':>22} {100 * device_acc:>9.1f}% {100 * float_acc:>9.1f}%")
     out(f"Training ran {stats.cycles} device cycles ({stats.cycles // epochs} per epoch) in "
-        f"{stats.runs} program runs, array utilization {100 * stats.utilization:.1f}%")
+        f"{stats.runs} program runs ({train_plan.info['batches per run']} batches of "
+        f"{batch_size} per run, buffer {cfg.ub_depth} rows), array utilization "
+        f"{100 * stats.utilization:.1f}%")
     if plot and save_loss_plot(losses, plot, f"digits on tinytpu_hdl (N={n}, {backend})",
                                extra=[("float64", float_losses)]):
         out(f"loss curves written to {plot}")

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa import (
-    FLAG_ACCUMULATE, FLAG_TRANSPOSE, INSTRUCTION_BITS, NUM_REGS, ConfigReg, ErrorCode,
+    FLAG_ACCUMULATE, FLAG_TRANSPOSE, INSTRUCTION_BITS, NUM_REGS, REG_BITS, ConfigReg, ErrorCode,
     InstructionLayout, Op, Pathway, used_mask,
 )
 from ..numeric import hdl_mul_const
@@ -51,8 +51,8 @@ class CSR(IntEnum):
     ACC_DEPTH = 16
     IMEM_DEPTH = 17
     SEED = 18           # read/write: writing reseeds the stochastic-rounding generators
-    REG_BASE = 32       # R0..R7, read/write (R0 reads 0)
-    CFG_BASE = 40       # LEAK, LR, LOSS_SCALE, read/write
+    REG_BASE = 32       # R0..R15, read/write (R0 reads 0)
+    CFG_BASE = 48       # LEAK, LR, LOSS_SCALE, read/write
 
 
 class _Mode(IntEnum):
@@ -348,7 +348,7 @@ class ControlUnit(wiring.Component):
         d_span = [Signal(CHECK_WIDTH, name=f"d_span_{i}") for i in range(2)]
         d_stride = Signal(8)
         d_flags = Signal(8)
-        d_rd = Signal(3)
+        d_rd = Signal(REG_BITS)
         # The register results, both computed (no multiplexer after the adders); the issue
         # stage writes the one of the instruction. ADDI's ``rs + imm`` is also SETR's
         # ``imm``: a legal SETR leaves the ``b`` field zero, so ``rs`` reads R0.

@@ -29,7 +29,7 @@ iCE40's), with a register and a bypass multiplexer for every data bit (about
 300 logic cells for the 1x1 TPU's memories).
 """
 
-from amaranth.hdl import Module, Mux, Shape, Value
+from amaranth.hdl import Module, Mux, Shape, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -68,16 +68,26 @@ class RowMemory(wiring.Component):
     Built on :class:`amaranth.lib.memory.Memory`, so synthesis infers block RAM. With
     ``granularity`` (bits of an unsigned ``shape``), ``w.en`` has one bit per part of
     that many bits, written independently.
+
+    With ``shared_port=i``, read port ``ri`` and the write port share one address (the
+    write's while ``w.en`` is high, else the read's), so that a block RAM with two ports
+    holds the memory once (one port reads ``r0``, the other reads ``ri`` or writes)
+    instead of once per read port. Its users must never read through ``ri`` in a cycle
+    in which the memory is written (:func:`collision_checker` checks it in simulation).
     """
 
     def __init__(self, depth, shape, *, read_ports=1, transparent=False, init=(),
-                 granularity=None):
+                 granularity=None, shared_port=None):
+        if shared_port is not None and not 0 <= shared_port < read_ports:
+            raise ValueError(f"shared_port must name one of the {read_ports} read ports, "
+                             f"not {shared_port!r}")
         self._depth = depth
         self._shape = shape
         self._read_ports = read_ports
         self._transparent = transparent
         self._init = list(init)
         self._granularity = granularity
+        self._shared_port = shared_port
         granules = 1 if granularity is None else Shape.cast(shape).width // granularity
         members = {f"r{i}": In(read_request(depth, shape)) for i in range(read_ports)}
         members["w"] = In(write_request(depth, shape, granules))
@@ -91,15 +101,27 @@ class RowMemory(wiring.Component):
     def read_ports(self):
         return self._read_ports
 
+    @property
+    def shared_port(self):
+        return self._shared_port
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
         wp = mem.write_port(granularity=self._granularity)
-        m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en)]
+        w_addr = self.w.addr
+        if self._shared_port is not None:
+            # One address signal for the write and the shared read (Yosys then maps the pair
+            # to one read-write block RAM port).
+            r_addr = getattr(self, f"r{self._shared_port}").addr
+            w_addr = Signal.like(self.w.addr, name="shared_addr")
+            m.d.comb += w_addr.eq(Mux(self.w.en.any(), self.w.addr, r_addr))
+        m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en)]
         for i in range(self._read_ports):
             req = getattr(self, f"r{i}")
             rp = mem.read_port(transparent_for=(wp,) if self._transparent else ())
-            m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en), req.data.eq(rp.data)]
+            addr = w_addr if i == self._shared_port else req.addr
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(req.en), req.data.eq(rp.data)]
         return m
 
 
@@ -109,11 +131,16 @@ class UnifiedBuffer(RowMemory):
     Two read ports (``r0``: input streams, vector-unit operands, host reads;
     ``r1``: weight loads and the bias row) and one write port ``w`` (vector
     unit, gradient-descent unit, host), so that a matrix streams into the
-    array while the next weight tile loads.
+    array while the next weight tile loads. ``r1`` shares its address with ``w``
+    (``shared_port``): a block RAM with two ports holds the buffer once. The control
+    unit's issue rules keep them apart: a weight load waits until the vector and
+    gradient-descent units are idle, the vector unit reads its bias row before its first
+    write, and the host writes only while no program runs.
     """
 
     def __init__(self, cfg, depth):
-        super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2)
+        super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2,
+                         shared_port=1)
 
 
 class AccumulatorMemory(RowMemory):
@@ -159,18 +186,23 @@ def share_write(m, port, requesters):
 def collision_checker(memories):
     """An async testbench that raises :class:`AssertionError` in the first cycle in which
     a read port of one of ``memories`` (a dict name -> :class:`RowMemory`, elaborated)
-    reads the row its write port writes."""
+    reads the row its write port writes, or in which a memory's shared read port reads
+    while it is written."""
     ports = []
     for name, mem in memories.items():
         for i in range(mem.read_ports):
-            ports.append((name, i, mem.w, getattr(mem, f"r{i}")))
-    signals = [s for _, _, w, r in ports for s in (w.en, w.addr, r.en, r.addr)]
+            ports.append((name, i, mem.w, getattr(mem, f"r{i}"), i == mem.shared_port))
+    signals = [s for _, _, w, r, _ in ports for s in (w.en, w.addr, r.en, r.addr)]
 
     async def check(ctx):
         cycle = 0
         async for _, _, *values in ctx.tick().sample(*signals):
-            for k, (name, i, _, _) in enumerate(ports):
+            for k, (name, i, _, _, shared) in enumerate(ports):
                 w_en, w_addr, r_en, r_addr = values[4 * k:4 * k + 4]
+                if w_en and r_en and shared:
+                    raise AssertionError(f"{name}: port r{i}, which shares the write port's "
+                                         f"address, read row {r_addr} while row {w_addr} is "
+                                         f"written (cycle {cycle})")
                 if w_en and r_en and w_addr == r_addr:
                     raise AssertionError(f"{name}: row {w_addr} read through port r{i} in "
                                          f"the cycle it is written (cycle {cycle})")

@@ -6,10 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..asm import Program, assemble
-from ..compiler import compile_forward, compile_matmul, compile_training
-from ..compiler.layout import (
-    ceil_div, from_blocked, from_params, to_blocked, to_params, to_transposed_chunks,
-)
+from ..compiler import Capacity, compile_forward, compile_matmul, compile_training
 from ..compiler.memory import CompileError
 from ..config import TPUConfig
 from ..gateware.control import CSR
@@ -17,35 +14,12 @@ from ..host_protocol import Space
 from ..model import MLP
 from ..numeric import FormatError
 from .driver import HostDriver
+from .executor import Stats, execute
 
 __all__ = ["Accelerator", "Stats", "BACKENDS"]
 
 #: Backend names and the transports that implement them.
 BACKENDS = ("reference", "pysim", "verilator", "uart", "serial-sim")
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Counters of the last operation, summed over its program runs."""
-
-    n: int
-    runs: int = 0
-    cycles: int = 0
-    array_busy_cycles: int = 0
-    macs: int = 0
-    instructions: int = 0
-    overflow: bool = False
-
-    @property
-    def utilization(self):
-        """PE multiply-accumulates over the array's peak, ``macs / (cycles * n^2)``."""
-        return self.macs / (self.cycles * self.n * self.n) if self.cycles else 0.0
-
-    def __add__(self, run):
-        return Stats(self.n, self.runs + 1, self.cycles + run.cycles,
-                     self.array_busy_cycles + run.array_busy_cycles, self.macs + run.macs,
-                     self.instructions + run.instructions,
-                     self.overflow or run.overflow_array or run.overflow_vector or run.overflow_gd)
 
 
 def _transport(cfg, backend, options):
@@ -82,6 +56,7 @@ class Accelerator:
         self.driver = HostDriver(self.transport)
         self.stats = Stats(self.cfg.n)
         self.last_program = None
+        self.last_plan = None
 
     # --- data conversion ---------------------------------------------------------------------
 
@@ -100,6 +75,15 @@ class Accelerator:
             warnings.warn(message + " were clipped", stacklevel=3)
         return raw
 
+    # --- what fits -----------------------------------------------------------------------
+
+    def capacity(self):
+        """The :class:`~tinytpu_hdl.compiler.Capacity` of this configuration: memory sizes,
+        and, with ``.training(sizes, batch)`` / ``.inference(sizes, samples)``, how a network
+        would run. ``acc.last_plan`` is the plan of the last call (runs, transfers, memory
+        map; ``print(acc.last_plan)``)."""
+        return Capacity(self.cfg)
+
     # --- raw programs ------------------------------------------------------------------------
 
     def run(self, program, *, watchdog=0):
@@ -117,17 +101,6 @@ class Accelerator:
         self.stats = Stats(self.cfg.n) + run
         return self.stats
 
-    def _run_program(self, program, stats, *, regs=None):
-        if len(program) > self.cfg.imem_depth:
-            raise CompileError(f"the program has {len(program)} instructions; the instruction "
-                               f"memory holds {self.cfg.imem_depth} (use a TPUConfig with a "
-                               f"larger imem_depth)")
-        self.last_program = program
-        self.driver.load_program(program)
-        for reg, value in (regs or {}).items():
-            self.driver.write_csr(CSR.REG_BASE + reg, value)
-        return stats + self.driver.run()
-
     # --- matrix product ----------------------------------------------------------------------
 
     def matmul(self, a, b, *, clip=False):
@@ -143,24 +116,15 @@ class Accelerator:
 
     def matmul_raw(self, a_raw, b_raw):
         """``a @ b`` on raw data-format integers; returns raw accumulator integers."""
-        cfg, n = self.cfg, self.cfg.n
+        a_raw = np.asarray(a_raw, dtype=np.int64)
+        b_raw = np.asarray(b_raw, dtype=np.int64)
         m, k = a_raw.shape
         n_out = b_raw.shape[1]
-        plan = compile_matmul(cfg, m, k, n_out)
-        self.driver.write(Space.UB, plan.a_base, to_blocked(a_raw, n))
-        b_padded = np.zeros((plan.b_rows, n_out), dtype=np.int64)
-        b_padded[:k] = b_raw
-        self.driver.write(Space.UB, plan.b_base, to_blocked(b_padded, n))
-        out = np.zeros((m, ceil_div(n_out, n) * n), dtype=np.int64)
-        stats = Stats(n)
-        for p in plan.passes:
-            stats = self._run_program(p.program, stats)
-            rows = p.m1 - p.m0
-            data = np.array(self.driver.read(Space.ACC, 0, rows * (p.t1 - p.t0)))
-            for t in range(p.t0, p.t1):
-                out[p.m0:p.m1, t * n:(t + 1) * n] = data[(t - p.t0) * rows:(t - p.t0 + 1) * rows]
-        self.stats = stats
-        return out[:, :n_out]
+        plan = compile_matmul(self.cfg, m, k, n_out)
+        tensors = {"A": a_raw, "B": b_raw, "C": np.zeros((m, n_out), dtype=np.int64)}
+        self.last_plan = plan
+        self.stats = execute(plan, self.driver, tensors)
+        return tensors["C"]
 
     # --- MLP ---------------------------------------------------------------------------------
 
@@ -174,52 +138,49 @@ class Accelerator:
             raise ValueError("x has no samples")
         return x
 
-    def _write_params(self, plan, model, clip):
-        n = self.cfg.n
+    def _param_tensors(self, model, clip):
+        tensors = {}
         for i, (w, b) in enumerate(zip(model.weights, model.biases)):
-            rows = to_params(self._encode(f"weights[{i}]", w, clip=clip),
-                             self._encode(f"biases[{i}]", b, clip=clip), n)
-            self.driver.write(Space.UB, plan.regions[f"params{i}"].base, rows)
-
-    def _read_params(self, plan, model):
-        n = self.cfg.n
-        for i, w in enumerate(model.weights):
-            region = plan.regions[f"params{i}"]
-            rows = np.array(self.driver.read(Space.UB, region.base, region.rows))
-            w_raw, b_raw = from_params(rows, w.shape[0], w.shape[1], n)
-            model.weights[i] = self.cfg.data.decode(w_raw)
-            model.biases[i] = self.cfg.data.decode(b_raw)
+            tensors[f"W{i}"] = self._encode(f"weights[{i}]", w, clip=clip)
+            tensors[f"b{i}"] = self._encode(f"biases[{i}]", b, clip=clip)
+        return tensors
 
     def forward(self, model, x, *, batch_size=None, clip=False):
-        """Inference of ``model`` on ``x`` (samples, inputs) on the device; float outputs."""
+        """Inference of ``model`` on ``x`` (samples, inputs) on the device; float outputs.
+        Any number of samples and any layer sizes: the samples are streamed through the
+        chip in chunks, and a network whose parameters do not fit runs layer by layer
+        (``acc.last_plan`` shows how). ``batch_size`` caps the batch of the program."""
         x = self._check_model(model, x)
-        n = self.cfg.n
         samples = len(x)
-        batch = batch_size or min(samples, self.cfg.acc_depth)
-        batches = ceil_div(samples, batch)
-        padded = np.zeros((batches * batch, x.shape[1]))
-        padded[:samples] = x
-        plan = compile_forward(self.cfg, model.specs(), batch, batches)
-        self._write_params(plan, model, clip)
-        x_raw = self._encode("x", padded, clip=clip)
-        rows = np.concatenate([to_blocked(x_raw[j * batch:(j + 1) * batch], n)
-                               for j in range(batches)])
-        self.driver.write(Space.UB, plan.regions["x"].base, rows)
-        self.stats = self._run_program(plan.program, Stats(n))
+        plan = compile_forward(self.cfg, model.specs(), samples, batch=batch_size)
+        x_raw = self._encode("x", x, clip=clip)
+        params = self._param_tensors(model, clip)
         out_f = model.sizes[-1]
-        region = plan.regions["out"]
-        data = np.array(self.driver.read(Space.UB, region.base, region.rows))
-        stride = plan.out_stride
-        out = np.concatenate([from_blocked(data[j * stride:(j + 1) * stride], batch, out_f, n)
-                              for j in range(batches)])
-        return self.cfg.data.decode(out[:samples])
+        if plan.info["form"] == "resident":
+            padded = plan.info["padded samples"]
+            tensors = dict(params)
+            tensors["x"] = np.zeros((padded, x.shape[1]), dtype=np.int64)
+            tensors["x"][:samples] = x_raw
+            tensors["out"] = np.zeros((padded, out_f), dtype=np.int64)
+            result = "out"
+        else:
+            tensors = {"h0": x_raw}
+            for i, size in enumerate(model.sizes[1:]):
+                tensors[f"WT{i}"] = params[f"W{i}"].T.copy()
+                tensors[f"bias{i}"] = params[f"b{i}"][None, :]
+                tensors[f"h{i + 1}"] = np.zeros((samples, size), dtype=np.int64)
+            result = f"h{len(model.weights)}"
+        self.last_plan = plan
+        self.stats = execute(plan, self.driver, tensors)
+        return self.cfg.data.decode(tensors[result][:samples])
 
     def train(self, model, x, y, *, lr, epochs, batch_size, record_loss=True, clip=False,
               rounding="stochastic", seed=0, epochs_per_run=None, progress=None):
         """Train ``model`` on the device: plain SGD on the MSE loss (mean over all elements),
         ``epochs`` passes over ``x`` in order, in batches of ``batch_size`` (a last partial
         batch is dropped). Forward, backward and updates all run in the device program's
-        loops; the host only loads data and reads results. Updates ``model`` in place and
+        loops; the parameters stay on chip, the samples are streamed through it run by run
+        (or stay on chip for several epochs when they fit). Updates ``model`` in place and
         returns the loss of each epoch (computed from the outputs the device logged during
         the epoch), or an empty list with ``record_loss=False``.
 
@@ -227,9 +188,9 @@ class Accelerator:
         ``"stochastic"`` (default; unbiased, so updates below one LSB are not lost) with the
         generators seeded by ``seed``, or ``"nearest"``.
 
-        The epochs run in the program's hardware loop, ``epochs_per_run`` at a time (default:
-        as many as the loss log holds); ``progress(done, epochs, losses)`` is called after
-        each run."""
+        When the data set fits on chip, the epochs run in the program's hardware loop,
+        ``epochs_per_run`` at a time (default: as many as the loss log holds);
+        ``progress(done, epochs, losses)`` is called after each run of whole epochs."""
         x = self._check_model(model, x)
         y = np.asarray(y, dtype=np.float64)
         out_f = model.sizes[-1]
@@ -244,63 +205,39 @@ class Accelerator:
             raise ValueError(f"lr must be a positive number, not {lr!r}")
         if rounding not in ("stochastic", "nearest"):
             raise ValueError(f"rounding must be 'stochastic' or 'nearest', not {rounding!r}")
+        if epochs_per_run is not None and (not isinstance(epochs_per_run, int) or
+                                           epochs_per_run < 1):
+            raise ValueError(f"epochs_per_run must be a positive integer, not {epochs_per_run!r}")
+        batch_size, epochs = int(batch_size), int(epochs)
         batches = len(x) // batch_size
         if batches == 0:
             raise ValueError(f"batch_size {batch_size} is larger than the {len(x)} samples")
         used = batches * batch_size
-        n = self.cfg.n
-        plan = compile_training(self.cfg, model.specs(), batch_size, batches, lr,
-                                log_slots=None if record_loss else 0,
-                                stochastic=rounding == "stochastic")
-        if record_loss and plan.log_slots == 0:
-            raise CompileError("no room in the unified buffer to log one epoch of outputs for "
-                               "the loss; pass record_loss=False or use a larger ub_depth")
+        plan = compile_training(self.cfg, model.specs(), len(x), batch_size, lr, epochs=epochs,
+                                record_loss=record_loss, stochastic=rounding == "stochastic",
+                                epochs_per_run=epochs_per_run)
         self.last_plan = plan
-        data = self.cfg.data
-        one = int(data.encode(1.0))
-        self._write_params(plan, model, clip)
+        tensors = self._param_tensors(model, clip)
+        tensors["x"] = self._encode("x", x[:used], clip=clip)
+        tensors["y"] = self._encode("y", y[:used], clip=clip)
+        tensors["outputs"] = np.zeros((max(1, plan.info["log epochs"]) * used, out_f),
+                                      dtype=np.int64)
         self.driver.write_csr(CSR.SEED, seed)
-        x_raw = self._encode("x", x[:used], clip=clip)
-        y_raw = self._encode("y", y[:used], clip=clip)
-        bx = [x_raw[j * batch_size:(j + 1) * batch_size] for j in range(batches)]
-        by = [y_raw[j * batch_size:(j + 1) * batch_size] for j in range(batches)]
-        write = self.driver.write
-        write(Space.UB, plan.regions["x"].base, np.concatenate([to_blocked(b, n) for b in bx]))
-        write(Space.UB, plan.regions["xt"].base,
-              np.concatenate([to_transposed_chunks(b, n, one) for b in bx]))
-        write(Space.UB, plan.regions["y"].base, np.concatenate([to_blocked(b, n) for b in by]))
-        write(Space.UB, plan.regions["identity"].base, np.eye(n, dtype=np.int64) * one)
-        for i, layer in enumerate(model.specs()[:-1]):
-            region = plan.regions[f"ht{i}"]
-            write(Space.UB, region.base,
-                  to_transposed_chunks(np.zeros((batch_size, layer.out_features), np.int64), n, one))
-
         losses = []
-        stats = Stats(n)
         y_used = y[:used]
-        remaining = epochs
-        if epochs_per_run is not None and (not isinstance(epochs_per_run, int) or
-                                           epochs_per_run < 1):
-            raise ValueError(f"epochs_per_run must be a positive integer, not {epochs_per_run!r}")
-        while remaining:
-            chunk = min(remaining, plan.log_slots) if record_loss else remaining
-            chunk = min(chunk, epochs_per_run or chunk, 0xFFFF)
-            stats = self._run_program(plan.program, stats, regs={5: chunk, 6: 0})
+        data = self.cfg.data
+
+        def on_mark(tag, stats):
+            _, e0, e1 = tag
             if record_loss:
-                region = plan.regions["log"]
-                rows = np.array(self.driver.read(Space.UB, region.base,
-                                                 chunk * batches * plan.batch *
-                                                 ceil_div(out_f, n)))
-                stride = batch_size * ceil_div(out_f, n)
-                for e in range(chunk):
-                    outs = [from_blocked(rows[(e * batches + j) * stride:(e * batches + j + 1) *
-                                              stride], batch_size, out_f, n)
-                            for j in range(batches)]
-                    pred = data.decode(np.concatenate(outs))
+                for e in range(e1 - e0):
+                    pred = data.decode(tensors["outputs"][e * used:(e + 1) * used])
                     losses.append(float(np.mean((pred - y_used) ** 2)))
-            remaining -= chunk
             if progress is not None:
-                progress(epochs - remaining, epochs, losses)
-        self.stats = stats
-        self._read_params(plan, model)
+                progress(e1, epochs, losses)
+
+        self.stats = execute(plan, self.driver, tensors, on_mark=on_mark)
+        for i in range(len(model.weights)):
+            model.weights[i] = data.decode(tensors[f"W{i}"])
+            model.biases[i] = data.decode(tensors[f"b{i}"])
         return losses

@@ -12,6 +12,8 @@ UART) provides one; everything above the transport is shared.
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..asm import Program, format_instruction
 from ..gateware.control import CSR, State
 from ..host_protocol import (
@@ -87,7 +89,10 @@ class HostDriver:
         return resp[1:], rcount
 
     def write(self, space, address, items):
-        items = list(items)
+        if Space(space) in (Space.UB, Space.ACC):
+            items = np.asarray(items, dtype=np.int64)
+        else:
+            items = list(items)
         per = 0xFFFF
         limit = getattr(self.transport, "max_packet_words", None)
         if limit is not None:                 # a link that buffers whole packets (UART)
@@ -171,12 +176,18 @@ class HostDriver:
         return self.stats()
 
     def stats(self):
-        _, _, word = self.status()
+        """The counters of the last run (one read of the status and counter registers)."""
+        csrs = self.read(Space.CSR, CSR.STATUS, CSR.INSTRUCTIONS_HI + 1)
+
+        def counter(lo):
+            return csrs[lo] | (csrs[lo + 1] << 32)
+
+        word = csrs[CSR.STATUS]
         return RunStats(
-            cycles=self.csr64(CSR.CYCLES_LO),
-            array_busy_cycles=self.csr64(CSR.ARRAY_BUSY_LO),
-            macs=self.csr64(CSR.MACS_LO),
-            instructions=self.csr64(CSR.INSTRUCTIONS_LO),
+            cycles=counter(CSR.CYCLES_LO),
+            array_busy_cycles=counter(CSR.ARRAY_BUSY_LO),
+            macs=counter(CSR.MACS_LO),
+            instructions=counter(CSR.INSTRUCTIONS_LO),
             n=self.cfg.n,
             overflow_array=bool(word >> 16 & 1),
             overflow_vector=bool(word >> 17 & 1),

@@ -6,7 +6,10 @@ from ..host_protocol import (
     BRIDGE_ERROR, FRAME_TO_HOST, BridgeError, ProtocolError, crc16, frame,
 )
 
-__all__ = ["FramedLink", "UARTTransport", "BridgeFault"]
+#: Line bits per byte of 8N1 serial: start, eight data bits, stop.
+BITS_PER_BYTE = 10
+
+__all__ = ["FramedLink", "UARTTransport", "BridgeFault", "LinkMeter"]
 
 
 class BridgeFault(RuntimeError):
@@ -73,3 +76,33 @@ class UARTTransport(FramedLink):
 
     def idle(self, cycles):
         time.sleep(min(0.05, cycles * 1e-8))
+
+
+class LinkMeter:
+    """A transport that passes every command to another transport (e.g. the reference
+    model's) and counts what the board's serial link would carry for it: each command and
+    its response framed as the UART bridge frames them, writes split into packets of at
+    most ``max_words`` words as over a real link. ``seconds(baud)`` is the line time."""
+
+    def __init__(self, inner, *, max_words=256):
+        self.inner = inner
+        self.cfg = inner.cfg
+        self.max_packet_words = max_words
+        self.bytes_to_device = 0
+        self.bytes_to_host = 0
+        self.exchanges = 0
+
+    def exchange(self, words):
+        reply = self.inner.exchange(words)
+        self.bytes_to_device += len(frame(words))
+        self.bytes_to_host += len(frame(reply, FRAME_TO_HOST))
+        self.exchanges += 1
+        return reply
+
+    def idle(self, cycles):
+        self.inner.idle(cycles)
+
+    def seconds(self, baud):
+        """Line time of everything counted so far at ``baud`` (8N1), both directions one
+        after the other (the protocol waits for each response)."""
+        return (self.bytes_to_device + self.bytes_to_host) * BITS_PER_BYTE / baud

@@ -11,6 +11,9 @@ from ..isa import (
 
 __all__ = ["FuzzCase", "random_case"]
 
+#: The register of the counted loop a case may have (no address operand uses it).
+LOOP_REG = NUM_REGS - 1
+
 
 @dataclass
 class FuzzCase:
@@ -95,10 +98,10 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
             body.append(Instruction(op, flags=rng.randrange(len(ConfigReg)),
                                     count=rng.randrange(1 << 16)))
         elif op == Op.SETR:
-            rd = rng.randint(4, NUM_REGS - 2)          # r7 is the loop counter
+            rd = rng.randint(4, LOOP_REG - 1)          # LOOP_REG is the loop counter
             body.append(Instruction(op, a=(rng.randrange(1 << 16), rd)))
         elif op == Op.ADDI:
-            rd = rng.randint(4, NUM_REGS - 2)
+            rd = rng.randint(4, LOOP_REG - 1)
             body.append(Instruction(op, a=(rng.randrange(1 << 16), rd),
                                     b=(0, rng.randrange(NUM_REGS))))
         else:
@@ -124,14 +127,14 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
         elif kind == "loadw":
             words[index] = encode(Instruction(Op.LOADW, 0, n + 1, (0, 0)))
         description = f"invalid ({kind} at {index})"
-    # A counted loop around part of the body (loop register r7, not used by addresses).
+    # A counted loop around part of the body (loop register LOOP_REG, not used by addresses).
     if len(words) > 3 and rng.random() < 0.5:
         start = rng.randrange(len(words) - 1)
         trips = rng.randint(1, 3)
-        loop = [encode(Instruction(Op.SETR, a=(trips, 7)))]
+        loop = [encode(Instruction(Op.SETR, a=(trips, LOOP_REG)))]
         inner = words[start:]
         words = words[:start] + loop + inner + \
-            [encode(Instruction(Op.DJNZ, count=start + 1, a=(0, 7)))]
+            [encode(Instruction(Op.DJNZ, count=start + 1, a=(0, LOOP_REG)))]
         description += f", loop x{trips}"
     words.append(encode(Instruction(Op.HALT)))
     if len(words) > cfg.imem_depth:
