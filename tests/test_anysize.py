@@ -115,7 +115,8 @@ def test_forward_any_samples_bit_exact(cfg, form):
     assert np.array_equal(got, quantized_forward(cfg, model, x))
 
 
-@pytest.mark.parametrize("backend", ["pysim", "verilator"])
+@pytest.mark.parametrize("backend", ["pysim", pytest.param("verilator",
+                                                            marks=pytest.mark.extended)])
 def test_forward_backends_agree(backend):
     if backend == "verilator" and verilator_missing():
         pytest.skip(f"verilator backend needs {verilator_missing()}")
@@ -132,9 +133,12 @@ def test_forward_backends_agree(backend):
         assert np.array_equal(out["reference"][0], quantized_forward(cfg, model, x))
 
 
-def _train(cfg, model, x, y, backend="reference", **kwargs):
+def _train(cfg, model, x, y, backend="reference", check_collisions=False,
+           ram_output_registers=None, **kwargs):
     m = model.copy()
-    acc = Accelerator(cfg, backend=backend)
+    options = {} if backend != "pysim" else {"check_collisions": check_collisions,
+                                             "ram_output_registers": ram_output_registers}
+    acc = Accelerator(cfg, backend=backend, **options)
     losses = acc.train(m, x, y, lr=0.5, **kwargs)
     return losses, m, acc
 
@@ -175,8 +179,12 @@ def test_training_layer_wider_than_the_accumulators(n, inputs):
     assert not np.array_equal(m1.weights[0], model.weights[0])
 
 
-@pytest.mark.parametrize("backend", ["pysim", "verilator"])
-def test_training_streamed_backends_agree(backend):
+@pytest.mark.parametrize("backend, options", [("pysim", {}),
+                                              ("pysim", {"ram_output_registers": False}),
+                                              ("verilator", {})])
+def test_training_streamed_backends_agree(backend, options):
+    """Also on the gateware as built for iCE40 (index registers in block RAM), which the
+    loops of a training program use in every address operand."""
     if backend == "verilator" and verilator_missing():
         pytest.skip(f"verilator backend needs {verilator_missing()}")
     model = _model([3, 4, 2], 8)
@@ -185,7 +193,8 @@ def test_training_streamed_backends_agree(backend):
     x, y = rng.uniform(-1, 1, (samples, 3)), rng.uniform(-1, 1, (samples, 2))
     cfg = TPUConfig(n=2, ub_depth=80, acc_depth=4, imem_depth=128)
     l1, m1, a1 = _train(cfg, model, x, y, epochs=2, batch_size=4)
-    l2, m2, a2 = _train(cfg, model, x, y, backend, epochs=2, batch_size=4)
+    l2, m2, a2 = _train(cfg, model, x, y, backend, epochs=2, batch_size=4,
+                        check_collisions=backend == "pysim", **options)
     assert a1.stats.runs > 2
     assert l1 == l2 and a1.stats == a2.stats
     for a, b in zip(m1.weights + m1.biases, m2.weights + m2.biases):
@@ -245,3 +254,26 @@ def test_training_that_cannot_fit_names_what_would():
     wider = [LayerSpec(64, hidden + 1, "leaky_relu", 0.01), LayerSpec(hidden + 1, 10, "none")]
     with pytest.raises(CompileError):
         compile_training(cfg, wider, 60_000, 32, 0.1)
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("board", ["ulx3s-85f", "icebreaker"])
+def test_digits_trains_on_every_board_configuration(board):
+    """The digits demo on a board's own configuration (reference backend): the ULX3S holds
+    64-32-10 at batch 32 and every sample on chip; the iCEBreaker's 1x1 TPU with its
+    1,024-row buffer holds only a small network, which it trains with samples streamed."""
+    pytest.importorskip("sklearn")
+    from tinytpu_hdl.boards import get_board
+    from tinytpu_hdl.demos.digits import run_digits
+    cfg = get_board(board).cfg
+    lines = []
+    device, reference, losses, float_losses = run_digits(cfg=cfg, epochs=2, plot=None,
+                                                         out=lines.append)
+    text = "\n".join(lines)
+    assert losses[-1] < losses[0]
+    assert abs(losses[-1] - float_losses[-1]) < 0.1 * float_losses[-1]
+    assert abs(device - reference) < 0.05
+    if board == "ulx3s-85f":
+        assert "64-32-10 MLP" in text and "batch 32" in text and device > 0.7
+    else:
+        assert "trains at most 64-4-10 with batch 4" in text

@@ -179,6 +179,7 @@ def test_icebreaker_bitstream_builds_and_meets_its_clock(tmp_path):
     assert available == 5280 and used <= available
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("name", ["icebreaker"])
 def test_board_configuration_trains_xor_over_the_simulated_serial_line(name):
     """The board's own TPU configuration, behind its UART bridge on a simulated serial line,

@@ -208,6 +208,7 @@ def test_control_issues_or_faults_within_n_cycles_when_engines_are_idle():
     check(m, "bmc", 24, "control_liveness")
 
 
+@pytest.mark.extended
 def test_control_watchdog_bounds_every_run():
     """With a watchdog of W cycles, a run ends (done or error) within W + 2 cycles of its
     start, whatever the program, when the engines are idle."""
@@ -333,6 +334,7 @@ def bridge_crc_spec(max_words):
     return m
 
 
+@pytest.mark.extended
 def test_bridge_forwards_only_frames_whose_crc_matches():
     check(bridge_crc_spec(max_words=1), "bmc", 14, "bridge_crc")
 

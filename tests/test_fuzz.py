@@ -38,14 +38,18 @@ def test_fuzz_short():
     assert "ok" in outcomes and "ILLEGAL_INSTRUCTION" in outcomes and len(outcomes) >= 3
 
 
-def test_fuzz_without_the_ram_output_registers():
+@pytest.mark.parametrize("seeds", [range(200, 212), pytest.param(range(212, 260),
+                                                                   marks=pytest.mark.extended)])
+def test_fuzz_without_the_ram_output_registers(seeds):
     """The TPU as built for iCE40 (the control unit decoding straight from the instruction
-    memory's output, the host interface selecting read words straight from the memories'
-    outputs) behaves the same, cycle for cycle, and reads back the same memories."""
-    fuzz(TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32), range(200, 230),
+    memory's output with its index registers in block RAM, the host interface selecting
+    read words straight from the memories' outputs) behaves the same, cycle for cycle, and
+    reads back the same memories."""
+    fuzz(TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32), seeds,
          ram_output_registers=False)
 
 
+@pytest.mark.extended
 def test_fuzz_n3():
     fuzz(TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32), range(100, 115))
 

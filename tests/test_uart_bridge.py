@@ -92,6 +92,7 @@ def test_too_long_frame_is_rejected(serial):
     assert HostDriver(serial).csr(14) & 0xFF == CFG.n
 
 
+@pytest.mark.extended
 def test_xor_forward_over_the_serial_line_matches_the_reference():
     from test_tpu import xor_forward
     ub, program = xor_forward(2)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(verilator_missing() is not None,
 FUZZ_CFG = TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=32)
 
 
+@pytest.mark.extended
 def test_fuzz_against_reference():
     from tinytpu_hdl.runtime.verilator import VerilatorTransport
     vt, ref = VerilatorTransport(FUZZ_CFG), ReferenceTransport(FUZZ_CFG)
@@ -31,6 +32,7 @@ def test_fuzz_against_reference():
     assert {"ok", "ILLEGAL_INSTRUCTION", "BAD_OPERAND"} <= outcomes
 
 
+@pytest.mark.extended
 def test_xor_training_matches_reference_and_pysim():
     results = {}
     for backend, epochs in (("reference", 300), ("verilator", 300), ("pysim", 8)):
@@ -59,6 +61,7 @@ def test_matmul_matches_reference():
     assert out["reference"][1] == out["verilator"][1]
 
 
+@pytest.mark.extended
 def test_digits_demo_runs_on_verilator():
     pytest.importorskip("sklearn")
     from tinytpu_hdl.demos.digits import run_digits

@@ -42,7 +42,9 @@ VPU_IDLE = VectorUnit.idle_after
 GD_IDLE = GradientDescentUnit.idle_after
 # Instructions whose operands the control unit checks in cycles of their own
 # (``CHECK_CYCLES``) before they may issue.
-ENGINE_OPS = tuple(CHECK_CYCLES)
+ENGINE_OPS = frozenset(CHECK_CYCLES)
+#: Instructions that wait until every engine is idle.
+WAIT_ALL = frozenset((Op.VPU, Op.GD, Op.SYNC, Op.HALT))
 
 
 class _Fault(Exception):
@@ -194,14 +196,16 @@ class ReferenceTPU:
                 operands = self._check(ins)
             except _Fault as fault:
                 return stop(fault.code, e)
-            all_idle = max(load_idle, matmul_idle, vpu_idle, gd_idle)
-            units_idle = max(vpu_idle, gd_idle)
-            ready = {
-                Op.LOADW: max(load_ready, load_allowed, units_idle),
-                Op.MATMUL: max(matmul_ready, switch_allowed, units_idle),
-                Op.VPU: all_idle, Op.GD: all_idle, Op.SYNC: all_idle, Op.HALT: all_idle,
-                Op.CFG: units_idle,
-            }.get(op, 0)
+            if op == Op.MATMUL:
+                ready = max(matmul_ready, switch_allowed, vpu_idle, gd_idle)
+            elif op == Op.LOADW:
+                ready = max(load_ready, load_allowed, vpu_idle, gd_idle)
+            elif op in WAIT_ALL:
+                ready = max(load_idle, matmul_idle, vpu_idle, gd_idle)
+            elif op == Op.CFG:
+                ready = max(vpu_idle, gd_idle)
+            else:
+                ready = 0
             c = max(e, ready)
             if wd and c >= wd:
                 return stop(ErrorCode.WATCHDOG, wd)
@@ -251,16 +255,14 @@ class ReferenceTPU:
     def _check(self, ins):
         """The issue-time checks of the control unit, in its order. Returns the effective
         addresses of the operands; raises :class:`_Fault`."""
-        cfg = self.cfg
-        op, rows, stride = ins.op, ins.count, ins.stride
-
-        def eff(slot):
-            base, reg = getattr(ins, slot)
-            return base + self.regs[reg]
-
+        op = ins.op
         if op not in ENGINE_OPS:
             return {}
-        ea, eb, ec, ed = eff("a"), eff("b"), eff("c"), eff("d")
+        cfg = self.cfg
+        rows, stride = ins.count, ins.stride
+        regs = self.regs
+        ea, eb = ins.a[0] + regs[ins.a[1]], ins.b[0] + regs[ins.b[1]]
+        ec, ed = ins.c[0] + regs[ins.c[1]], ins.d[0] + regs[ins.d[1]]
         span = (rows - 1) * stride if rows else 0
         last = rows - 1 if rows else 0
         path = ins.flags

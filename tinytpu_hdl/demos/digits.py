@@ -51,10 +51,12 @@ def fitting_size(cfg, hidden=None, batch_size=None):
     cap = Capacity(cfg)
     hiddens = [hidden] if hidden else list(range(32, 0, -1))
     batches = [batch_size] if batch_size else list(range(min(32, cap.max_batch), 0, -1))
-    for b in batches:
+    # The widest hidden layer with a batch of at least 4 (then any batch).
+    for least in (min(4, batches[0]), 1):
         for h in hiddens:
-            if cap.training([64, h, 10], b).fits:
-                return h, b
+            for b in batches:
+                if b >= least and cap.training([64, h, 10], b).fits:
+                    return h, b
     return hiddens[0], batches[0]             # does not fit: training says why
 
 

@@ -4,6 +4,7 @@ from enum import IntEnum
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..isa import (
@@ -99,6 +100,10 @@ class ControlUnit(wiring.Component):
         registered before it is decoded (the memory's output holds the word anyway) and
         ``pc + 1`` registered beside ``pc``. Cycles and results are the same without
         them (for FPGAs short of logic cells).
+    register_ram : bool
+        Keep the index registers in block RAM (a copy per read port) instead of
+        flip-flops: same values and cycles, few logic cells (for FPGAs short of them).
+        The registers then keep their values through a reset.
     span_multiplier : bool
         Compute the span ``(rows - 1) * stride`` of strided operands with a multiply (one
         DSP block) instead of carry-save partial products (logic). Same results and
@@ -165,8 +170,13 @@ class ControlUnit(wiring.Component):
     ========  ============================================================
     """
 
-    def __init__(self, cfg, *, instruction_register=True, span_multiplier=False):
+    def __init__(self, cfg, *, instruction_register=True, span_multiplier=False,
+                 register_ram=False):
+        if register_ram and instruction_register:
+            raise ValueError("register_ram needs the instruction memory's output undelayed "
+                             "(instruction_register=False)")
         self._cfg = cfg
+        self._register_ram = bool(register_ram)
         self._instruction_register = instruction_register
         self._span_multiplier = bool(span_multiplier)
         super().__init__({
@@ -210,7 +220,6 @@ class ControlUnit(wiring.Component):
         flag_gd = Signal()
         # R0 is the constant 0. Each register has one write enable and shares one write
         # data multiplexer: instructions write while running, the host only while not.
-        regs = Array([Const(0, 16)] + [Signal(16, name=f"r{i}") for i in range(1, NUM_REGS)])
         cfgs = Array(Signal(16, name=f"cfg_{r.name.lower()}") for r in ConfigReg)
         reg_we = Signal(NUM_REGS)
         cfg_we = Signal(len(ConfigReg))
@@ -222,7 +231,13 @@ class ControlUnit(wiring.Component):
                                             for i in range(1, NUM_REGS)])
         for i in range(1, NUM_REGS):
             with m.If(reg_we[i]):
-                m.d.sync += [regs[i].eq(reg_wdata), reg_is_one[i].eq(reg_wdata == 1)]
+                m.d.sync += reg_is_one[i].eq(reg_wdata == 1)
+        if not self._register_ram:
+            regs = Array([Const(0, 16)] + [Signal(16, name=f"r{i}")
+                                           for i in range(1, NUM_REGS)])
+            for i in range(1, NUM_REGS):
+                with m.If(reg_we[i]):
+                    m.d.sync += regs[i].eq(reg_wdata)
         for r in ConfigReg:
             with m.If(cfg_we[r]):
                 m.d.sync += cfgs[r].eq(cfg_wdata)
@@ -299,8 +314,42 @@ class ControlUnit(wiring.Component):
         rows = ins.count
         # The register file's four read ports (each an 8-way multiplexer, built once).
         reg_a, reg_b, reg_c, reg_d = (Signal(16, name=f"reg_{s}") for s in "abcd")
-        m.d.comb += [reg_a.eq(regs[ins.a.reg]), reg_b.eq(regs[ins.b.reg]),
-                     reg_c.eq(regs[ins.c.reg]), reg_d.eq(regs[ins.d.reg])]
+        fields = [ins.a.reg, ins.b.reg, ins.c.reg, ins.d.reg]
+        if not self._register_ram:
+            m.d.comb += [value.eq(regs[field])
+                         for value, field in zip((reg_a, reg_b, reg_c, reg_d), fields)]
+        else:
+            # The register file in block RAM: one copy per read port (four for decode, one
+            # for the host), written together. Without the instruction register the
+            # instruction memory's output shows the next instruction from the cycle after
+            # its fetch, which is before its decode cycle: its register fields address the
+            # copies then, and decode finds the values on their outputs. The register the
+            # instruction before it wrote in its issue cycle (the last cycle of those reads)
+            # is forwarded from beside the write.
+            assert not self._instruction_register
+            # (Synthesis would make flip-flops of so small a memory unless told.)
+            m.submodules.regfile = regfile = Memory(shape=16, depth=NUM_REGS,
+                                                    init=[0] * NUM_REGS,
+                                                    attrs={"ram_style": "block"})
+            rf_w = regfile.write_port()
+            rf_addr = Signal(REG_BITS)
+            m.d.comb += [rf_w.addr.eq(rf_addr), rf_w.data.eq(reg_wdata),
+                         rf_w.en.eq(reg_we[1:].any())]
+            with m.Switch(reg_we):
+                for i in range(1, NUM_REGS):
+                    with m.Case(1 << i):
+                        m.d.comb += rf_addr.eq(i)
+            wrote = Signal()
+            wrote_reg = Signal(REG_BITS)
+            wrote_value = Signal(16)
+            m.d.sync += [wrote.eq(rf_w.en), wrote_reg.eq(rf_addr), wrote_value.eq(reg_wdata)]
+            for value, field in zip((reg_a, reg_b, reg_c, reg_d), fields):
+                port = regfile.read_port()
+                m.d.comb += [port.addr.eq(field), port.en.eq(1),
+                             value.eq(Mux(wrote & (wrote_reg == field), wrote_value,
+                                          port.data))]
+            host_port = regfile.read_port()
+            m.d.comb += [host_port.addr.eq(self.csr_addr[:REG_BITS]), host_port.en.eq(1)]
 
         legal = Signal()
         groups = _bit_groups()
@@ -635,18 +684,20 @@ class ControlUnit(wiring.Component):
         }
         # Reads are registered, like the memories': ``csr_addr`` in cycle t gives the value
         # on ``csr_rdata`` in cycle t + 1.
+        csr_q = Signal(32)
         with m.Switch(self.csr_addr):
             for addr, value in readable.items():
                 with m.Case(addr):
-                    m.d.sync += self.csr_rdata.eq(value)
-            for i in range(NUM_REGS):
-                with m.Case(CSR.REG_BASE + i):
-                    m.d.sync += self.csr_rdata.eq(regs[i])
+                    m.d.sync += csr_q.eq(value)
+            if not self._register_ram:
+                for i in range(NUM_REGS):
+                    with m.Case(CSR.REG_BASE + i):
+                        m.d.sync += csr_q.eq(regs[i])
             for r in ConfigReg:
                 with m.Case(CSR.CFG_BASE + r):
-                    m.d.sync += self.csr_rdata.eq(cfgs[r])
+                    m.d.sync += csr_q.eq(cfgs[r])
             with m.Default():
-                m.d.sync += self.csr_rdata.eq(0)
+                m.d.sync += csr_q.eq(0)
 
         m.d.sync += self.reseed.eq(0)
         with m.If(self.csr_we & ~running):
@@ -667,6 +718,15 @@ class ControlUnit(wiring.Component):
                 for r in ConfigReg:
                     with m.Case(CSR.CFG_BASE + r):
                         m.d.comb += cfg_we[r].eq(1)
+        if self._register_ram:
+            # The host's register reads come from the host's copy of the register file,
+            # which answers a cycle after the address like the other CSRs' register.
+            reading_reg = Signal()
+            m.d.sync += reading_reg.eq((self.csr_addr >= CSR.REG_BASE) &
+                                       (self.csr_addr < CSR.REG_BASE + NUM_REGS))
+            m.d.comb += self.csr_rdata.eq(Mux(reading_reg, host_port.data, csr_q))
+        else:
+            m.d.comb += self.csr_rdata.eq(csr_q)
         result = Mux(d_op == Op.DJNZ, d_dec, d_sum)
         m.d.comb += [reg_wdata.eq(Mux(running, result, self.csr_wdata)),
                      cfg_wdata.eq(Mux(running, d_count, self.csr_wdata))]

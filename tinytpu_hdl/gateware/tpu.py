@@ -48,6 +48,7 @@ class TPU(wiring.Component):
         Keep the registers that only serve speed: the control unit's instruction
         register, the host interface's read registers and its range check split over
         two cycles (default: everywhere but iCE40, where logic cells are scarcer).
+        Without them the control unit's index registers are in block RAM as well.
 
     Members
     -------
@@ -102,8 +103,11 @@ class TPU(wiring.Component):
         # DSP, which the 1x1 TPU has to spare, against hundreds of logic cells) and
         # carry-save partial products elsewhere (off the multiplier blocks, which the
         # placer puts far away).
+        # Without the RAM output registers (for logic-cell economy), the index registers
+        # live in block RAM too.
         m.submodules.control = control = ControlUnit(
-            cfg, instruction_register=ram_registers, span_multiplier=family == "ice40")
+            cfg, instruction_register=ram_registers, span_multiplier=family == "ice40",
+            register_ram=not ram_registers)
         m.submodules.loader = loader = WeightLoader(cfg)
         m.submodules.matmul = matmul = MatmulEngine(cfg)
         m.submodules.vector = vector = VectorUnit(cfg, family=family)
