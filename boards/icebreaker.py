@@ -1,15 +1,16 @@
 """iCEBreaker (iCE40UP5K-SG48): 5,280 logic cells, 8 SB_MAC16, 30 EBR, 12 MHz oscillator.
 
-A 1x1 TPU, the largest that fits: it takes about 98 % of the logic cells and 7 of
-the 8 DSPs (one for the PE, three for the vector unit's multiplies, two for the
-gradient-descent unit's 32x16 product, one for the control unit's range check),
-with 40-bit counters (25 hours at 12 MHz). Yosys maps a 2x2 TPU to 12 SB_MAC16
-(docs/benchmarks.md); even a vector unit and a gradient-descent unit with a single
-lane time-shared by both columns (not built) would leave 4 PEs + 3 + 2 = 9 of 8.
-The compiler tiles any network onto the 1x1 array, so XOR and the other demos run
-unchanged, only slower. LEDs: green = done, red = error, the break-off PMOD's LED
-2 = running; the user button resets the TPU. The TPU runs from the 12 MHz
-oscillator.
+A 1x1 TPU, the largest that fits: 4,940 of the 5,280 logic cells (93.6 %), 7 of the 8
+DSPs (one for the PE, three for the vector unit's multiplies, two for the
+gradient-descent unit's 32x16 product, one for the control unit's range check) and 29 of
+the 30 EBR (the index registers live in five of them, see ControlUnit's register_ram), with
+40-bit counters (25 hours at 12 MHz); 25.5 MHz after routing (docs/benchmarks.md). The
+buffer has 1,536 rows (two copies of six EBR: iCE40 block RAMs have one read port each).
+Yosys maps a 2x2 TPU to 12 SB_MAC16. The compiler tiles any network onto the 1x1 array
+and streams what does not fit, so XOR and the other demos run unchanged, only slower;
+training keeps a network's parameters on chip, which here holds 64-10-10 at batch 4 for
+the digits. LEDs: green = done, red = error, the break-off PMOD's LED 2 = running; the
+user button resets the TPU. The TPU runs from the 12 MHz oscillator.
 """
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
@@ -20,7 +21,7 @@ from . import Board
 BOARD = Board(
     name="icebreaker",
     platform=ICEBreakerPlatform,
-    cfg=TPUConfig(n=1, ub_depth=1024, acc_depth=256, imem_depth=256, counter_width=40,
+    cfg=TPUConfig(n=1, ub_depth=1536, acc_depth=256, imem_depth=256, counter_width=40,
                   isolated_multipliers=False),
     clock_hz=12e6,
     baud=1_000_000,

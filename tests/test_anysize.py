@@ -261,7 +261,7 @@ def test_training_that_cannot_fit_names_what_would():
 def test_digits_trains_on_every_board_configuration(board):
     """The digits demo on a board's own configuration (reference backend): the ULX3S holds
     64-32-10 at batch 32 and every sample on chip; the iCEBreaker's 1x1 TPU with its
-    1,024-row buffer holds only a small network, which it trains with samples streamed."""
+    1,536-row buffer holds only a small network, which it trains with samples streamed."""
     pytest.importorskip("sklearn")
     from tinytpu_hdl.boards import get_board
     from tinytpu_hdl.demos.digits import run_digits
@@ -276,4 +276,4 @@ def test_digits_trains_on_every_board_configuration(board):
     if board == "ulx3s-85f":
         assert "64-32-10 MLP" in text and "batch 32" in text and device > 0.7
     else:
-        assert "trains at most 64-4-10 with batch 4" in text
+        assert "trains at most 64-10-10 with batch 4" in text

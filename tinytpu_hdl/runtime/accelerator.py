@@ -19,7 +19,7 @@ from .executor import Stats, execute
 __all__ = ["Accelerator", "Stats", "BACKENDS"]
 
 #: Backend names and the transports that implement them.
-BACKENDS = ("reference", "pysim", "verilator", "uart", "serial-sim")
+BACKENDS = ("reference", "pysim", "verilator", "icarus", "uart", "serial-sim")
 
 
 def _transport(cfg, backend, options):
@@ -32,6 +32,9 @@ def _transport(cfg, backend, options):
     if backend == "verilator":
         from .verilator import VerilatorTransport
         return VerilatorTransport(cfg, **options)
+    if backend == "icarus":
+        from .icarus import IcarusTransport
+        return IcarusTransport(cfg, **options)
     if backend == "uart":
         from .uart import UARTTransport
         return UARTTransport(cfg, **options)

@@ -2,8 +2,9 @@
 
 The Verilog of ``tinytpu verilog`` and a small C++ harness (``verilator_harness.cpp``) are
 built into a shared library once per configuration and cached under
-``~/.cache/tinytpu_hdl/verilator/<hash>`` (the hash covers the Verilog, the harness and the
-Verilator version). Python calls the library with ctypes once per host command, passing whole
+``~/.cache/tinytpu_hdl/verilator/<hash>`` (the hash covers the configuration, the package's
+source files, the harness and the Verilator version, so a cached library is found without
+exporting the Verilog again). Python calls the library with ctypes once per host command, passing whole
 packets, so the interface is not the bottleneck.
 """
 
@@ -63,20 +64,39 @@ def _strip_zero_memory_init(verilog):
     return _ZERO_MEMORY_INIT.sub("\n", verilog)
 
 
-def build_library(cfg, *, progress=None):
-    """Build (or find in the cache) the shared library for ``cfg``; returns its path."""
+def _source_digest():
+    """A digest of the package's source files (gateware, ISA, export) and the harness: the
+    Verilog of a configuration is a function of these, so the cache key needs no export."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")) + [HARNESS]:
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def build_library(cfg, *, progress=None, randomized=False):
+    """Build (or find in the cache) the shared library for ``cfg``; returns its path.
+    ``randomized``: the Verilog without initial values, built so that every register and
+    memory without a reset starts from a value drawn at run time (``--x-initial unique``,
+    ``--x-assign unique``), for checking that nothing depends on initial values."""
     missing = verilator_missing()
     if missing:
         raise VerilatorUnavailable(f"the verilator backend needs {missing}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
-    verilog = _strip_zero_memory_init(to_verilog(cfg, name="tinytpu"))
     version = subprocess.run([_verilator(), "--version"], capture_output=True,
                              text=True).stdout.strip()
-    key = hashlib.sha256("\0".join([verilog, HARNESS.read_text(), version]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), _source_digest(),
+                                    version]).encode()).hexdigest()
     out = _cache_root() / key[:20]
     lib = out / "libtinytpu.so"
     if lib.exists():
         return lib
+    verilog = to_verilog(cfg, name="tinytpu", initial_values=not randomized)
+    if not randomized:
+        verilog = _strip_zero_memory_init(verilog)
+    x_options = (["--x-assign", "unique", "--x-initial", "unique"] if randomized else
+                 ["--x-assign", "fast", "--x-initial", "0"])
     build = out.with_name(out.name + f".build{os.getpid()}")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
@@ -86,8 +106,7 @@ def build_library(cfg, *, progress=None):
     start = time.monotonic()
     jobs = str(max(1, min(4, os.cpu_count() or 1)))
     command = [_verilator(), "--cc", "tinytpu.v", "--top-module", "tinytpu", "--build",
-               "--exe", "harness.cpp", "-O3", "--x-assign", "fast", "--x-initial", "0",
-               "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
+               "--exe", "harness.cpp", "-O3", *x_options, "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
                # Some Verilator builds leave the precompiled-header flag empty; name it.
                "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
                "-CFLAGS", "-fPIC -O2", "-LDFLAGS", "-shared", "-o", "libtinytpu.so"]
@@ -106,12 +125,19 @@ def build_library(cfg, *, progress=None):
 class VerilatorTransport:
     """A transport (see :mod:`.driver`) to the Verilated TPU."""
 
-    def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40):
+    def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40, random_seed=None):
+        """``random_seed``: start every register and memory without a reset from values
+        drawn from this seed (a build of its own, see :func:`build_library`)."""
+        if random_seed is not None and (not isinstance(random_seed, int) or
+                                        not 0 <= random_seed < 1 << 31):
+            raise ValueError(f"random_seed must be an integer from 0 to 2**31 - 1 or None, "
+                             f"not {random_seed!r}")
         self.cfg = cfg
-        self._lib = ctypes.CDLL(str(build_library(cfg, progress=progress)))
+        self._lib = ctypes.CDLL(str(build_library(cfg, progress=progress,
+                                                  randomized=random_seed is not None)))
         lib = self._lib
         lib.tpu_create.restype = ctypes.c_void_p
-        lib.tpu_create.argtypes = [ctypes.c_int] * 4
+        lib.tpu_create.argtypes = [ctypes.c_int] * 5
         lib.tpu_destroy.argtypes = [ctypes.c_void_p]
         lib.tpu_cycles.restype = ctypes.c_uint64
         lib.tpu_cycles.argtypes = [ctypes.c_void_p]
@@ -120,7 +146,8 @@ class VerilatorTransport:
         lib.tpu_exchange.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
                                      ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32),
                                      ctypes.c_int64, ctypes.c_uint64]
-        self._handle = lib.tpu_create(*(item_words(cfg, s) for s in Space))
+        self._handle = lib.tpu_create(*(item_words(cfg, s) for s in Space),
+                                      -1 if random_seed is None else random_seed)
         self._timeout = timeout_cycles
         self._out = np.zeros(1 << 16, dtype=np.uint32)
 

@@ -31,9 +31,15 @@ static void tick(Harness *h) {
 
 extern "C" {
 
-Harness *tpu_create(int ub_words, int acc_words, int imem_words, int csr_words) {
+// seed >= 0: registers and memories without a reset start from values drawn from this seed
+// (with a model built with --x-initial unique); seed < 0: they start at zero.
+Harness *tpu_create(int ub_words, int acc_words, int imem_words, int csr_words, int seed) {
     Harness *h = new Harness;
     h->context.reset(new VerilatedContext);
+    if (seed >= 0) {
+        h->context->randReset(2);
+        h->context->randSeed(seed);
+    }
     h->top.reset(new Vtinytpu(h->context.get()));
     h->item_words[0] = ub_words;
     h->item_words[1] = acc_words;
