@@ -130,7 +130,7 @@ def anysize_tables():
     inference, digits training; runs, host words, utilization; the boards' link time."""
     from tinytpu_hdl.boards import get_board
     from tinytpu_hdl.compiler.plan import Read, Write
-    from tinytpu_hdl.demos.digits import digits_model, load_digits_split
+    from tinytpu_hdl.demos.digits import digits_model, fitting_size, load_digits_split
     rng = np.random.default_rng(2)
     rows = ["| work | configuration | result | runs | device cycles | utilization | host words written / read | host words per MAC |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -182,23 +182,20 @@ def anysize_tables():
 
     xs, ys, _, _ = load_digits_split()
     onehot = np.eye(10)[ys]
-    batches = len(xs) // 32
-    macs = batches * 32 * (2 * (64 * 32 + 32 * 10) + 32 * 10)
     for cfg_name, cfg in (("TPUConfig(n=8)", default),
                           ("ulx3s-85f board", get_board("ulx3s-85f").cfg),
                           ("icebreaker board", get_board("icebreaker").cfg)):
+        hidden, batch = fitting_size(cfg)
+        batches = len(xs) // batch
+        macs = batches * batch * (2 * (64 * hidden + hidden * 10) + hidden * 10)
         acc = _metered(cfg)
-        try:
-            losses = acc.train(digits_model(), xs, onehot, lr=0.5, epochs=1, batch_size=32)
-        except CompileError as exc:
-            rows.append(f"| digits 64-32-10 training, 1 epoch | {cfg_name} | does not fit: "
-                        f"{str(exc).split(';')[0]} | | | | | |")
-            continue
-        record("digits 64-32-10 training, 1 epoch (batch 32)",
-               f"{cfg_name}, {acc.last_plan.info['batches per run']} batches per run", acc,
-               macs, f"loss {losses[-1]:.4f}")
+        losses = acc.train(digits_model(hidden), xs, onehot, lr=0.5, epochs=1,
+                           batch_size=batch)
+        work = f"digits 64-{hidden}-10 training, 1 epoch (batch {batch})"
+        record(work, f"{cfg_name}, {acc.last_plan.info['batches per run']} batches per run",
+               acc, macs, f"loss {losses[-1]:.4f}")
         if cfg_name.endswith("board"):
-            board(cfg_name.split()[0], "digits training, 1 epoch", acc)
+            board(cfg_name.split()[0], work, acc)
     return rows, board_rows
 
 
@@ -441,12 +438,52 @@ def scaling_plot(results, path):
 NOTES_MARKER = "<!-- Notes below this line are kept when scripts/bench.py rewrites the tables. -->"
 
 
-def write_report(out, tables):
-    """Write ``tables`` to ``out``, keeping what follows :data:`NOTES_MARKER` in the file
-    there (the analysis written below the tables; it names the run it refers to)."""
-    text = tables
-    if out.exists() and NOTES_MARKER in out.read_text():
-        text += "\n" + NOTES_MARKER + out.read_text().split(NOTES_MARKER, 1)[1]
+#: Report sections, in document order: (key, title).
+SECTIONS = [
+    ("gemm", "GEMM cycles and utilization"),
+    ("training", "Training steps"),
+    ("anysize", "Any size on the default configuration"),
+    ("simspeed", "Simulation speed (digits training, N=8)"),
+    ("synth", "FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)"),
+    ("ice40", "iCE40 UP5K (SG48): synthesis"),
+    ("boards", "Board builds (`tinytpu build`)"),
+]
+
+_PROVENANCE = re.compile(r"^_Measured with `(.*)`, (\d{4}-\d{2}-\d{2})\._$", re.M)
+
+
+def _split_sections(text):
+    """{title: body} of the ``## `` sections of a report above the notes marker, and the
+    command and date of its header (for sections written before they carried their own)."""
+    text = text.split(NOTES_MARKER, 1)[0]
+    head = re.search(r"command `([^`]*)`; (\d{4}-\d{2}-\d{2})", text)
+    parts = re.split(r"^## ", text, flags=re.M)
+    found = {}
+    for part in parts[1:]:
+        title, _, body = part.partition("\n")
+        body = body.strip("\n")
+        if head and not _PROVENANCE.search(body):
+            body = f"_Measured with `{head.group(1)}`, {head.group(2)}._\n\n" + body
+        found[title.strip()] = body
+    return found
+
+
+def write_report(out, header, sections):
+    """Write ``header`` and ``sections`` ({title: body}) to ``out``. Sections of the
+    present file that this run did not produce are kept (each names the command and date
+    that produced it), in the order of :data:`SECTIONS`, and so is what follows
+    :data:`NOTES_MARKER` (the analysis written below the tables)."""
+    old = out.read_text() if out.exists() else ""
+    merged = _split_sections(old)
+    merged.update(sections)
+    order = [title for _, title in SECTIONS] + [t for t in merged
+                                                 if t not in {t for _, t in SECTIONS}]
+    text = header.rstrip("\n") + "\n"
+    for title in order:
+        if title in merged:
+            text += f"\n## {title}\n\n{merged[title]}\n"
+    if NOTES_MARKER in old:
+        text += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
     out.write_text(text)
 
 
@@ -459,75 +496,88 @@ def main():
     parser.add_argument("--ice40-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--boards", action="store_true",
                         help="also build the board bitstreams (slow: the 8x8 ULX3S takes "
-                             "about ten minutes)")
+                             "tens of minutes)")
+    parser.add_argument("--only", nargs="+", choices=[k for k, _ in SECTIONS],
+                        help="measure only these sections (the others stay as they are in "
+                             "the report)")
     parser.add_argument("--keep", help="keep synthesis files in this folder")
     parser.add_argument("--pysim-batches", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
 
+    wanted = set(args.only or ["gemm", "training", "anysize", "simspeed"] +
+                 (["synth", "ice40"] if args.synth else []) + (["boards"] if args.boards else []))
     command = "python scripts/bench.py " + " ".join(sys.argv[1:])
-    header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-              f"{platform.python_version()}; command `{command.strip()}`; "
-              f"{time.strftime('%Y-%m-%d')}.")
-    sections = ["# Benchmarks", "", header, "",
-                "Cycle counts are the hardware's `CYCLES` counter as computed by the reference "
-                "model, which the differential tests check against the gateware cycle for "
-                "cycle. Utilization = useful MACs / (cycles x N^2).", ""]
-    sections += ["## GEMM cycles and utilization", "",
-                 "SCALE-Sim v2's weight-stationary model: `ceil(K/N) * ceil(N/N) * (3N + M - 2)` "
-                 "(it does not overlap weight loads). Ideal: every fold's M rows back to back "
-                 "plus one fill and drain.", ""]
-    sections += gemm_table(args.sizes, [(4, 2, 2), (64, 64, 64), (64, 256, 256),
-                                        (256, 256, 256)])
-    sections += ["", "## Training steps", "",
-                 "One SGD step (forward, loss derivative, backward, weight gradients, update) of "
-                 "one batch, as the compiler emits it.", ""]
-    sections += training_table(args.sizes)
-    anysize, boards = anysize_tables()
-    sections += ["", "## Any size on the default configuration", "",
-                 "`TPUConfig(n=8)` with its default memories (unified buffer 4,096 rows, "
-                 "accumulators 512 rows, instruction memory 256 words), and the boards' "
-                 "configurations. Work larger than the chip runs as a sequence of program "
-                 "runs with host transfers in between (`acc.last_plan`); cycles and "
-                 "utilization count the device's cycles of those runs, host words are the "
-                 "32-bit words of the transfers' data (headers excluded).", ""]
-    sections += anysize
-    sections += ["", "### On the boards: device time and serial-link time", "",
-                 "The same plans on each board's configuration: device time from the cycle "
-                 "count at the board's TPU clock; link time from the bytes of every frame the "
-                 "UART bridge carries (commands and responses, 8N1) at the board's baud rate. "
-                 "The USB adapter's latency per exchange (FTDI latency timer, up to 16 ms) is "
-                 "not included. Computed from the reference model, not measured on a board.",
-                 ""]
-    sections += boards
-    sections += ["", "## Simulation speed (digits training, N=8)", ""]
-    sections += sim_speed_table(8, args.pysim_batches)
-    if args.synth:
-        sections += ["", "## FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)", "",
-                     "Yosys `synth_ecp5` (flattened; LUTs mapped by the classic `abc`, see `tinytpu_hdl.build.ecp5_synthesis`), nextpnr-ecp5 `--out-of-context` (no pins) "
-                     "with the static placer (`--placer static`, seed 1), target 100 MHz, default memories (1024-row buffer, 256 accumulators, 256 "
-                     "instructions).", ""]
+    stamp = f"_Measured with `{command.strip()}`, {time.strftime('%Y-%m-%d')}._"
+    header = "\n".join([
+        "# Benchmarks", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. Each section names the command and date that "
+        "produced it (`python scripts/bench.py --only SECTION` re-measures one).", "",
+        "Cycle counts are the hardware's `CYCLES` counter as computed by the reference "
+        "model, which the differential tests check against the gateware cycle for "
+        "cycle. Utilization = useful MACs / (cycles x N^2)."])
+    titles = dict(SECTIONS)
+    out = {}
+
+    def section(key, lines):
+        out[titles[key]] = "\n".join([stamp, ""] + lines)
+        write_report(Path(args.out), header, out)          # after each section
+
+    if "gemm" in wanted:
+        section("gemm", [
+            "SCALE-Sim v2's weight-stationary model: `ceil(K/N) * ceil(N/N) * (3N + M - 2)` "
+            "(it does not overlap weight loads). Ideal: every fold's M rows back to back "
+            "plus one fill and drain. Default memories of each array size.", ""]
+            + gemm_table(args.sizes, [(4, 2, 2), (64, 64, 64), (64, 256, 256),
+                                      (256, 256, 256)]))
+    if "training" in wanted:
+        section("training", [
+            "One SGD step (forward, loss derivative, backward, weight gradients, update) of "
+            "one batch, as the compiler emits it.", ""] + training_table(args.sizes))
+    if "anysize" in wanted:
+        anysize, boards = anysize_tables()
+        section("anysize", [
+            "`TPUConfig(n=8)` with its default memories (unified buffer 4,096 rows, "
+            "accumulators 512 rows, instruction memory 256 words), and the boards' "
+            "configurations. Work larger than the chip runs as a sequence of program "
+            "runs with host transfers in between (`acc.last_plan`); cycles and "
+            "utilization count the device's cycles of those runs, host words are the "
+            "32-bit words of the transfers' data (headers excluded).", ""] + anysize + [
+            "", "### On the boards: device time and serial-link time", "",
+            "The same plans on each board's configuration: device time from the cycle "
+            "count at the board's TPU clock; link time from the bytes of every frame the "
+            "UART bridge carries (commands and responses, 8N1) at the board's baud rate. "
+            "The USB adapter's latency per exchange (FTDI latency timer, up to 16 ms) is "
+            "not included. Computed from the reference model, not measured on a board.",
+            ""] + boards)
+    if "simspeed" in wanted:
+        section("simspeed", sim_speed_table(8, args.pysim_batches))
+    if "synth" in wanted:
         rows, results = synth_table(args.synth_sizes, args.keep)
-        sections += rows
         plot = ROOT / "docs" / "scaling.png"
-        if scaling_plot(results, plot):
-            sections += ["", "![scaling](scaling.png)"]
-        sections += ["", "## iCE40 UP5K (SG48): synthesis", "",
-                     "Yosys `synth_ice40 -dsp` of the TPU as the iCEBreaker builds it (its "
-                     "board configuration, iCE40 gateware) for each array size; the UP5K has "
-                     "5,280 logic cells, 8 SB_MAC16 and 30 EBR. A logic cell holds one LUT4, "
-                     "one flip-flop and one carry; nextpnr's packing gives the cell count "
-                     "(board table).", ""]
-        sections += ice40_table(args.ice40_sizes, args.keep)
-    if args.boards:
-        sections += ["", "## Board builds (`tinytpu build`)", "",
-                     "Whole board top levels (TPU, UART bridge, LEDs, reset; pins "
-                     "constrained), Yosys + nextpnr + the packers from the YoWASP packages, "
-                     "through `tinytpu_hdl.build.build_board` as `tinytpu build --board B "
-                     "[--n N]` runs it. Fmax is nextpnr's after routing, against the board's "
-                     "TPU clock (nextpnr stops optimizing timing once that is met).", ""]
-        sections += board_table(args.keep)
-    write_report(Path(args.out), "\n".join(sections) + "\n")
+        extra = ["", "![scaling](scaling.png)"] if scaling_plot(results, plot) else []
+        section("synth", [
+            "Yosys `synth_ecp5` (flattened; LUTs mapped by the classic `abc`, see "
+            "`tinytpu_hdl.build.ecp5_synthesis`), nextpnr-ecp5 `--out-of-context` (no pins) "
+            "with the static placer (`--placer static`, seed 1), target 100 MHz, default "
+            "memories (4,096-row buffer, 512 accumulator rows, 256 instructions).", ""]
+            + rows + extra)
+    if "ice40" in wanted:
+        section("ice40", [
+            "Yosys `synth_ice40 -dsp` of the TPU as the iCEBreaker builds it (its "
+            "board configuration, iCE40 gateware) for each array size; the UP5K has "
+            "5,280 logic cells, 8 SB_MAC16 and 30 EBR. A logic cell holds one LUT4, "
+            "one flip-flop and one carry; nextpnr's packing gives the cell count "
+            "(board table).", ""] + ice40_table(args.ice40_sizes, args.keep))
+    if "boards" in wanted:
+        section("boards", [
+            "Whole board top levels (TPU, UART bridge, LEDs, reset; pins "
+            "constrained), Yosys + nextpnr + the packers from the YoWASP packages, "
+            "through `tinytpu_hdl.build.build_board` as `tinytpu build --board B "
+            "[--n N]` runs it. Fmax is nextpnr's after routing, against the board's "
+            "TPU clock (nextpnr stops optimizing timing once that is met).", ""]
+            + board_table(args.keep))
     print(f"wrote {args.out}")
 
 

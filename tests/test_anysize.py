@@ -277,3 +277,25 @@ def test_digits_trains_on_every_board_configuration(board):
         assert "64-32-10 MLP" in text and "batch 32" in text and device > 0.7
     else:
         assert "trains at most 64-10-10 with batch 4" in text
+
+
+def test_training_program_one_word_past_the_instruction_memory():
+    """The compiler unrolls less until the program fits; a memory one word smaller than its
+    most looped form is refused with the length it needs."""
+    layers = [LayerSpec(64, 32, "leaky_relu", 0.1), LayerSpec(32, 10, "none")]
+    big = TPUConfig(n=8, imem_depth=4096)
+    unrolled = len(compile_training(big, layers, 256, 32, 0.1).programs[0])
+
+    def fits(depth):
+        try:
+            plan = compile_training(TPUConfig(n=8, imem_depth=depth), layers, 256, 32, 0.1)
+        except CompileError:
+            return False
+        assert len(plan.programs[0]) <= depth
+        return True
+    looped = next(d for d in range(1, unrolled + 1) if fits(d))
+    assert looped < unrolled and all(fits(d) for d in range(looped, unrolled + 1, 7))
+    with pytest.raises(CompileError, match=rf"has {looped} instructions even with every "
+                                           rf"dimension looped; the instruction memory holds "
+                                           rf"{looped - 1}"):
+        compile_training(TPUConfig(n=8, imem_depth=looped - 1), layers, 256, 32, 0.1)
