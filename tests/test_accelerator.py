@@ -229,7 +229,7 @@ class TestErrors:
             acc.forward(xor_model(), np.zeros((4, 3)))
         with pytest.raises(ValueError, match=r"y must have shape \(4, 1\)"):
             acc.train(xor_model(), XOR_X, np.zeros((4, 2)), lr=0.1, epochs=1, batch_size=4)
-        with pytest.raises(ValueError, match=r"matmul needs \(M, K\) and \(K, N\)"):
+        with pytest.raises(ValueError, match=r"matmul needs non-empty \(M, K\) and \(K, N\)"):
             acc.matmul(np.zeros((2, 3)), np.zeros((2, 3)))
         with pytest.raises(ValueError, match="layer 1 takes 3 inputs but layer 0 has 2"):
             MLP([np.zeros((2, 2)), np.zeros((1, 3))], [np.zeros(2), np.zeros(1)],
@@ -258,7 +258,7 @@ class TestErrors:
         acc = Accelerator(TPUConfig(n=2))
         for kwargs, message in ((dict(epochs=0), "epochs must be a positive integer"),
                                 (dict(batch_size=5), "batch_size 5 is larger than the 4"),
-                                (dict(lr=-1.0), "lr must be a positive number"),
+                                (dict(lr=-1.0), "lr must be a finite number > 0, not -1.0"),
                                 (dict(rounding="up"), "rounding must be")):
             args = dict(lr=0.1, epochs=1, batch_size=4) | kwargs
             with pytest.raises(ValueError, match=message):

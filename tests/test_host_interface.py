@@ -105,15 +105,28 @@ def test_bad_commands(transport):
 def test_start_is_refused_in_the_error_state_until_cleared(transport):
     d = HostDriver(transport)
     d.load_program(assemble("loadw ub[0], rows=9\nhalt"))
-    with pytest.raises(TPUError) as exc:
-        d.run()
-    assert exc.value.code == ErrorCode.BAD_OPERAND and exc.value.pc == 0
-    assert exc.value.instruction == "loadw ub[0], rows=9"
+    d.start()
+    while d.status()[0] == State.RUNNING:                  # the device, not the driver
+        transport.idle(8)
+    assert d.status()[:2] == (State.ERROR, ErrorCode.BAD_OPERAND)
     with pytest.raises(HostError, match="START refused: REFUSED"):
         d.start(1)
     d.clear()
     assert d.status()[0] == State.IDLE and d.csr(CSR.ERROR_PC) == 0
     d.start(1)                                             # runs the HALT at address 1
+    assert d.wait() == State.DONE
+
+
+def test_the_driver_reports_an_error_and_leaves_the_device_idle(transport):
+    d = HostDriver(transport)
+    d.load_program(assemble("nop\nloadw ub[0], rows=9\nhalt"))
+    with pytest.raises(TPUError) as exc:
+        d.run()
+    assert exc.value.code == ErrorCode.BAD_OPERAND and exc.value.pc == 1
+    assert exc.value.instruction == "loadw ub[0], rows=9"
+    assert exc.value.stats.instructions == 1 and exc.value.stats.cycles > 0
+    assert d.status()[0] == State.IDLE
+    d.start(2)
     assert d.wait() == State.DONE
 
 

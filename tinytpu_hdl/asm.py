@@ -25,7 +25,8 @@ from .isa import (
 )
 from .numeric import FixedFormat
 
-__all__ = ["AssemblyError", "Program", "assemble", "disassemble", "format_instruction"]
+__all__ = ["AssemblyError", "Program", "assemble", "disassemble", "format_instruction",
+           "check_program"]
 
 DEFAULT_SCALAR = FixedFormat(16, 14)
 
@@ -324,3 +325,41 @@ def disassemble(instructions, labels=None, *, origin=0) -> str:
         if not origin <= index < origin + len(instructions):
             lines.append(f"{name}:")
     return "\n".join(lines) + "\n"
+
+
+def check_program(program):
+    """Refuse a program that could run instructions it does not contain: empty, no
+    ``halt`` reachable from its first instruction, or a path that falls off its end (or
+    branches outside it) into whatever the instruction memory holds there. Follows every
+    branch both ways (``djnz r0`` always jumps); raises :class:`ValueError`."""
+    instructions = program.instructions if isinstance(program, Program) else tuple(program)
+    origin = program.origin if isinstance(program, Program) else 0
+    if not instructions:
+        raise ValueError("the program is empty: it would run whatever an earlier program left "
+                         "in the instruction memory")
+    end = origin + len(instructions)
+    seen, todo, halts = set(), [origin], False
+    while todo:
+        pc = todo.pop()
+        if pc in seen:
+            continue
+        seen.add(pc)
+        ins = instructions[pc - origin]
+        if ins.op == Op.HALT:
+            halts = True
+            continue
+        successors = [pc + 1]
+        if ins.op == Op.DJNZ:
+            successors = [ins.count] if ins.a[1] == 0 else [ins.count, pc + 1]
+        for nxt in successors:
+            if not origin <= nxt < end:
+                what = "branches to" if nxt != pc + 1 else "falls through to"
+                raise ValueError(f"the instruction at address {pc} "
+                                 f"({format_instruction(ins)}) {what} address {nxt}, outside "
+                                 f"the program ({origin}..{end - 1}): it would run whatever "
+                                 f"the instruction memory holds there; end the program with "
+                                 f"halt")
+            todo.append(nxt)
+    if not halts:
+        raise ValueError("no halt is reachable from the program's first instruction: it "
+                         "cannot end but by the watchdog")

@@ -17,6 +17,7 @@ word first; a unified-buffer row holds lane 0 in its lowest bits.
 """
 
 from enum import IntEnum
+from functools import lru_cache
 
 import numpy as np
 
@@ -95,6 +96,7 @@ class ProtocolError(RuntimeError):
     """A response that does not follow the protocol."""
 
 
+@lru_cache(maxsize=None)
 def item_bits(cfg, space):
     space = Space(space)
     if space == Space.UB:
@@ -106,6 +108,7 @@ def item_bits(cfg, space):
     return 32
 
 
+@lru_cache(maxsize=None)
 def item_words(cfg, space):
     return (item_bits(cfg, space) + 31) // 32
 
@@ -187,6 +190,11 @@ def pack_items(cfg, space, items):
         if rows.ndim != 2 or rows.shape[1] != lanes:
             raise ValueError(f"a {space.name} row has {lanes} lanes, not shape "
                              f"{rows.shape[1:]}")
+        if rows.min() < fmt.min_int or rows.max() > fmt.max_int:
+            bad = rows[(rows < fmt.min_int) | (rows > fmt.max_int)]
+            raise ValueError(f"{space.name} rows hold raw {fmt} values in [{fmt.min_int}, "
+                             f"{fmt.max_int}]; {len(bad)} value(s) outside it (e.g. "
+                             f"{int(bad[0])}) would wrap")
         words = _rows_to_words(fmt.to_unsigned(rows).astype(np.uint64), fmt.width, words_per)
         return words.reshape(-1).astype(np.int64).tolist()
     out = []

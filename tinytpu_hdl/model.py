@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compiler.mlp import LayerSpec
+from .validate import positive_int, real_array, real_number
 
 __all__ = ["MLP", "ACTIVATIONS"]
 
@@ -24,9 +25,12 @@ class MLP:
     leak: float = 0.01
 
     def __post_init__(self):
-        self.weights = [np.array(w, dtype=np.float64) for w in self.weights]
-        self.biases = [np.array(b, dtype=np.float64).reshape(-1) for b in self.biases]
+        self.weights = [real_array(f"weights[{i}]", w).copy()
+                        for i, w in enumerate(self.weights)]
+        self.biases = [real_array(f"biases[{i}]", b).reshape(-1).copy()
+                       for i, b in enumerate(self.biases)]
         self.activations = list(self.activations)
+        self.leak = real_number("leak", self.leak, lo=0.0, hi=1.0)
         if not (len(self.weights) == len(self.biases) == len(self.activations)) or not self.weights:
             raise ValueError(f"an MLP needs as many weights, biases and activations, at least one "
                              f"each; got {len(self.weights)}, {len(self.biases)}, "
@@ -36,7 +40,7 @@ class MLP:
                 raise ValueError(f"layer {i}: weights must be 2-D (out, in), not shape {w.shape}")
             if b.shape != (w.shape[0],):
                 raise ValueError(f"layer {i}: bias has shape {b.shape}, expected ({w.shape[0]},)")
-            if act not in ACTIVATIONS:
+            if not isinstance(act, str) or act not in ACTIVATIONS:
                 raise ValueError(f"layer {i}: unknown activation {act!r}; choose one of "
                                  f"{', '.join(ACTIVATIONS)}")
             if i and self.weights[i - 1].shape[0] != w.shape[1]:
@@ -44,8 +48,6 @@ class MLP:
                                  f"{self.weights[i - 1].shape[0]} outputs")
             if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
                 raise ValueError(f"layer {i}: parameters contain NaN or infinity")
-        if not 0 <= self.leak <= 1:
-            raise ValueError(f"leak must be in [0, 1], not {self.leak}")
 
     @classmethod
     def from_arrays(cls, weights, biases, activations, leak=0.01):
@@ -57,6 +59,7 @@ class MLP:
         torch.nn.Linear), Leaky ReLU on every layer unless ``activations`` says otherwise."""
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output size, not {sizes}")
+        sizes = [positive_int(f"sizes[{i}]", size) for i, size in enumerate(sizes)]
         rng = np.random.default_rng(seed)
         weights, biases = [], []
         for fan_in, fan_out in zip(sizes, sizes[1:]):

@@ -153,7 +153,14 @@ class ReferenceTPU:
         self.error_code = ErrorCode.NONE
         self.error_pc = 0
         self.state = State.RUNNING
-        self._run()
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            # Interrupted by the user: stopped, as a STOP would leave the hardware.
+            self.error_code = ErrorCode.STOPPED
+            self.error_pc = self.pc
+            self.state = State.ERROR
+            raise
 
     def _run(self):
         cfg = self.cfg

@@ -31,10 +31,12 @@ Index registers: ``r15`` epochs of the run and ``r14`` batches of the run (set b
 of its outputs (inference) or of its logged outputs (training).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..gateware.control import CSR
 from ..host_protocol import Space
 from ..isa import ConfigReg
 from .emit import Addr, Emitter
@@ -266,10 +268,20 @@ def split_loss_scale(cfg, lr, scale):
         lr_reg = target / loss
     lr_raw = int(sc.encode(lr_reg))
     loss_raw = int(sc.encode(loss))
+    largest = sc.max_value * sc.max_value / scale
     if lr_raw == 0:
-        raise CompileError(f"learning rate {lr} is too small for the {sc} learning-rate "
-                           f"register (lr * 2/(batch*outputs) = {target:.3g})")
+        raise CompileError(f"lr={lr:g} is too small for the {sc} learning-rate register "
+                           f"(lr * 2/(batch*outputs) = {target:.3g}); the smallest it "
+                           f"applies here is {sc.lsb * sc.lsb * 64 / scale:.3g}")
     effective = sc.decode(lr_raw) * sc.decode(loss_raw) / scale
+    error = abs(effective - lr) / lr
+    if error > 0.01 and lr > largest * 0.99:
+        raise CompileError(f"lr={lr:g} is larger than the learning-rate and loss-scale "
+                           f"registers ({sc} each) can apply with this batch and output "
+                           f"count: at most {largest:.6g}")
+    if error > 0.005:
+        warnings.warn(f"lr={lr:g} is applied as {effective:.6g}: the nearest the "
+                      f"learning-rate and loss-scale registers ({sc}) give", stacklevel=4)
     return float(sc.decode(lr_raw)), float(sc.decode(loss_raw)), float(effective)
 
 
@@ -491,12 +503,13 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
 
 
 def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=True,
-                     stochastic=True, epochs_per_run=None):
+                     stochastic=True, epochs_per_run=None, seed=0):
     """The plan of ``epochs`` epochs of SGD over ``samples // batch`` batches (a last partial
     batch is dropped). Tensors: ``x`` (samples, in) and ``y`` (samples, out) in,
     ``W{l}``/``b{l}`` in and out (the parameters), ``outputs`` out (the network's outputs
     during each epoch of a run, ``plan.info["log epochs"]`` epochs, for the loss).
-    ``Mark(("epochs", e0, e1))`` steps follow the runs that finish epochs ``e0 .. e1 - 1``."""
+    ``Mark(("epochs", e0, e1))`` steps follow the runs that finish epochs ``e0 .. e1 - 1``.
+    ``seed`` seeds the stochastic-rounding generators (the ``SEED`` register)."""
     layers = tuple(layers)
     _check_layers(layers)
     n = cfg.n
@@ -541,8 +554,9 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
 
     one = int(cfg.data.encode(1.0))
     in_f = layers[0].in_features
-    steps = [Write(Space.UB, regions["params"][i].base, regions["params"][i].rows, Params(i))
-             for i in range(len(layers))]
+    steps = [Write(Space.CSR, CSR.SEED, 1, Literal("seed", np.array([seed], dtype=np.int64)))]
+    steps += [Write(Space.UB, regions["params"][i].base, regions["params"][i].rows, Params(i))
+              for i in range(len(layers))]
     steps.append(Write(Space.UB, regions["identity"].base, n,
                        Literal("identity", np.eye(n, dtype=np.int64) * one)))
     for i, layer in enumerate(layers[:-1]):

@@ -1,22 +1,20 @@
 """The user-facing API: compile, load, run and read back, on any backend."""
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..asm import Program, assemble
+from ..asm import Program, assemble, check_program
 from ..compiler import Capacity, compile_forward, compile_matmul, compile_training
 from ..compiler.memory import CompileError
 from ..config import TPUConfig
-from ..gateware.control import CSR
 from ..host_protocol import Space
 from ..model import MLP
-from ..numeric import FormatError
+from ..validate import flag, int_in_range, positive_int, raw_array, real_array, real_number
 from .driver import HostDriver
 from .executor import Stats, execute
 
-__all__ = ["Accelerator", "Stats", "BACKENDS"]
+__all__ = ["Accelerator", "Stats", "BACKENDS", "DEFAULT_RUN_WATCHDOG"]
 
 #: Backend names and the transports that implement them.
 BACKENDS = ("reference", "pysim", "verilator", "icarus", "uart", "serial-sim")
@@ -44,16 +42,37 @@ def _transport(cfg, backend, options):
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+#: Cycle budget of a raw program's run (``Accelerator.run``) unless given: 16.8 M cycles
+#: (0.17 s at 100 MHz; about half a minute of a control loop on the reference model).
+DEFAULT_RUN_WATCHDOG = 1 << 24
+
+
 class Accelerator:
     """A TPU on a backend: ``"reference"`` (the numpy model of the ISA), ``"pysim"`` (the
-    gateware in Amaranth's simulator) or ``"verilator"`` (its Verilog compiled by Verilator).
-    All backends run the same programs through the same host protocol and give bit-identical
-    results and cycle counts."""
+    gateware in Amaranth's simulator), ``"verilator"`` (its Verilog compiled by Verilator),
+    ``"icarus"`` (its Verilog under Icarus Verilog), ``"uart"`` (a board) or
+    ``"serial-sim"`` (the board's serial link, simulated). All backends run the same plans
+    through the same host protocol and give bit-identical results and cycle counts.
 
-    def __init__(self, cfg: TPUConfig = None, backend="reference", **options):
-        self.cfg = cfg or TPUConfig()
+    ``watchdog``: the cycle budget of every program run; a run that reaches it stops with
+    the ``WATCHDOG`` error. By default raw programs (:meth:`run`) get
+    :data:`DEFAULT_RUN_WATCHDOG` cycles and the runs of compiled plans the largest budget
+    the counters hold (``2 ** counter_width - 1``); 0 means none. After any error the
+    device is idle again and the next call works (memories and registers keep what the
+    failed run left). Use it as a context manager, or call :meth:`close`, to end the
+    backend's simulation or connection."""
+
+    def __init__(self, cfg: TPUConfig = None, backend="reference", *, watchdog=None,
+                 **options):
+        self.cfg = TPUConfig() if cfg is None else cfg
         if not isinstance(self.cfg, TPUConfig):
             raise TypeError(f"cfg must be a TPUConfig, not {self.cfg!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        top = (1 << self.cfg.counter_width) - 1
+        self._plan_watchdog = top if watchdog is None else int_in_range("watchdog", watchdog,
+                                                                          0, top)
+        self._run_watchdog = DEFAULT_RUN_WATCHDOG if watchdog is None else self._plan_watchdog
         self.backend = backend
         self.transport = _transport(self.cfg, backend, options)
         self.driver = HostDriver(self.transport)
@@ -61,15 +80,25 @@ class Accelerator:
         self.last_program = None
         self.last_plan = None
 
+    def close(self):
+        """End the backend's simulation or connection (idempotent)."""
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     # --- data conversion ---------------------------------------------------------------------
 
     def _encode(self, name, values, *, clip=False):
-        values = np.asarray(values, dtype=np.float64)
+        values = real_array(name, values)
         fmt = self.cfg.data
-        try:
-            raw, clipped = fmt.encode(values, return_clipped=True)
-        except FormatError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+        raw, clipped = fmt.encode(values, return_clipped=True)
         if clipped:
             message = (f"{name}: {clipped} value(s) outside the {fmt} range "
                        f"[{fmt.min_value:g}, {fmt.max_value:g}]")
@@ -87,46 +116,67 @@ class Accelerator:
         map; ``print(acc.last_plan)``)."""
         return Capacity(self.cfg)
 
+    def _execute(self, plan, tensors, **hooks):
+        self.last_plan = plan
+        return execute(plan, self.driver, tensors, watchdog=self._plan_watchdog, **hooks)
+
     # --- raw programs ------------------------------------------------------------------------
 
-    def run(self, program, *, watchdog=0):
-        """Run an assembled :class:`~tinytpu_hdl.asm.Program` or assembly text from address 0.
-        Raises :class:`~tinytpu_hdl.runtime.driver.TPUError` if the hardware reports an error."""
+    def run(self, program, *, watchdog=None):
+        """Run an assembled :class:`~tinytpu_hdl.asm.Program` or assembly text from address 0,
+        with a cycle budget of ``watchdog`` (default: the accelerator's, see the class).
+        A program must end in a reachable ``halt`` and stay within itself (so that nothing an
+        earlier program left in the instruction memory can run). Raises
+        :class:`~tinytpu_hdl.runtime.driver.TPUError` if the hardware reports an error."""
         if isinstance(program, str):
             program = assemble(program, scalar=self.cfg.scalar)
         if not isinstance(program, Program):
             raise TypeError(f"run needs a Program or assembly text, not {type(program).__name__}")
+        if program.origin != 0:
+            raise ValueError(f"run loads programs at address 0; this one was assembled for "
+                             f"origin {program.origin}")
         if len(program) > self.cfg.imem_depth:
             raise CompileError(f"the program has {len(program)} instructions; the instruction "
                                f"memory holds {self.cfg.imem_depth}")
+        check_program(program)
+        top = (1 << self.cfg.counter_width) - 1
+        budget = self._run_watchdog if watchdog is None else int_in_range("watchdog", watchdog,
+                                                                          0, top)
         self.last_program = program
-        run = self.driver.run(program, watchdog=watchdog)
+        self.driver.recover()
+        run = self.driver.run(program, watchdog=budget)
         self.stats = Stats(self.cfg.n) + run
         return self.stats
 
     # --- matrix product ----------------------------------------------------------------------
 
     def matmul(self, a, b, *, clip=False):
-        """``a @ b`` for float arrays of any sizes, on the device. Inputs are rounded to the
-        data format; the result is the accumulators' value (accumulator format) as floats."""
-        a = np.asarray(a, dtype=np.float64)
-        b = np.asarray(b, dtype=np.float64)
-        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-            raise ValueError(f"matmul needs (M, K) and (K, N) arrays, not {a.shape} and {b.shape}")
+        """``a @ b`` for real arrays of any sizes, on the device. Inputs are rounded to the
+        data format (values outside it raise, or are clipped with a warning with
+        ``clip=True``); the result is the accumulators' value (accumulator format) as
+        floats."""
+        clip = flag("clip", clip)
+        a, b = real_array("a", a, ndim=2), real_array("b", b, ndim=2)
+        if a.shape[1] != b.shape[0] or not a.size or not b.size:
+            raise ValueError(f"matmul needs non-empty (M, K) and (K, N) arrays, not {a.shape} "
+                             f"and {b.shape}")
         a_raw = self._encode("a", a, clip=clip)
         b_raw = self._encode("b", b, clip=clip)
         return self.cfg.acc.decode(self.matmul_raw(a_raw, b_raw))
 
     def matmul_raw(self, a_raw, b_raw):
-        """``a @ b`` on raw data-format integers; returns raw accumulator integers."""
-        a_raw = np.asarray(a_raw, dtype=np.int64)
-        b_raw = np.asarray(b_raw, dtype=np.int64)
+        """``a @ b`` on raw data-format integers (each within the format's range); returns
+        raw accumulator integers."""
+        a_raw = raw_array("a_raw", a_raw, self.cfg.data)
+        b_raw = raw_array("b_raw", b_raw, self.cfg.data)
+        if a_raw.shape[1] != b_raw.shape[0] or not a_raw.size or not b_raw.size:
+            raise ValueError(f"matmul_raw needs non-empty (M, K) and (K, N) arrays, not "
+                             f"{a_raw.shape} and {b_raw.shape}")
         m, k = a_raw.shape
         n_out = b_raw.shape[1]
         plan = compile_matmul(self.cfg, m, k, n_out)
         tensors = {"A": a_raw, "B": b_raw, "C": np.zeros((m, n_out), dtype=np.int64)}
-        self.last_plan = plan
-        self.stats = execute(plan, self.driver, tensors)
+        self.stats = self._execute(plan, tensors)
         return tensors["C"]
 
     # --- MLP ---------------------------------------------------------------------------------
@@ -134,7 +184,7 @@ class Accelerator:
     def _check_model(self, model, x):
         if not isinstance(model, MLP):
             raise TypeError(f"model must be an MLP, not {type(model).__name__}")
-        x = np.asarray(x, dtype=np.float64)
+        x = real_array("x", x)
         if x.ndim != 2 or x.shape[1] != model.sizes[0]:
             raise ValueError(f"x must have shape (samples, {model.sizes[0]}), not {x.shape}")
         if len(x) == 0:
@@ -154,6 +204,9 @@ class Accelerator:
         chip in chunks, and a network whose parameters do not fit runs layer by layer
         (``acc.last_plan`` shows how). ``batch_size`` caps the batch of the program."""
         x = self._check_model(model, x)
+        clip = flag("clip", clip)
+        if batch_size is not None:
+            batch_size = positive_int("batch_size", batch_size)
         samples = len(x)
         plan = compile_forward(self.cfg, model.specs(), samples, batch=batch_size)
         x_raw = self._encode("x", x, clip=clip)
@@ -173,8 +226,7 @@ class Accelerator:
                 tensors[f"bias{i}"] = params[f"b{i}"][None, :]
                 tensors[f"h{i + 1}"] = np.zeros((samples, size), dtype=np.int64)
             result = f"h{len(model.weights)}"
-        self.last_plan = plan
-        self.stats = execute(plan, self.driver, tensors)
+        self.stats = self._execute(plan, tensors)
         return self.cfg.data.decode(tensors[result][:samples])
 
     def train(self, model, x, y, *, lr, epochs, batch_size, record_loss=True, clip=False,
@@ -195,37 +247,35 @@ class Accelerator:
         ``epochs_per_run`` at a time (default: as many as the loss log holds);
         ``progress(done, epochs, losses)`` is called after each run of whole epochs."""
         x = self._check_model(model, x)
-        y = np.asarray(y, dtype=np.float64)
+        y = real_array("y", y)
         out_f = model.sizes[-1]
         if y.ndim == 1 and out_f == 1:
             y = y[:, None]
         if y.shape != (len(x), out_f):
             raise ValueError(f"y must have shape ({len(x)}, {out_f}), not {y.shape}")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not np.isfinite(lr) or lr <= 0:
-            raise ValueError(f"lr must be a positive number, not {lr!r}")
+        epochs = positive_int("epochs", epochs)
+        batch_size = positive_int("batch_size", batch_size)
+        lr = real_number("lr", lr, lo=0.0, lo_open=True)
+        record_loss, clip = flag("record_loss", record_loss), flag("clip", clip)
         if rounding not in ("stochastic", "nearest"):
             raise ValueError(f"rounding must be 'stochastic' or 'nearest', not {rounding!r}")
-        if epochs_per_run is not None and (not isinstance(epochs_per_run, int) or
-                                           epochs_per_run < 1):
-            raise ValueError(f"epochs_per_run must be a positive integer, not {epochs_per_run!r}")
-        batch_size, epochs = int(batch_size), int(epochs)
+        seed = int_in_range("seed", seed, 0, (1 << 32) - 1)
+        if epochs_per_run is not None:
+            epochs_per_run = positive_int("epochs_per_run", epochs_per_run)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable, not {progress!r}")
         batches = len(x) // batch_size
         if batches == 0:
             raise ValueError(f"batch_size {batch_size} is larger than the {len(x)} samples")
         used = batches * batch_size
         plan = compile_training(self.cfg, model.specs(), len(x), batch_size, lr, epochs=epochs,
                                 record_loss=record_loss, stochastic=rounding == "stochastic",
-                                epochs_per_run=epochs_per_run)
-        self.last_plan = plan
+                                epochs_per_run=epochs_per_run, seed=seed)
         tensors = self._param_tensors(model, clip)
         tensors["x"] = self._encode("x", x[:used], clip=clip)
         tensors["y"] = self._encode("y", y[:used], clip=clip)
         tensors["outputs"] = np.zeros((max(1, plan.info["log epochs"]) * used, out_f),
                                       dtype=np.int64)
-        self.driver.write_csr(CSR.SEED, seed)
         losses = []
         y_used = y[:used]
         data = self.cfg.data
@@ -239,7 +289,7 @@ class Accelerator:
             if progress is not None:
                 progress(e1, epochs, losses)
 
-        self.stats = execute(plan, self.driver, tensors, on_mark=on_mark)
+        self.stats = self._execute(plan, tensors, on_mark=on_mark)
         for i in range(len(model.weights)):
             model.weights[i] = data.decode(tensors[f"W{i}"])
             model.biases[i] = data.decode(tensors[f"b{i}"])

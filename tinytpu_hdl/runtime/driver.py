@@ -36,12 +36,14 @@ class HostError(RuntimeError):
 
 class TPUError(RuntimeError):
     """A program stopped with an error. Carries the error code, the failing instruction's
-    address and, when known, its disassembly."""
+    address, when known its disassembly, and the run's counters (``stats``). The device is
+    idle again when it is raised (see :meth:`HostDriver.recover`)."""
 
-    def __init__(self, code, pc, instruction=None):
+    def __init__(self, code, pc, instruction=None, stats=None):
         self.code = ErrorCode(code)
         self.pc = pc
         self.instruction = instruction
+        self.stats = stats
         where = f" at pc {pc}"
         if instruction is not None:
             where += f" ({instruction})"
@@ -141,16 +143,24 @@ class HostDriver:
         return State(word & 3), ErrorCode((word >> 8) & 0xF), word
 
     def wait(self, *, max_polls=1_000_000):
-        """Poll until the program leaves the running state; raise :class:`TPUError` on error."""
+        """Poll until the program leaves the running state. On an error, read what failed
+        (code, address, instruction, counters), bring the device back to idle
+        (:meth:`recover`) and raise :class:`TPUError`: the next command works. A
+        ``KeyboardInterrupt`` while waiting stops the program the same way before it
+        propagates."""
         pause = 16
-        for _ in range(max_polls):
-            state, code, _ = self.status()
-            if state != State.RUNNING:
-                break
-            self.transport.idle(pause)
-            pause = min(pause * 2, 4096)
-        else:
-            raise TimeoutError("the program is still running")
+        try:
+            for _ in range(max_polls):
+                state, code, _ = self.status()
+                if state != State.RUNNING:
+                    break
+                self.transport.idle(pause)
+                pause = min(pause * 2, 4096)
+            else:
+                raise TimeoutError("the program is still running")
+        except KeyboardInterrupt:
+            self.recover()
+            raise
         if state == State.ERROR:
             pc = self.csr(CSR.ERROR_PC)
             text = None
@@ -159,21 +169,46 @@ class HostDriver:
                     text = format_instruction(decode(self.read(Space.IMEM, pc, 1)[0]))
                 except ValueError:
                     text = "illegal instruction word"
-            raise TPUError(code, pc, text)
+            stats = self.stats()
+            self.recover()
+            raise TPUError(code, pc, text, stats)
         return state
+
+    def recover(self):
+        """Bring the device to the idle state from any state: stop a running program, wait
+        until its engines have finished, clear an error (or done) state. Memories, index
+        and configuration registers and the counters keep their values."""
+        state, _, _ = self.status()
+        if state == State.RUNNING:
+            self.stop()
+            for _ in range(1_000_000):
+                state, _, _ = self.status()
+                if state != State.RUNNING:
+                    break
+                self.transport.idle(16)
+            else:
+                raise TimeoutError("the program does not stop")
+        if state != State.IDLE:
+            self.clear()
 
     def run(self, program=None, *, pc=0, watchdog=0):
         """Load ``program`` (if given) at address 0, start it at ``pc``, wait for it."""
-        width = self.cfg.counter_width
-        if not isinstance(watchdog, int) or not 0 <= watchdog < 1 << width:
-            raise ValueError(f"watchdog must be a cycle count from 0 (none) to 2**{width} - 1 "
-                             f"(the counter width), not {watchdog!r}")
+        self.set_watchdog(watchdog)
         if program is not None:
             self.load_program(program)
-        self.write(Space.CSR, CSR.WATCHDOG_LO, [watchdog & 0xFFFFFFFF, watchdog >> 32])
         self.start(pc)
         self.wait()
         return self.stats()
+
+    def set_watchdog(self, cycles):
+        """The cycle budget of the following runs (0: none); a run that reaches it stops
+        with the WATCHDOG error."""
+        width = self.cfg.counter_width
+        if (not isinstance(cycles, int) or isinstance(cycles, bool)
+                or not 0 <= cycles < 1 << width):
+            raise ValueError(f"watchdog must be a cycle count from 0 (none) to 2**{width} - 1 "
+                             f"(the counter width), not {cycles!r}")
+        self.write(Space.CSR, CSR.WATCHDOG_LO, [cycles & 0xFFFFFFFF, cycles >> 32])
 
     def stats(self):
         """The counters of the last run (one read of the status and counter registers)."""

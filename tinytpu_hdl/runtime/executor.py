@@ -58,14 +58,18 @@ def _load(driver, images):
         driver.write(Space.IMEM, image.origin, image.program.words)
 
 
-def execute(plan, driver, tensors, *, stats=None, on_run=None, on_mark=None):
+def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_mark=None):
     """Carry out ``plan`` on the device behind ``driver``. ``tensors`` maps the names the
     plan's transfers use to raw-integer arrays (reads store into it). Returns the summed
-    :class:`Stats` (added to ``stats``). ``on_run(step, stats)`` is called after each
-    run, ``on_mark(tag, stats)`` at each :class:`~tinytpu_hdl.compiler.plan.Mark`."""
+    :class:`Stats` (added to ``stats``). ``watchdog`` is every run's cycle budget (0:
+    none). ``on_run(step, stats)`` is called after each run, ``on_mark(tag, stats)`` at
+    each :class:`~tinytpu_hdl.compiler.plan.Mark`. The device is made idle first, so a
+    plan runs after any earlier error or interruption."""
     cfg = plan.cfg
     n = cfg.n
     stats = stats if stats is not None else Stats(n)
+    driver.recover()
+    driver.set_watchdog(watchdog)
     _load(driver, plan.programs)
     for step in plan.steps:
         if isinstance(step, Write):

@@ -75,7 +75,11 @@ class IcarusTransport:
     def exchange(self, words):
         self._out.write("X " + " ".join(f"{int(w):x}" for w in [len(words), *words]) + "\n")
         self._out.flush()
-        line = self._in.readline()
+        try:
+            line = self._in.readline()
+        except KeyboardInterrupt:
+            self._in.readline()              # the answer under way: stay in step
+            raise
         if not line.startswith("R "):
             raise RuntimeError(f"the Icarus simulation stopped: {line!r} "
                                f"{self._proc.stdout.read() if self._proc.poll() is not None else ''}")

@@ -66,9 +66,21 @@ class PysimTransport:
     def _step_until(self, condition, limit=10_000_000):
         start = self.cycle
         while not condition():
-            self._sim.advance()
+            try:
+                self._sim.advance()
+            except KeyboardInterrupt:
+                # Finish the packet under way (the device and the host must stay in step),
+                # then let the interruption through (see exchange).
+                self._interrupted = True
             if self.cycle - start > limit:
                 raise TimeoutError("the simulated TPU does not answer")
+
+    _interrupted = False
+
+    def _resume_interruption(self):
+        if self._interrupted:
+            self._interrupted = False
+            raise KeyboardInterrupt
 
     def exchange(self, words):
         self._rx.clear()
@@ -81,11 +93,13 @@ class PysimTransport:
             expected += count * item_words(self.cfg, Space(space))
         self._step_until(lambda: len(self._rx) >= expected)
         self._step_until(lambda: not self._tx)
+        self._resume_interruption()
         return list(self._rx)
 
     def idle(self, cycles):
         target = self.cycle + cycles
-        self._step_until(lambda: self.cycle >= target)
+        self._step_until(lambda: self.cycle >= target or self._interrupted)
+        self._resume_interruption()
 
     def close(self):
         if self._vcd is not None:

@@ -33,7 +33,11 @@ class FramedLink:
             raise ProtocolError(f"a packet of {len(words)} words exceeds the bridge's "
                                 f"{self.max_packet_words}")
         self.write_bytes(frame(words))
-        return self.exchange_reply()
+        try:
+            return self.exchange_reply()
+        except KeyboardInterrupt:
+            self.exchange_reply()            # the answer under way: stay in step
+            raise
 
     def exchange_reply(self):
         """Read one response frame; raise :class:`BridgeFault` for a bridge error frame."""

@@ -29,15 +29,13 @@ def run_case(transport, case):
     after a run) carries over from earlier cases, so compare backends that have run the same
     sequence of cases."""
     d = HostDriver(transport)
-    if d.status()[0] == 3:
-        d.clear()
+    d.recover()
     d.write(Space.UB, 0, case.ub)
     d.write(Space.ACC, 0, case.acc)
     d.write(Space.IMEM, 0, case.words + [0] * (d.cfg.imem_depth - len(case.words)))
-    for reg, value in case.regs.items():
-        d.write_csr(CSR.REG_BASE + reg, value)
-    for reg, value in case.cfgs.items():
-        d.write_csr(CSR.CFG_BASE + reg, value)
+    regs = [case.regs.get(r, 0) for r in range(1, NUM_REGS)]
+    d.write(Space.CSR, CSR.REG_BASE + 1, regs)
+    d.write(Space.CSR, CSR.CFG_BASE, [case.cfgs.get(r, 0) for r in ConfigReg])
     d.write_csr(CSR.SEED, case.seed_csr)
     error = None
     try:
