@@ -266,6 +266,72 @@ def test_host_interface_never_writes_outside_a_memory():
     check(m, "bmc", 14, "host_ranges")
 
 
+def host_response_spec(bound, *, drop_word=False):
+    """Every command packet (as the UART bridge forwards them: whole, see
+    ``host_protocol.packet_words``) is taken without stalling for more than ``bound``
+    cycles per word and answered within ``bound`` cycles of its last word, whatever the
+    command, the memories' data and whether a program runs. With ``drop_word`` the model
+    sends one word fewer than a WRITE needs: the property must fail (the check is not
+    vacuous)."""
+    from tinytpu_hdl.host_protocol import Command, Space, item_words
+    cfg = SMALL
+    m = Module()
+    m.submodules.host = host = HostInterface(cfg)
+    drive_anyseq(m, host.ub_rd.data, host.acc_rd.data, host.imem_rd.data, host.csr_rdata,
+                 host.faulted, host.running, host.cmd.payload)
+    m.d.comb += host.resp.ready.eq(1)
+    left = Signal(8)                # words of the packet still to send (0: between packets)
+    pending = Signal()              # the packet is complete, its response has not begun
+    answering = Signal()            # a response is under way (no command is sent then)
+    word = host.cmd.payload
+    cmd, space, count = word[:8], word[8:16], word[16:]
+    # Packets of at most two items keep the depth small; the logic is the same for more.
+    first = (left == 0) & ~pending & ~answering
+    m.d.comb += host.cmd.valid.eq((left != 0) | first & AnySeq(1))
+    with m.If(first & host.cmd.valid):
+        m.d.comb += Assume(count <= 2)
+    data = Signal(8)
+    with m.Switch(space):
+        for sp in Space:
+            with m.Case(sp):
+                m.d.comb += data.eq(count * item_words(cfg, sp))
+    words = Mux((cmd == Command.WRITE) & (space < len(Space)), 2 + data, 2)
+    if drop_word:
+        words = Mux((cmd == Command.WRITE) & (space < len(Space)) & (count != 0),
+                    1 + data, words)
+    with m.If(host.cmd.valid & host.cmd.ready):
+        with m.If(first):
+            m.d.sync += left.eq(words - 1)
+            m.d.sync += pending.eq(words == 1)
+        with m.Else():
+            m.d.sync += left.eq(left - 1)
+            with m.If(left == 1):
+                m.d.sync += pending.eq(1)
+    with m.If(host.resp.valid):
+        m.d.sync += [pending.eq(0), answering.eq(1)]
+    with m.Elif(host.cmd.ready):
+        m.d.sync += answering.eq(0)         # back to reading commands
+    waited = Signal(range(bound + 2))
+    with m.If((pending & ~host.resp.valid) | (host.cmd.valid & ~host.cmd.ready &
+                                              ~answering & ~pending)):
+        m.d.sync += waited.eq(waited + 1)
+    with m.Else():
+        m.d.sync += waited.eq(0)
+    m.d.comb += Assert(waited <= bound)
+    m.d.comb += Cover(pending & host.resp.valid & (cmd == Command.WRITE))
+    return m
+
+
+def test_host_interface_answers_every_packet_within_a_bound():
+    check(host_response_spec(6), "bmc", 24, "host_response")
+
+
+def test_host_response_property_catches_a_short_packet():
+    result = run_formal(host_response_spec(6, drop_word=True), mode="bmc", depth=24,
+                        name="host_response_short")
+    assert not result.passed
+
+
 def test_bridge_crc_check_matches_the_reference_crc():
     """The gateware CRC byte step equals the host's crc16 (checked exhaustively over bytes)."""
     from amaranth.sim import Simulator
@@ -297,7 +363,7 @@ def bridge_crc_spec(max_words):
     from tinytpu_hdl.gateware.uart_bridge import FrameReceiver, hdl_crc16_byte
     from tinytpu_hdl.host_protocol import FRAME_TO_DEVICE
     m = Module()
-    m.submodules.fr = fr = FrameReceiver(max_words=max_words, timeout=1000)
+    m.submodules.fr = fr = FrameReceiver(SMALL, max_words=max_words, timeout=1000)
     drive_anyseq(m, fr.bytes.valid, fr.bytes.payload, fr.error_ack, fr.reply_done, fr.cmd.ready)
     m.d.comb += fr.framing_error.eq(0)
     got, byte = fr.bytes.valid, fr.bytes.payload

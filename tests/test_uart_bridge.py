@@ -108,3 +108,47 @@ def test_xor_forward_over_the_serial_line_matches_the_reference():
     for key in ("ub", "status", "counters"):
         assert np.array_equal(a[key], b[key]), key
     assert sa == sb and a["ub"][24:28, 0].any()
+
+
+@pytest.mark.parametrize("words, why", [
+    ([header(Command.READ, Space.CSR, 1)], "a READ without its address word"),
+    ([header(Command.START, 0, 0)], "a START without its address word"),
+    ([header(Command.WRITE, Space.UB, 2), 7, 1], "a WRITE one row short"),
+    ([header(Command.READ, Space.CSR, 1), 14, 99], "a READ with a word too many"),
+    ([header(Command.WRITE, 9, 1), 0, 5], "a WRITE to no space, with data"),
+])
+def test_a_frame_that_is_not_one_whole_command_is_refused(serial, words, why):
+    """A CRC-valid frame whose packet the TPU could not finish (or would finish early and
+    read its tail as a new command) is answered with an error frame, and the link stays
+    live."""
+    serial.write_bytes(frame(words))
+    with pytest.raises(BridgeFault) as exc:
+        serial.exchange_reply()
+    assert exc.value.code == BridgeError.PACKET, why
+    assert HostDriver(serial).csr(14) & 0xFF == CFG.n
+
+
+@pytest.mark.parametrize("bursts, seed", [(4, 7), pytest.param(40, 8, marks=pytest.mark.extended)])
+def test_random_byte_streams_leave_the_link_live(serial, bursts, seed):
+    """Bursts of random bytes (with the sync byte and CRC-valid frames of random words mixed
+    in), each followed by a correct exchange that must be answered correctly."""
+    rng = np.random.default_rng(seed)
+    d = HostDriver(serial)
+    d.write(Space.UB, 9, [[3, -4]])
+    for burst in range(bursts):
+        parts = []
+        for _ in range(rng.integers(1, 4)):
+            kind = rng.integers(3)
+            if kind == 0:
+                parts.append(bytes(rng.integers(0, 256, rng.integers(1, 40)).tolist()))
+            elif kind == 1:                        # a valid frame of random words
+                words = [int(w) for w in rng.integers(0, 1 << 32, rng.integers(1, 5))]
+                words[0] = words[0] & 0xFFFF00FF | 0x0300      # never space UB: keep row 9
+                parts.append(frame(words))
+            else:
+                parts.append(bytes([0xA5]) + bytes(rng.integers(0, 256, 3).tolist()))
+        serial.write_bytes(b"".join(parts))
+        serial.idle(serial.divisor * 10 * 200 + 4000)   # the frame timeout, and the answers
+        serial.discard_input()
+        assert d.csr(14) & 0xFF == CFG.n, f"burst {burst}"
+        assert d.read(Space.UB, 9, 1)[0].tolist() == [3, -4]

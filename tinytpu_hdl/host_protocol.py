@@ -25,7 +25,8 @@ from .isa import INSTRUCTION_BITS
 
 __all__ = ["Command", "Space", "Status", "item_bits", "item_words", "pack_items",
            "unpack_items", "header", "parse_header", "ProtocolError", "crc16", "frame",
-           "FRAME_TO_DEVICE", "FRAME_TO_HOST", "BRIDGE_ERROR", "BridgeError", "response_length"]
+           "FRAME_TO_DEVICE", "FRAME_TO_HOST", "BRIDGE_ERROR", "BridgeError", "response_length",
+           "packet_words"]
 
 #: Serial framing (the UART bridge): sync byte, 16-bit word count, words (little endian),
 #: CRC-16/CCITT-FALSE of the count and word bytes.
@@ -40,6 +41,17 @@ class BridgeError(IntEnum):
     LENGTH = 2       # zero words, or more than the bridge buffers
     TIMEOUT = 3      # the frame stopped arriving
     FRAMING = 4      # a byte without its stop bit
+    PACKET = 5       # the frame's words are not one whole command (see packet_words)
+
+
+def packet_words(cfg, header_word):
+    """The words of the command packet that begins with ``header_word``: header and
+    address, and for a WRITE to a known space its items; every other command (unknown
+    ones included) is two words."""
+    command, space, count = parse_header(header_word)
+    if command == Command.WRITE and space < len(Space):
+        return 2 + count * item_words(cfg, Space(space))
+    return 2
 
 
 def crc16(data, crc=0xFFFF):

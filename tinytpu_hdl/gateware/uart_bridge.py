@@ -68,11 +68,15 @@ class FrameReceiver(wiring.Component):
                                      waiting for the reply: those bytes are dropped)
 
     A frame is buffered whole (``max_words`` words) and dropped, with an error, if its
-    length is 0 or too large, its CRC does not match, a byte has a framing error, or no
-    byte arrives for ``timeout`` cycles in the middle of it.
+    length is 0 or too large, its CRC does not match, a byte has a framing error, no
+    byte arrives for ``timeout`` cycles in the middle of it, or its words are not exactly
+    one command packet (:func:`~tinytpu_hdl.host_protocol.packet_words`: a shorter one would
+    leave the TPU waiting for the rest, a longer one would start a command of its tail).
+    So every frame forwarded is answered by the TPU.
     """
 
-    def __init__(self, *, max_words, timeout):
+    def __init__(self, cfg, *, max_words, timeout):
+        self._cfg = cfg
         self._max_words = max_words
         self._timeout = timeout
         super().__init__({
@@ -103,6 +107,21 @@ class FrameReceiver(wiring.Component):
             m.d.sync += error.eq(0)
         urx_frame_error = self.framing_error
 
+
+        # The words the packet in the frame must have, from its first word (registered in
+        # the frame's data bytes, long before the CRC's last byte).
+        head = Signal(32)
+        cfg = self._cfg
+        expected = Signal(20)
+        data_words = Signal(20)
+        with m.Switch(head[8:16]):
+            for s in Space:
+                with m.Case(s):
+                    m.d.comb += data_words.eq(hdl_mul_const(head[16:], item_words(cfg, s)))
+        with m.If((head[:8] == Command.WRITE) & (head[8:16] < len(Space))):
+            m.d.comb += expected.eq(2 + data_words)
+        with m.Else():
+            m.d.comb += expected.eq(2)
 
         # --- receive -------------------------------------------------------------------
         in_frame = Signal()
@@ -150,6 +169,8 @@ class FrameReceiver(wiring.Component):
                     with m.If(byte_index == 3):
                         m.d.comb += [wp.addr.eq(count), wp.data.eq((word >> 8) | (byte << 24)),
                                      wp.en.eq(1)]
+                        with m.If(count == 0):
+                            m.d.sync += head.eq((word >> 8) | (byte << 24))
                         m.d.sync += count.eq(count + 1)
                         with m.If(count == length - 1):
                             m.next = "CRC0"
@@ -161,12 +182,15 @@ class FrameReceiver(wiring.Component):
             with m.State("CRC1"):
                 guard()
                 with m.If(got):
-                    with m.If((crc[:8] == crc_rx) & (crc[8:] == byte)):
-                        m.d.sync += count.eq(0)
-                        m.next = "FORWARD_ADDR"
-                    with m.Else():
+                    with m.If((crc[:8] != crc_rx) | (crc[8:] != byte)):
                         m.d.sync += error.eq(BridgeError.CRC)
                         m.next = "SYNC"
+                    with m.Elif(length != expected):
+                        m.d.sync += error.eq(BridgeError.PACKET)
+                        m.next = "SYNC"
+                    with m.Else():
+                        m.d.sync += count.eq(0)
+                        m.next = "FORWARD_ADDR"
             with m.State("FORWARD_ADDR"):
                 m.d.comb += [rp.addr.eq(count), rp.en.eq(1)]
                 m.next = "FORWARD"
@@ -223,7 +247,7 @@ class UARTHostBridge(wiring.Component):
         m.submodules.urx = urx = UARTReceiver(self._divisor)
         m.submodules.utx = utx = UARTTransmitter(self._divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
-        m.submodules.frames = frames = FrameReceiver(max_words=self._max_words,
+        m.submodules.frames = frames = FrameReceiver(cfg, max_words=self._max_words,
                                                      timeout=self._timeout)
         wiring.connect(m, frames.cmd, wiring.flipped(self.cmd))
         m.d.comb += [frames.bytes.payload.eq(urx.data.payload),

@@ -67,6 +67,10 @@ class SimulatedSerialTransport(FramedLink):
         del self._received[:n]
         return out
 
+    def discard_input(self):
+        """Forget the bytes received so far (answers to frames nobody waits for)."""
+        self._received.clear()
+
     def idle(self, cycles):
         target = self.cycle + cycles
         while self.cycle < target:
