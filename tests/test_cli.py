@@ -47,3 +47,30 @@ def test_build_refuses_an_unknown_board(capsys):
     with pytest.raises(SystemExit):
         main(["build", "--board", "de1-soc"])
     assert "invalid choice: 'de1-soc'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from tinytpu_hdl import __version__
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tinytpu_hdl {__version__}"
+    assert __version__.count(".") >= 2
+
+
+def test_a_missing_pyserial_is_one_line(capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "serial", None)          # import serial fails
+    assert main(["demo", "xor", "--backend", "uart", "--board", "icebreaker", "--port",
+                 "/dev/ttyUSB9"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("tinytpu: the uart backend needs pyserial: pip install "
+                           "'tinytpu_hdl[board]' (or pip install pyserial)")
+
+
+@pytest.mark.extended
+def test_digits_demo_takes_the_boards_configuration(capsys):
+    pytest.importorskip("sklearn")
+    assert main(["demo", "digits", "--board", "icebreaker", "--epochs", "1", "--plot", ""]) == 0
+    out = capsys.readouterr().out
+    assert "trains at most 64-10-10 with batch 4" in out and "(N=1)" in out

@@ -146,7 +146,9 @@ def _cmd_build(args):
 
 
 def main(argv=None):
+    from . import __version__
     parser = argparse.ArgumentParser(prog="tinytpu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tinytpu_hdl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("verilog", help="write synthesizable Verilog of the top level")
@@ -215,6 +217,12 @@ def main(argv=None):
         return args.func(args)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    except RuntimeError as exc:               # a missing tool or package, a device error
+        print(f"tinytpu: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tinytpu: interrupted (the device was stopped)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

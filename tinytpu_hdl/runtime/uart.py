@@ -63,7 +63,8 @@ class UARTTransport(FramedLink):
         try:
             import serial
         except ImportError:
-            raise RuntimeError("the uart backend needs pyserial (pip install pyserial)") from None
+            raise RuntimeError("the uart backend needs pyserial: pip install 'tinytpu_hdl[board]' "
+                               "(or pip install pyserial)") from None
         self._serial = serial.Serial(port, baudrate=baudrate, timeout=timeout)
         self._timeout = timeout
         super().__init__(cfg, max_words=max_words)
