@@ -141,7 +141,7 @@ def test_stochastic_rounding_keeps_small_updates():
     x = np.random.default_rng(0).uniform(0, 1, (32, 4))
     y = np.zeros((32, 1))
     model = MLP([np.zeros((1, 4))], [np.full(1, 0.5)], ["none"])
-    lr, epochs = 0.001, 100
+    lr, epochs = 2 ** -10, 100                   # exactly what the registers apply
     results = {}
     for rounding in ("nearest", "stochastic"):
         m = model.copy()

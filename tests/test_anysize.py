@@ -127,10 +127,13 @@ def test_forward_backends_agree(backend):
         out = {}
         for name in ("reference", backend):
             acc = Accelerator(cfg, backend=name)
-            out[name] = (acc.forward(model, x), acc.stats, acc.last_plan.info["form"])
+            out[name] = (acc.forward(model, x), acc.stats, acc.last_plan.info)
         assert np.array_equal(out[backend][0], out["reference"][0])
         assert out[backend][1] == out["reference"][1]
         assert np.array_equal(out["reference"][0], quantized_forward(cfg, model, x))
+        info = out[backend][2]
+        assert info["form"] == ("resident" if cfg.ub_depth == 64 else "layer by layer")
+        assert info.get("input buffers", 2) == 2         # inputs written while it runs
 
 
 def _train(cfg, model, x, y, backend="reference", check_collisions=False,
@@ -191,11 +194,13 @@ def test_training_streamed_backends_agree(backend, options):
     rng = np.random.default_rng(8)
     samples = 8 if backend == "pysim" else 40
     x, y = rng.uniform(-1, 1, (samples, 3)), rng.uniform(-1, 1, (samples, 2))
-    cfg = TPUConfig(n=2, ub_depth=80, acc_depth=4, imem_depth=128)
+    cfg = TPUConfig(n=2, ub_depth=88, acc_depth=4, imem_depth=128)
     l1, m1, a1 = _train(cfg, model, x, y, epochs=2, batch_size=4)
     l2, m2, a2 = _train(cfg, model, x, y, backend, epochs=2, batch_size=4,
                         check_collisions=backend == "pysim", **options)
     assert a1.stats.runs > 2
+    # Two record buffers: the host writes the next batches while the device trains.
+    assert a2.last_plan.info["record buffers"] == 2
     assert l1 == l2 and a1.stats == a2.stats
     for a, b in zip(m1.weights + m1.biases, m2.weights + m2.biases):
         assert np.array_equal(a, b)

@@ -244,13 +244,15 @@ def test_every_engine_instruction_can_issue(op):
 
 
 def test_host_interface_never_writes_outside_a_memory():
-    """Whatever the command stream, a memory write address is inside the memory, and no
-    write happens while a program runs."""
+    """Whatever the command stream, a memory write address is inside the memory; while a
+    program runs only the unified buffer is written, and only in cycles in which no engine
+    uses its shared port."""
     cfg = SMALL
     m = Module()
     m.submodules.host = host = HostInterface(cfg)
     drive_anyseq(m, host.cmd.valid, host.cmd.payload, host.resp.ready, host.ub_rd.data,
-                 host.acc_rd.data, host.imem_rd.data, host.csr_rdata, host.faulted)
+                 host.acc_rd.data, host.imem_rd.data, host.csr_rdata, host.faulted,
+                 host.ub_busy)
     # A program runs from a START until it ends, at any time.
     running = Signal()
     with m.If(host.start):
@@ -260,9 +262,13 @@ def test_host_interface_never_writes_outside_a_memory():
     m.d.comb += host.running.eq(running)
     for port, depth in ((host.ub_wr, cfg.ub_depth), (host.acc_wr, cfg.acc_depth),
                         (host.imem_wr, cfg.imem_depth)):
-        with m.If(port.en):
-            m.d.comb += [Assert(port.addr < depth), Assert(~host.running)]
-    m.d.comb += Cover(host.ub_wr.en)
+        with m.If(port.en.any()):
+            m.d.comb += Assert(port.addr < depth)
+            if port is host.ub_wr:
+                m.d.comb += Assert(~(host.running & host.ub_busy))
+            else:
+                m.d.comb += Assert(~host.running)
+    m.d.comb += Cover(host.ub_wr.en & host.running)
     check(m, "bmc", 14, "host_ranges")
 
 

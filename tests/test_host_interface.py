@@ -133,7 +133,7 @@ def test_the_driver_reports_an_error_and_leaves_the_device_idle(transport):
 def test_host_write_while_running_stops_the_program():
     transport = BACKENDS["pysim"](CFG)
     d = HostDriver(transport)
-    d.write(Space.UB, 3, [[7, 7, 7]])
+    d.write(Space.ACC, 3, [[7, 7, 7]])
     d.load_program(assemble("loop: nop\ndjnz r0, loop"))
     d.start(0)
     assert d.status()[0] == State.RUNNING                  # CSR reads work while running
@@ -141,12 +141,37 @@ def test_host_write_while_running_stops_the_program():
         d.read(Space.UB, 0, 1)
     assert d.status()[0] == State.RUNNING                  # a refused read changes nothing
     with pytest.raises(HostError, match="WRITE refused: BUSY"):
-        d.write(Space.UB, 3, [[1, 2, 3]])
+        d.write(Space.ACC, 3, [[1, 2, 3]])
     with pytest.raises(TPUError) as exc:
         d.wait()
     assert exc.value.code == ErrorCode.HOST_CONFLICT
-    d.clear()
-    assert d.read(Space.UB, 3, 1)[0].tolist() == [7, 7, 7]  # the refused write wrote nothing
+    assert d.read(Space.ACC, 3, 1)[0].tolist() == [7, 7, 7]  # the refused write wrote nothing
+
+
+def test_host_writes_the_buffer_while_a_program_runs():
+    """Rows the program does not use are written while it runs (each in a cycle in which
+    no engine uses the buffer's shared port), and the program's results do not change."""
+    from tinytpu_hdl.reference import ReferenceTransport
+    program = assemble("setr r1, 20\nloop: vpu acc[0], ub[0], rows=6, bias=ub[8], path=bias\n"
+                       "loadw ub[6], rows=3\nmatmul ub[0], acc[0], rows=6, accumulate\n"
+                       "djnz r1, loop\nhalt")
+    results = []
+    for transport in (BACKENDS["pysim"](CFG, check_collisions=True), ReferenceTransport(CFG)):
+        d = HostDriver(transport)
+        d.write(Space.UB, 0, np.arange(27).reshape(9, 3) - 13)
+        d.write(Space.ACC, 0, np.ones((6, 3), dtype=int) * 300)
+        d.load_program(program)
+        d.start()
+        for row in range(11, 16):                          # while it runs, on pysim
+            d.write(Space.UB, row, [[row, -row, 2 * row]])
+        running = d.status()[0] == State.RUNNING
+        d.wait()
+        results.append((np.array(d.read(Space.UB, 0, 16)), np.array(d.read(Space.ACC, 0, 6)),
+                        d.stats(), running))
+    (u1, a1, s1, running), (u2, a2, s2, _) = results
+    assert running                                          # the writes overlapped the run
+    assert np.array_equal(u1, u2) and np.array_equal(a1, a2) and s1 == s2
+    assert u1[11:16].tolist() == [[r, -r, 2 * r] for r in range(11, 16)]
 
 
 def test_stop_command():

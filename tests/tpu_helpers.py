@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from tinytpu_hdl.gateware.control import CSR
+from tinytpu_hdl.asm import format_instruction
+from tinytpu_hdl.gateware.control import CSR, State
 from tinytpu_hdl.host_protocol import Space
-from tinytpu_hdl.isa import NUM_REGS, ConfigReg
+from tinytpu_hdl.isa import NUM_REGS, ConfigReg, decode
 from tinytpu_hdl.reference import ReferenceTransport
 from tinytpu_hdl.runtime.driver import HostDriver, TPUError
 from tinytpu_hdl.runtime.pysim import PysimTransport
@@ -35,11 +36,28 @@ def run_on(backend, cfg, program, ub=None, acc=None, watchdog=0):
         driver.write(Space.UB, addr, np.atleast_2d(rows))
     for addr, rows in (acc or {}).items():
         driver.write(Space.ACC, addr, np.atleast_2d(rows))
+    return snapshot_after(driver, program, watchdog)
+
+
+def snapshot_after(driver, program, watchdog=0):
+    """Run ``program`` and poll the device without the driver's recovery, so that the
+    snapshot shows the error state as the hardware left it; returns (snapshot, error)."""
+    driver.set_watchdog(watchdog)
+    driver.load_program(program)
+    driver.start()
+    while driver.status()[0] == State.RUNNING:
+        driver.transport.idle(16)
+    state, code, _ = driver.status()
     error = None
-    try:
-        driver.run(program, watchdog=watchdog)
-    except TPUError as exc:
-        error = exc
+    if state == State.ERROR:
+        pc = driver.csr(CSR.ERROR_PC)
+        text = None
+        if pc < driver.cfg.imem_depth:
+            try:
+                text = format_instruction(decode(driver.read(Space.IMEM, pc, 1)[0]))
+            except ValueError:
+                text = "illegal instruction word"
+        error = TPUError(code, pc, text)
     return snapshot(driver), error
 
 

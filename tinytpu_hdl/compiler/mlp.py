@@ -45,15 +45,15 @@ from .layout import ceil_div, pad
 from .memory import CompileError, MemoryPlan
 from .plan import (
     Blocked, Concat, Literal, LoadPrograms, Mark, Params, Plan, ProgramImage, Read, Run,
-    TransposedChunks, Write,
+    TransposedChunks, Write, streamed,
 )
 
 __all__ = ["LayerSpec", "compile_forward", "compile_training", "split_loss_scale",
            "training_footprint", "MAX_STRIDE"]
 
 MAX_STRIDE = 255
-REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT = 15, 14, 13, 12, 11
-RESERVED = (REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT)
+REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT, REG_BUFFER = 15, 14, 13, 12, 11, 10
+RESERVED = (REG_EPOCHS, REG_BATCHES, REG_COUNT, REG_REC, REG_OUT, REG_BUFFER)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class _ForwardLayout:
     out_stride: int
 
 
-def _forward_memory(cfg, layers, batch, chunk):
+def _forward_memory(cfg, layers, batch, chunk, buffers=1):
     n = cfg.n
     mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
     mem.alloc_acc("work", batch)
@@ -143,7 +143,7 @@ def _forward_memory(cfg, layers, batch, chunk):
               for i, l in enumerate(layers[:-1])]
     x_stride = batch * _blocks(layers[0].in_features, n)
     out_stride = batch * _blocks(layers[-1].out_features, n)
-    x = mem.alloc("x", chunk * x_stride)
+    x = mem.alloc("x", buffers * chunk * x_stride)
     out = mem.alloc("out", chunk * out_stride)
     return mem, params, hidden, x, out, _ForwardLayout(batch, chunk, x_stride, out_stride)
 
@@ -161,16 +161,22 @@ def _forward_resident(cfg, layers, samples, batch=None):
             if batch <= 1:
                 raise
             batch = max(1, batch // 2)
-    per_batch = batch * (_blocks(layers[0].in_features, n) + _blocks(layers[-1].out_features, n))
+    x_rows = batch * _blocks(layers[0].in_features, n)
+    out_rows = batch * _blocks(layers[-1].out_features, n)
     batches = ceil_div(samples, batch)
-    chunk = max(1, min(batches, 1 + mem.ub_free // per_batch))
-    mem, params, hidden, x, out, lay = _forward_memory(cfg, layers, batch, chunk)
+    room = mem.ub_free + x_rows + out_rows           # for inputs and outputs
+    # All batches in one run if they fit; else chunks, in two input buffers if two fit (the
+    # host writes the next chunk while the device works on the last), else in one.
+    buffers, chunk = 1, max(1, min(batches, room // (x_rows + out_rows)))
+    if chunk < batches and room // (2 * x_rows + out_rows) >= 1:
+        buffers, chunk = 2, room // (2 * x_rows + out_rows)
+    mem, params, hidden, x, out, lay = _forward_memory(cfg, layers, batch, chunk, buffers)
 
     def build(unroll):
         e = Emitter(cfg, unroll=unroll, reserved=RESERVED)
         acc = Addr("acc", 0)
         e.emit(f"addi r{REG_COUNT}, r{REG_BATCHES}, 0", "batches of this run (host)")
-        e.emit(f"setr r{REG_REC}, 0")
+        e.emit(f"addi r{REG_REC}, r{REG_BUFFER}, 0", "the inputs' buffer (host)")
         e.emit(f"setr r{REG_OUT}, 0")
         e.label("batch")
         e.forget_config()
@@ -193,16 +199,25 @@ def _forward_resident(cfg, layers, samples, batch=None):
     steps = [Write(Space.UB, params[i].base, params[i].rows, Params(i))
              for i in range(len(layers))]
     in_f, out_f = layers[0].in_features, layers[-1].out_features
-    for b0 in range(0, batches, chunk):
-        b1 = min(batches, b0 + chunk)
-        rows = [Blocked("x", j * batch, (j + 1) * batch, 0, in_f) for j in range(b0, b1)]
-        steps.append(Write(Space.UB, x.base, (b1 - b0) * lay.x_stride, Concat(tuple(rows))))
-        steps.append(Run("forward", ((REG_BATCHES, b1 - b0),), ("batches", b0, b1)))
-        steps.append(Read(Space.UB, out.base, (b1 - b0) * lay.out_stride,
-                          Concat(tuple(Blocked("out", j * batch, (j + 1) * batch, 0, out_f)
-                                       for j in range(b0, b1)))))
+    chunks = [(b0, min(batches, b0 + chunk)) for b0 in range(0, batches, chunk)]
+
+    def write(c, offset):
+        rows = [Blocked("x", j * batch, (j + 1) * batch, 0, in_f) for j in range(*c)]
+        return Write(Space.UB, x.base + offset, (c[1] - c[0]) * lay.x_stride,
+                     Concat(tuple(rows)))
+
+    def run(c, offset, wait):
+        return Run("forward", ((REG_BATCHES, c[1] - c[0]), (REG_BUFFER, offset)),
+                   ("batches", *c), wait)
+
+    def after(c):
+        return [Read(Space.UB, out.base, (c[1] - c[0]) * lay.out_stride,
+                     Concat(tuple(Blocked("out", j * batch, (j + 1) * batch, 0, out_f)
+                                  for j in range(*c))))]
+    steps += streamed(chunks, second_buffer=chunk * lay.x_stride if buffers == 2 else 0,
+                      write=write, run=run, after=after)
     info = {"form": "resident", "batch": batch, "batches per run": chunk,
-            "padded samples": batches * batch}
+            "input buffers": buffers, "padded samples": batches * batch}
     return Plan("inference", cfg, (image,), steps, mem.regions, info)
 
 
@@ -354,7 +369,7 @@ def _does_not_fit(cfg, layers, batch, fp, record_loss):
             f"has ub_depth={cfg.ub_depth:,}. Use ub_depth >= {need:,}{smaller}; {hint}")
 
 
-def _training_memory(cfg, layers, batch, chunk, log_batches):
+def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
     n = cfg.n
     nb = ceil_div(batch, n)
     mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
@@ -370,7 +385,7 @@ def _training_memory(cfg, layers, batch, chunk, log_batches):
     y_stride = batch * _blocks(layers[-1].out_features, n)
     regions["dz"] = mem.alloc("dz", y_stride)
     fp = training_footprint(cfg, layers, batch)
-    regions["records"] = mem.alloc("records", chunk * fp.record)
+    regions["records"] = mem.alloc("records", buffers * chunk * fp.record)
     regions["log"] = mem.alloc("log", log_batches * y_stride) if log_batches else None
     return mem, regions
 
@@ -403,7 +418,7 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
     e.emit(f"setr r{REG_OUT}, 0")
     e.label("epoch")
     e.emit(f"addi r{REG_COUNT}, r{REG_BATCHES}, 0", "batches of this run (host)")
-    e.emit(f"setr r{REG_REC}, 0")
+    e.emit(f"addi r{REG_REC}, r{REG_BUFFER}, 0", "the records' buffer (host)")
     e.label("batch")
     e.forget_config(keep=(ConfigReg.LR, ConfigReg.LOSS_SCALE))     # only LEAK changes
 
@@ -543,8 +558,13 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
     else:
         chunk = free // (fp.record + log_per_batch)
         log_epochs = 1
+    # Streaming: two record buffers if two fit (the host writes the next chunk while the
+    # device trains on the last).
+    buffers = 1
+    if chunk < batches and free // (2 * fp.record + log_per_batch) >= 1:
+        buffers, chunk = 2, free // (2 * fp.record + log_per_batch)
     mem, regions = _training_memory(cfg, layers, batch, chunk,
-                                    chunk * log_epochs if record_loss else 0)
+                                    chunk * log_epochs if record_loss else 0, buffers)
 
     def build(unroll):
         return _training_program(cfg, layers, batch, regions, lr_reg=lr_reg, loss_reg=loss_reg,
@@ -580,8 +600,8 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
         done = 0
         while done < epochs:
             count = min(log_epochs, epochs - done)
-            steps.append(Run("train", ((REG_BATCHES, batches), (REG_EPOCHS, count)),
-                             ("epochs", done, done + count)))
+            steps.append(Run("train", ((REG_BATCHES, batches), (REG_EPOCHS, count),
+                                       (REG_BUFFER, 0)), ("epochs", done, done + count)))
             if record_loss:
                 steps.append(Read(Space.UB, regions["log"].base, count * batches * y_stride,
                                   Concat(tuple(Blocked("outputs", k * batch, (k + 1) * batch,
@@ -590,23 +610,36 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
             steps.append(Mark(("epochs", done, done + count)))
             done += count
     else:
-        for epoch in range(epochs):
-            for b0 in range(0, batches, chunk):
-                b1 = min(batches, b0 + chunk)
-                steps.append(Write(Space.UB, regions["records"].base, (b1 - b0) * fp.record,
-                                   records(b0, b1)))
-                steps.append(Run("train", ((REG_BATCHES, b1 - b0), (REG_EPOCHS, 1)),
-                                 ("epoch", epoch, "batches", b0, b1)))
-                if record_loss:
-                    steps.append(Read(Space.UB, regions["log"].base, (b1 - b0) * y_stride,
-                                      Concat(tuple(Blocked("outputs", k * batch,
-                                                           (k + 1) * batch, 0, out_f)
-                                                   for k in range(b0, b1)))))
-            steps.append(Mark(("epochs", epoch, epoch + 1)))
+        # Chunks of batches, epoch after epoch; the next chunk (of this epoch or the next)
+        # is written while the device trains on the last.
+        chunks = [(epoch, b0, min(batches, b0 + chunk)) for epoch in range(epochs)
+                  for b0 in range(0, batches, chunk)]
+
+        def write(c, offset):
+            return Write(Space.UB, regions["records"].base + offset, (c[2] - c[1]) * fp.record,
+                         records(c[1], c[2]))
+
+        def run(c, offset, wait):
+            return Run("train", ((REG_BATCHES, c[2] - c[1]), (REG_EPOCHS, 1),
+                                 (REG_BUFFER, offset)), ("epoch", c[0], "batches", c[1], c[2]),
+                       wait)
+
+        def after(c):
+            out = []
+            if record_loss:
+                out.append(Read(Space.UB, regions["log"].base, (c[2] - c[1]) * y_stride,
+                                Concat(tuple(Blocked("outputs", k * batch, (k + 1) * batch,
+                                                     0, out_f) for k in range(c[1], c[2])))))
+            if c[2] == batches:
+                out.append(Mark(("epochs", c[0], c[0] + 1)))
+            return out
+        steps += streamed(chunks, second_buffer=chunk * fp.record if buffers == 2 else 0,
+                          write=write, run=run, after=after)
     for i, layer in enumerate(layers):
         steps.append(Read(Space.UB, regions["params"][i].base, regions["params"][i].rows,
                           Params(i)))
     info = {"batch": batch, "batches": batches, "batches per run": chunk,
+            "record buffers": buffers,
             "log epochs": log_epochs if record_loss else 0,
             "lr register": lr_reg, "loss_scale register": loss_reg, "effective lr": effective,
             "per-run overhead estimate": run_overhead(cfg)}

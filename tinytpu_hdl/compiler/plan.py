@@ -32,7 +32,7 @@ from .layout import (
 from .memory import Region
 
 __all__ = ["Blocked", "TransposedChunks", "Params", "Literal", "Concat", "ProgramImage",
-           "Write", "Read", "Run", "LoadPrograms", "Mark", "Plan"]
+           "Write", "Read", "Run", "Wait", "LoadPrograms", "Mark", "Plan", "streamed"]
 
 
 # --- data views ---------------------------------------------------------------------------
@@ -169,11 +169,39 @@ class Read:
 @dataclass(frozen=True)
 class Run:
     """Start the program ``program`` with the index registers ``regs`` (``(reg, value)``
-    pairs) set first; ``tag`` says what the run does (e.g. ``("epoch", 3)``)."""
+    pairs) set first; ``tag`` says what the run does (e.g. ``("epoch", 3)``). With
+    ``wait=False`` the steps after it run while the program does (host writes into rows it
+    does not use), until a :class:`Wait`."""
 
     program: str
     regs: tuple = ()
     tag: tuple = ()
+    wait: bool = True
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait for the program started by the last ``Run(..., wait=False)``."""
+
+
+def streamed(chunks, *, second_buffer, write, run, after):
+    """Steps that stream ``chunks`` through the device: for each, ``write(chunk, offset)``
+    its data, ``run(chunk, offset, wait)`` the program on it, then ``after(chunk)`` (reads
+    of its results). With ``second_buffer`` (the offset of a second input buffer, or 0 for
+    one), chunk ``k + 1`` is written into the other buffer while chunk ``k``'s run goes on,
+    so that the host's transfer overlaps the device's work."""
+    steps = []
+    for k, chunk in enumerate(chunks):
+        offset = second_buffer * (k % 2)
+        if k == 0 or not second_buffer:
+            steps.append(write(chunk, offset))
+        steps.append(run(chunk, offset, not second_buffer))
+        if second_buffer:
+            if k + 1 < len(chunks):
+                steps.append(write(chunks[k + 1], second_buffer * ((k + 1) % 2)))
+            steps.append(Wait())
+        steps.extend(after(chunk))
+    return steps
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,6 @@ class ControlUnit(wiring.Component):
             with m.Default():
                 m.d.comb += legal.eq(0)
 
-        dec = (reg_a - 1)[:16]
         # The next fetch address is on a short path: the branch decision (R - 1 != 0 is
         # R != 1) reads the register's "holds 1" flag, and the range checks of both
         # candidates are made side by side (pc + 1 < depth as pc < depth - 1).
@@ -388,7 +387,15 @@ class ControlUnit(wiring.Component):
         d_op = Signal(6)
         d_legal = Signal()
         d_bad = Signal()                 # operand errors that need no address arithmetic
-        d_ea, d_eb, d_ec, d_ed = (Signal(17, name=f"d_e{s}") for s in "abcd")
+        # Each address operand as its base and its register's value, registered apart (no
+        # adder after the register file's multiplexers in decode): the issue checks take
+        # the two as separate carry-save terms, and the sums are registered in the first
+        # issue cycle for the commands (``e_q``) and for the VPU's overlap checks.
+        d_base = [Signal(16, name=f"d_base_{s}") for s in "abcd"]
+        d_regv = [Signal(16, name=f"d_reg_{s}") for s in "abcd"]
+        e_q = [Signal(17, name=f"e{s}_q") for s in "abcd"]
+        m.d.sync += [e.eq(b + r) for e, b, r in zip(e_q, d_base, d_regv)]
+        terms = [[b, r] for b, r in zip(d_base, d_regv)]
         d_count = Signal(16)             # the count field: rows, or the value of a CFG
         # (rows - 1) * stride in carry-save form (two terms whose sum is the span modulo
         # 2 ** CHECK_WIDTH): rows * stride as the stride's partial products of rows, minus
@@ -398,11 +405,6 @@ class ControlUnit(wiring.Component):
         d_stride = Signal(8)
         d_flags = Signal(8)
         d_rd = Signal(REG_BITS)
-        # The register results, both computed (no multiplexer after the adders); the issue
-        # stage writes the one of the instruction. ADDI's ``rs + imm`` is also SETR's
-        # ``imm``: a legal SETR leaves the ``b`` field zero, so ``rs`` reads R0.
-        d_sum = Signal(16)               # SETR, ADDI
-        d_dec = Signal(16)               # DJNZ
         d_next_pc = Signal(16)
         d_next_ok = Signal()
         # One-hot opcode classes, decoded here so that the issue decision and the checks
@@ -429,11 +431,11 @@ class ControlUnit(wiring.Component):
         decode_regs = [
             d_op.eq(op), d_legal.eq(legal),
             d_bad.eq(engine & ((rows == 0) | ((op == Op.LOADW) & (rows > n)))),
-            d_ea.eq(ins.a.addr + reg_a), d_eb.eq(ins.b.addr + reg_b),
-            d_ec.eq(ins.c.addr + reg_c), d_ed.eq(ins.d.addr + reg_d),
+            *[b.eq(slot.addr) for b, slot in zip(d_base, (ins.a, ins.b, ins.c, ins.d))],
+            *[r.eq(v) for r, v in zip(d_regv, (reg_a, reg_b, reg_c, reg_d))],
             d_count.eq(rows), d_span[0].eq(span[0]), d_span[1].eq(span[1]),
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
-            d_rd.eq(ins.a.reg), d_sum.eq(reg_b + ins.a.addr), d_dec.eq(dec),
+            d_rd.eq(ins.a.reg),
             d_next_pc.eq(next_pc), d_next_ok.eq(next_ok),
             d_waits_all.eq(op.matches(Op.VPU, Op.GD, Op.SYNC, Op.HALT)),
             d_waits_units.eq(op == Op.CFG),
@@ -462,10 +464,10 @@ class ControlUnit(wiring.Component):
             return negative(plus, minus, width=width)
 
         def rows_fit(addr, depth):
-            return below([addr, d_count], [Const(depth + 1)])
+            return below([*addr, d_count], [Const(depth + 1)])
 
         def span_fits(addr, depth, span_terms):
-            return below([addr, *span_terms], [Const(depth)])
+            return below([*addr, *span_terms], [Const(depth)])
 
         is_loadw, is_matmul, is_vpu, is_gd = (d_is[o] for o in (Op.LOADW, Op.MATMUL, Op.VPU,
                                                                  Op.GD))
@@ -477,11 +479,13 @@ class ControlUnit(wiring.Component):
         else:
             vpu_span = Signal(24)
             m.d.sync += vpu_span.eq((d_span[0] + d_span[1])[:24])
-        # aux overlap: d_ec <= d_eb + span and d_eb <= d_ec + span (unless in place);
-        # bias overlap: d_eb <= d_ed <= d_eb + span.
-        aux_overlap = ~below([d_eb, vpu_span], [d_ec]) & ~below([d_ec, vpu_span], [d_eb])
-        in_place = (d_ec == d_eb) & d_in_place_ok
-        bias_overlap = ~below([d_ed], [d_eb]) & ~below([d_eb, vpu_span], [d_ed])
+        # aux overlap: ec <= eb + span and eb <= ec + span (unless in place);
+        # bias overlap: eb <= ed <= eb + span; from the sums registered in the first check
+        # cycle, like the span.
+        _, eb, ec, ed = e_q
+        aux_overlap = ~below([eb, vpu_span], [ec]) & ~below([ec, vpu_span], [eb])
+        in_place = (ec == eb) & d_in_place_ok
+        bias_overlap = ~below([ed], [eb]) & ~below([eb, vpu_span], [ed])
         # Per kind, whether any check of the instruction failed (each check gated by the
         # registered flag of the instruction it belongs to, so that no opcode decode or
         # multiplexer follows the carry chains): ``bad``, overlapping operands (and the
@@ -489,14 +493,15 @@ class ControlUnit(wiring.Component):
         # accumulators. The first issue cycle of an engine instruction registers them and
         # the error code is chosen from these three bits in the following cycles.
         bad = (d_bad | (d_vpu_aux & aux_overlap & ~in_place) | (d_vpu_bias & bias_overlap))
-        ub_out = ((is_loadw & ~rows_fit(d_ea, cfg.ub_depth)) |
-                  (is_matmul & ~span_fits(d_ea, cfg.ub_depth, spans)) |
-                  (is_vpu & ~span_fits(d_eb, cfg.ub_depth, [vpu_span])) |
-                  (d_vpu_aux & ~span_fits(d_ec, cfg.ub_depth, [vpu_span])) |
-                  (d_vpu_bias & ~below([d_ed], [Const(cfg.ub_depth)])) |
-                  (is_gd & ~rows_fit(d_eb, cfg.ub_depth)))
-        acc_out = (((is_vpu | is_gd) & ~rows_fit(d_ea, cfg.acc_depth)) |
-                   (is_matmul & ~rows_fit(d_eb, cfg.acc_depth)))
+        ta, tb = terms[0], terms[1]
+        ub_out = ((is_loadw & ~rows_fit(ta, cfg.ub_depth)) |
+                  (is_matmul & ~span_fits(ta, cfg.ub_depth, spans)) |
+                  (is_vpu & ~span_fits([eb], cfg.ub_depth, [vpu_span])) |
+                  (d_vpu_aux & ~span_fits([ec], cfg.ub_depth, [vpu_span])) |
+                  (d_vpu_bias & ~below([ed], [Const(cfg.ub_depth)])) |
+                  (is_gd & ~rows_fit(tb, cfg.ub_depth)))
+        acc_out = (((is_vpu | is_gd) & ~rows_fit(ta, cfg.acc_depth)) |
+                   (is_matmul & ~rows_fit(tb, cfg.acc_depth)))
 
         # The operand and range checks of an engine instruction take its first issue cycle
         # and are registered: the instruction may issue (or fail) from its second. The
@@ -536,23 +541,23 @@ class ControlUnit(wiring.Component):
         # --- command payloads (valid only in the issue cycle) ----------------------------
         pathway = d_flags[:4]
         m.d.comb += [
-            self.load_cmd.payload.addr.eq(d_ea),
+            self.load_cmd.payload.addr.eq(e_q[0]),
             self.load_cmd.payload.rows.eq(d_count),
             self.load_cmd.payload.transpose.eq(d_flags[0]),
-            self.matmul_cmd.payload.src.eq(d_ea),
+            self.matmul_cmd.payload.src.eq(e_q[0]),
             self.matmul_cmd.payload.stride.eq(d_stride),
             self.matmul_cmd.payload.rows.eq(d_count),
-            self.matmul_cmd.payload.dst.eq(d_eb),
+            self.matmul_cmd.payload.dst.eq(e_q[1]),
             self.matmul_cmd.payload.accumulate.eq(d_flags[0]),
-            self.vpu_cmd.payload.src.eq(d_ea),
-            self.vpu_cmd.payload.dst.eq(d_eb),
-            self.vpu_cmd.payload.aux.eq(d_ec),
-            self.vpu_cmd.payload.bias.eq(d_ed),
+            self.vpu_cmd.payload.src.eq(e_q[0]),
+            self.vpu_cmd.payload.dst.eq(e_q[1]),
+            self.vpu_cmd.payload.aux.eq(e_q[2]),
+            self.vpu_cmd.payload.bias.eq(e_q[3]),
             self.vpu_cmd.payload.rows.eq(d_count),
             self.vpu_cmd.payload.stride.eq(d_stride),
             self.vpu_cmd.payload.pathway.eq(pathway),
-            self.gd_cmd.payload.src.eq(d_ea),
-            self.gd_cmd.payload.param.eq(d_eb),
+            self.gd_cmd.payload.src.eq(e_q[0]),
+            self.gd_cmd.payload.param.eq(e_q[1]),
             self.gd_cmd.payload.rows.eq(d_count),
             self.gd_cmd.payload.stochastic.eq(d_flags[0]),
         ]
@@ -727,7 +732,8 @@ class ControlUnit(wiring.Component):
             m.d.comb += self.csr_rdata.eq(Mux(reading_reg, host_port.data, csr_q))
         else:
             m.d.comb += self.csr_rdata.eq(csr_q)
-        result = Mux(d_op == Op.DJNZ, d_dec, d_sum)
+        # SETR/ADDI: rs + imm (a legal SETR leaves ``b`` zero, so rs reads R0); DJNZ: rd - 1.
+        result = Mux(d_op == Op.DJNZ, (d_regv[0] - 1)[:16], (d_regv[1] + d_base[0])[:16])
         m.d.comb += [reg_wdata.eq(Mux(running, result, self.csr_wdata)),
                      cfg_wdata.eq(Mux(running, d_count, self.csr_wdata))]
         return m

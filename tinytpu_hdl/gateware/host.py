@@ -18,8 +18,11 @@ class HostInterface(wiring.Component):
     response stream.
 
     Memory reads and writes are refused with status ``BUSY`` while a program
-    runs; a refused write (of any space) also makes the control unit stop the
-    program with ``HOST_CONFLICT``. The control and status registers can be
+    runs, but for writes to the unified buffer: those are taken (for rows the program
+    does not use: the host's next chunk of data while the program works on the last),
+    each row in a cycle in which no engine uses the buffer's write port or the read port
+    that shares its address (``ub_busy``). A refused write also makes the control unit
+    stop the program with ``HOST_CONFLICT``. The control and status registers can be
     read at any time. A write whose range does not fit is answered ``RANGE``
     and its data words are consumed and dropped, so nothing is written.
 
@@ -34,6 +37,8 @@ class HostInterface(wiring.Component):
                                        (stop and host_conflict registered: they reach a
                                        running program's issue logic)
     running : In(1)
+    ub_busy : In(1)                    -- an engine writes the unified buffer, or reads it
+                                          through the port that shares the write address
     faulted : In(1)                    -- the control unit is in its error state (START is
                                           answered REFUSED)
 
@@ -62,6 +67,7 @@ class HostInterface(wiring.Component):
             "csr_addr": Out(6), "csr_rdata": In(32), "csr_wdata": Out(32), "csr_we": Out(1),
             "start": Out(1), "stop": Out(1), "clear": Out(1), "host_conflict": Out(1),
             "running": In(1),
+            "ub_busy": In(1),
             "faulted": In(1),
         })
 
@@ -241,7 +247,7 @@ class HostInterface(wiring.Component):
                     with m.Case(Command.WRITE):
                         with m.If(~known_space):
                             m.d.sync += status.eq(Status.BAD_COMMAND)
-                        with m.Elif(self.running):
+                        with m.Elif(self.running & ~is_space[Space.UB]):
                             m.d.sync += status.eq(Status.BUSY)
                             m.d.sync += self.host_conflict.eq(1)
                         with m.Elif(~fits):
@@ -307,17 +313,20 @@ class HostInterface(wiring.Component):
                             m.d.sync += [word_index.eq(word_index + 1),
                                          word_onehot.eq(word_onehot << 1)]
             with m.State("WRITE_ITEM"):
-                with m.If(status == Status.OK):
-                    with m.Switch(space):
-                        with m.Case(Space.UB):
-                            m.d.comb += self.ub_wr.en.eq(1)
-                        with m.Case(Space.ACC):
-                            m.d.comb += self.acc_wr.en.eq(1)
-                        with m.Case(Space.CSR):
-                            m.d.comb += self.csr_we.eq(1)
-                m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
-                             no_items.eq(remaining == 1)]
-                m.next = "WRITE_DATA"
+                # A buffer row waits while an engine uses the buffer's shared port.
+                wait = is_space[Space.UB] & self.ub_busy & (status == Status.OK)
+                with m.If(~wait):
+                    with m.If(status == Status.OK):
+                        with m.Switch(space):
+                            with m.Case(Space.UB):
+                                m.d.comb += self.ub_wr.en.eq(1)
+                            with m.Case(Space.ACC):
+                                m.d.comb += self.acc_wr.en.eq(1)
+                            with m.Case(Space.CSR):
+                                m.d.comb += self.csr_we.eq(1)
+                    m.d.sync += [remaining.eq(remaining - 1), item_addr.eq(item_addr + 1),
+                                 no_items.eq(remaining == 1)]
+                    m.next = "WRITE_DATA"
             with m.State("RESPOND"):
                 m.d.comb += [
                     self.resp.valid.eq(1),

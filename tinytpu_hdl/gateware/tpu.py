@@ -171,6 +171,8 @@ class TPU(wiring.Component):
             control.csr_we.eq(host.csr_we),
             host.csr_rdata.eq(control.csr_rdata),
             host.running.eq(control.running),
+            host.ub_busy.eq(vector.ub_wr.en | gd.ub_wr.en | loader.ub.en |
+                            vector.ub_bias.en),
             host.faulted.eq(control.state == State.ERROR),
             # Status outputs.
             self.running.eq(control.running),

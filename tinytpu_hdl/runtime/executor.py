@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compiler.plan import LoadPrograms, Mark, Read, Run, Write
+from ..compiler.plan import LoadPrograms, Mark, Read, Run, Wait, Write
 from ..gateware.control import CSR
 from ..host_protocol import Space
 
@@ -53,6 +53,14 @@ def _write_regs(driver, regs):
         start = end
 
 
+def _finish(driver, step, stats, on_run):
+    driver.wait()
+    stats = stats + driver.stats()
+    if on_run is not None:
+        on_run(step, stats)
+    return stats
+
+
 def _load(driver, images):
     for image in images:
         driver.write(Space.IMEM, image.origin, image.program.words)
@@ -71,6 +79,7 @@ def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_ma
     driver.recover()
     driver.set_watchdog(watchdog)
     _load(driver, plan.programs)
+    pending = None
     for step in plan.steps:
         if isinstance(step, Write):
             rows = np.asarray(step.source.pack(tensors, n), dtype=np.int64)
@@ -81,10 +90,15 @@ def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_ma
         elif isinstance(step, Run):
             _write_regs(driver, step.regs)
             driver.start(plan.program(step.program).origin)
-            driver.wait()
-            stats = stats + driver.stats()
-            if on_run is not None:
-                on_run(step, stats)
+            pending = step
+            if step.wait:
+                stats = _finish(driver, pending, stats, on_run)
+                pending = None
+        elif isinstance(step, Wait):
+            if pending is None:
+                raise AssertionError("a Wait step without a run under way")
+            stats = _finish(driver, pending, stats, on_run)
+            pending = None
         elif isinstance(step, Read):
             rows = np.array(driver.read(step.space, step.address, step.rows), dtype=np.int64)
             step.sink.unpack(tensors, rows.reshape(step.rows, -1), n)
