@@ -1,5 +1,7 @@
 """The demos behind the command line."""
 
+import re
+
 import pytest
 
 from tinytpu_hdl.cli import main
@@ -74,3 +76,37 @@ def test_digits_demo_takes_the_boards_configuration(capsys):
     assert main(["demo", "digits", "--board", "icebreaker", "--epochs", "1", "--plot", ""]) == 0
     out = capsys.readouterr().out
     assert "trains at most 64-10-10 with batch 4" in out and "(N=1)" in out
+
+
+def _gtkw_traces_exist(vcd, gtkw):
+    """Every signal the save file shows is declared in the trace; the groups are there."""
+    from tinytpu_hdl.runtime.waveform import GROUPS, _vcd_names
+    declared = {name for name, _ in _vcd_names(vcd)}
+    text = gtkw.read_text()
+    groups = [line[1:] for line in text.splitlines() if line.startswith("-")]
+    traces = [re.sub(r"\[\d+:\d+\]$", "", line) for line in text.splitlines()
+              if line and line[0] not in "-@["]
+    assert {"host stream", "control", "array edges", "vector unit", "gradient unit",
+            "memory ports"} <= set(groups) and set(GROUPS) <= set(groups)
+    assert traces and all(t in declared for t in traces), \
+        [t for t in traces if t not in declared][:5]
+
+
+@pytest.mark.parametrize("backend", ["pysim", pytest.param("verilator",
+                                                           marks=pytest.mark.extended)])
+def test_demo_waveform_and_timeline(tmp_path, backend, capsys):
+    from tinytpu_hdl.runtime.verilator import verilator_missing
+    if backend == "verilator" and verilator_missing():
+        pytest.skip(f"verilator backend needs {verilator_missing()}")
+    vcd, png = tmp_path / "run.vcd", tmp_path / "step.png"
+    assert main(["demo", "xor", "--backend", backend, "--epochs", "2", "--plot", "",
+                 "--waveform", str(vcd), "--timeline", str(png)]) in (0, 1)
+    out = capsys.readouterr().out
+    assert f"timeline of one training step written to {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = vcd.read_text()
+    assert "$enddefinitions" in text
+    times = [int(line[1:]) for line in text.split("$enddefinitions", 1)[1].splitlines()
+             if line.startswith("#")]
+    assert len(times) > 100 and times == sorted(times)           # a whole simulation
+    _gtkw_traces_exist(vcd, vcd.with_suffix(".gtkw"))

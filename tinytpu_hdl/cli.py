@@ -110,7 +110,8 @@ def _cmd_demo_xor(args):
     cfg, options = _board_backend(args)
     ok, _, _ = run_xor(backend=args.backend, n=2 if args.n is None else args.n,
                        epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, plot=args.plot, cfg=cfg, options=options)
+                       seed=args.seed, plot=args.plot, cfg=cfg, options=options,
+                       timeline=args.timeline, waveform=args.waveform)
     return 0 if ok else 1
 
 
@@ -119,7 +120,8 @@ def _cmd_demo_digits(args):
     cfg, options = _board_backend(args)
     run_digits(backend=args.backend, n=8 if args.n is None else args.n, epochs=args.epochs,
                lr=args.lr, batch_size=args.batch, hidden=args.hidden, seed=args.seed,
-               plot=args.plot, cfg=cfg, options=options)
+               plot=args.plot, cfg=cfg, options=options, timeline=args.timeline,
+               waveform=args.waveform)
     return 0
 
 
@@ -184,6 +186,10 @@ def main(argv=None):
     d.add_argument("--lr", type=float, default=0.5)
     d.add_argument("--seed", type=int, default=13)
     d.add_argument("--plot", default="xor_loss.png", help="loss-curve PNG ('' for none)")
+    d.add_argument("--timeline", help="PNG of one training step's per-engine timeline (from "
+                                      "the reference model, cycle-exact)")
+    d.add_argument("--waveform", help="VCD of the whole simulation, and a GTKWave .gtkw "
+                                      "beside it (pysim and verilator backends)")
     d.set_defaults(func=_cmd_demo_xor)
     d = demos.add_parser("digits", help="train an MLP on the 8x8 digits on the device")
     d.add_argument("--backend", default="reference",
@@ -200,6 +206,10 @@ def main(argv=None):
                    help="hidden units (default 32, or the most that fit the configuration)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--plot", default="digits_loss.png", help="loss-curve PNG ('' for none)")
+    d.add_argument("--timeline", help="PNG of one training step's per-engine timeline (from "
+                                      "the reference model, cycle-exact)")
+    d.add_argument("--waveform", help="VCD of the whole simulation, and a GTKWave .gtkw "
+                                      "beside it (pysim and verilator backends)")
     d.set_defaults(func=_cmd_demo_digits)
 
     from .boards import board_names

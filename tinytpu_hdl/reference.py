@@ -12,6 +12,8 @@ equal the hardware's.
 runtime drives it exactly like the simulated or real hardware.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import TPUConfig
@@ -31,7 +33,7 @@ from .numeric import (
     xorshift_seed,
 )
 
-__all__ = ["ReferenceTPU", "ReferenceTransport"]
+__all__ = ["ReferenceTPU", "ReferenceTransport", "Event"]
 
 # Engine timings (cycles after the issue cycle c), as documented on the engines.
 LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
@@ -45,6 +47,36 @@ GD_IDLE = GradientDescentUnit.idle_after
 ENGINE_OPS = frozenset(CHECK_CYCLES)
 #: Instructions that wait until every engine is idle.
 WAIT_ALL = frozenset((Op.VPU, Op.GD, Op.SYNC, Op.HALT))
+
+
+#: The engine each engine instruction runs on (others: the control unit).
+ENGINES = {Op.LOADW: "loader", Op.MATMUL: "matmul", Op.VPU: "vector", Op.GD: "gd"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One issued instruction of a run, in cycles from the run's start: ``decode`` its
+    first cycle (fetch or decode), ``ready`` the first cycle it could have issued (after
+    its checks), ``issue`` the cycle it issued, ``end`` the first cycle its engine was idle
+    again (control instructions: the cycle after issue). The hardware's timing exactly."""
+
+    run: int
+    pc: int
+    instruction: object
+    engine: str
+    decode: int
+    ready: int
+    issue: int
+    end: int
+
+    @property
+    def text(self):
+        from .asm import format_instruction
+        return format_instruction(self.instruction)
+
+    @property
+    def stall(self):
+        return self.issue - self.ready
 
 
 class _Fault(Exception):
@@ -78,6 +110,9 @@ class ReferenceTPU:
         self.flags = [False, False, False]   # array, vector, gradient-descent overflow
         self.seed = 0
         self.rng = np.array([xorshift_seed(0, lane) for lane in range(n)], dtype=np.int64)
+        #: With a list here, every run appends an :class:`Event` per issued instruction.
+        self.events = None
+        self.runs = 0
 
     # --- CSRs ------------------------------------------------------------------------------
 
@@ -155,6 +190,7 @@ class ReferenceTPU:
         self.state = State.RUNNING
         try:
             self._run()
+            self.runs += 1
         except KeyboardInterrupt:
             # Interrupted by the user: stopped, as a STOP would leave the hardware.
             self.error_code = ErrorCode.STOPPED
@@ -222,6 +258,9 @@ class ReferenceTPU:
             rows = ins.count
             if op == Op.HALT:
                 self.cycles = c + 1
+                if self.events is not None:
+                    self.events.append(Event(self.runs, self.pc, ins, "control", f, e, c,
+                                             c + 1))
                 self.pc = next_pc
                 self.state = State.DONE
                 return
@@ -252,6 +291,11 @@ class ReferenceTPU:
                 self._gd(operands["src"], operands["param"], rows,
                          bool(ins.flags & FLAG_STOCHASTIC))
                 gd_idle = c + GD_IDLE(cfg, rows)
+            if self.events is not None:
+                end = {Op.LOADW: load_idle, Op.MATMUL: matmul_idle, Op.VPU: vpu_idle,
+                       Op.GD: gd_idle}.get(op, c + 1)
+                self.events.append(Event(self.runs, self.pc, ins, ENGINES.get(op, "control"),
+                                         f, e, c, end))
             self.pc = next_pc
             f = c + 1
 

@@ -6,7 +6,7 @@ import numpy as np
 from ..config import TPUConfig
 from ..model import MLP
 from ..runtime.accelerator import Accelerator
-from .common import ProgressBar, save_loss_plot
+from .common import ProgressBar, save_loss_plot, save_step_timeline
 
 __all__ = ["load_digits_split", "digits_model", "run_digits"]
 
@@ -61,12 +61,15 @@ def fitting_size(cfg, hidden=None, batch_size=None):
 
 
 def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=None, hidden=None,
-               seed=0, plot="digits_loss.png", out=print, cfg=None, options=None):
+               seed=0, plot="digits_loss.png", out=print, cfg=None, options=None,
+               timeline=None, waveform=None):
     """Train on ``backend``. ``cfg`` (default: ``TPUConfig(n=n)`` with its default memories)
     must match the hardware behind the backend, e.g. a board's configuration; ``options``
     go to the backend's transport (e.g. ``port`` and ``baudrate`` for uart). The samples
     are streamed through the chip when they do not fit it (``acc.last_plan`` says how).
-    ``hidden`` and ``batch_size`` default to 32, or the largest that fit ``cfg``."""
+    ``hidden`` and ``batch_size`` default to 32, or the largest that fit ``cfg``.
+    ``timeline``: a PNG path for one training step's per-engine timeline; ``waveform``: a
+    VCD of the whole simulation (pysim and verilator), with a GTKWave ``.gtkw`` beside it."""
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     onehot = np.eye(10)[y_train]
     cfg = cfg or TPUConfig(n=n)
@@ -76,8 +79,13 @@ def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=None, 
         out(f"This configuration (N={n}, {cfg.ub_depth:,}-row buffer) trains at most "
             f"64-{fitted[0]}-10 with batch {fitted[1]} on chip: training that.")
     hidden, batch_size = fitted
+    if waveform:
+        options = dict(options or {}, waveform=waveform)
     acc = Accelerator(cfg, backend=backend, **(options or {}))
     model = digits_model(hidden, seed)
+    if timeline and save_step_timeline(cfg, model, x_train, onehot, batch_size=batch_size,
+                                       lr=lr, path=timeline, title=f"digits on N={n}"):
+        out(f"timeline of one training step written to {timeline}")
     reference = model.copy()
     out(f"Training a 64-{hidden}-10 MLP on {len(x_train)} digits ({len(x_test)} held out), "
         f"MSE on one-hot targets, SGD lr {lr}, batch {batch_size}, {epochs} epochs, on the "
@@ -100,4 +108,5 @@ def run_digits(*, backend="reference", n=8, epochs=10, lr=0.5, batch_size=None, 
     if plot and save_loss_plot(losses, plot, f"digits on tinytpu_hdl (N={n}, {backend})",
                                extra=[("float64", float_losses)]):
         out(f"loss curves written to {plot}")
+    acc.close()
     return device_acc, float_acc, losses, float_losses

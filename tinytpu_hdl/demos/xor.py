@@ -5,7 +5,7 @@ import numpy as np
 from ..config import TPUConfig
 from ..model import MLP
 from ..runtime.accelerator import Accelerator
-from .common import ProgressBar, save_loss_plot
+from .common import ProgressBar, save_loss_plot, save_step_timeline
 
 __all__ = ["XOR_X", "XOR_Y", "xor_model", "run_xor"]
 
@@ -19,14 +19,22 @@ def xor_model(seed=13):
 
 
 def run_xor(*, backend="reference", n=2, epochs=300, lr=0.5, seed=13, plot="xor_loss.png",
-            out=print, cfg=None, options=None):
+            out=print, cfg=None, options=None, timeline=None, waveform=None):
     """Train XOR on ``backend``. ``cfg`` (default: a ``TPUConfig`` with an ``n`` x ``n``
     array) must match the hardware behind the backend, e.g. a board's configuration;
-    ``options`` go to the backend's transport (e.g. ``port`` and ``baudrate`` for uart)."""
+    ``options`` go to the backend's transport (e.g. ``port`` and ``baudrate`` for uart).
+    ``timeline``: a PNG path for one training step's per-engine timeline; ``waveform``: a
+    VCD of the whole simulation (pysim and verilator), with a GTKWave ``.gtkw`` beside it."""
     cfg = cfg or TPUConfig(n=n)
     n = cfg.n
+    if waveform:
+        options = dict(options or {}, waveform=waveform)
     acc = Accelerator(cfg, backend=backend, **(options or {}))
     model = xor_model(seed)
+    if timeline:
+        if save_step_timeline(cfg, model, XOR_X, XOR_Y, batch_size=4, lr=lr, path=timeline,
+                              title=f"XOR on N={n}"):
+            out(f"timeline of one training step written to {timeline}")
     out(f"Training XOR: 2-2-1 MLP, Leaky ReLU 0.5, MSE, SGD lr {lr}, seed {seed}, batch 4, "
         f"on the {backend} backend (N={n}, {cfg.data} data)")
     bar = ProgressBar(epochs)
@@ -52,4 +60,5 @@ def run_xor(*, backend="reference", n=2, epochs=300, lr=0.5, seed=13, plot="xor_
             out(f"loss curve written to {plot}")
         else:
             out("matplotlib is not installed: no loss curve (pip install matplotlib)")
+    acc.close()
     return correct == 4, losses, model

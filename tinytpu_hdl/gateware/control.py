@@ -126,6 +126,7 @@ class ControlUnit(wiring.Component):
     seed, reseed : Out                 -- the SEED CSR, and a pulse in the cycle after the host
                                           writes it
     state : Out(2)                     -- the ``State`` of the status register
+    pc : Out(16)                       -- the program counter (for waveforms)
 
     Timing
     ------
@@ -197,6 +198,7 @@ class ControlUnit(wiring.Component):
             "csr_addr": In(6), "csr_rdata": Out(32), "csr_wdata": In(32), "csr_we": In(1),
             "running": Out(1),
             "state": Out(2),
+            "pc": Out(16),
             "seed": Out(32), "reseed": Out(1),
         })
 
@@ -247,6 +249,7 @@ class ControlUnit(wiring.Component):
         running = mode.matches(_Mode.FETCH, _Mode.DECODE, _Mode.ISSUE, _Mode.DRAIN)
         m.d.comb += [
             self.running.eq(running),
+            self.pc.eq(pc),
             self.leak.eq(cfgs[ConfigReg.LEAK]),
             self.lr.eq(cfgs[ConfigReg.LR]),
             self.loss_scale.eq(cfgs[ConfigReg.LOSS_SCALE]),

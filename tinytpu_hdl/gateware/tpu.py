@@ -118,6 +118,10 @@ class TPU(wiring.Component):
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
         #: matmul engine forwards what it would read there).
         self.checked_memories = {"ub": ub, "imem": imem}
+        #: The blocks, by name (for waveforms; set when elaborated).
+        self.blocks = {"host": host, "control": control, "loader": loader, "matmul": matmul,
+                       "array": array, "vector": vector, "gd": gd, "ub": ub, "acc": acc,
+                       "imem": imem}
 
         wiring.connect(m, wiring.flipped(self.host_cmd), host.cmd)
         wiring.connect(m, host.resp, wiring.flipped(self.host_resp))

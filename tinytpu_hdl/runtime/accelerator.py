@@ -60,10 +60,15 @@ class Accelerator:
     the counters hold (``2 ** counter_width - 1``); 0 means none. After any error the
     device is idle again and the next call works (memories and registers keep what the
     failed run left). Use it as a context manager, or call :meth:`close`, to end the
-    backend's simulation or connection."""
+    backend's simulation or connection.
+
+    ``waveform="run.vcd"`` (pysim and verilator) traces every signal of the simulation;
+    the file is complete after :meth:`close`, and ``run.gtkw`` beside it opens it in
+    GTKWave with the signals grouped by block. ``timeline=True`` (reference) records what
+    ran when (:meth:`timeline`)."""
 
     def __init__(self, cfg: TPUConfig = None, backend="reference", *, watchdog=None,
-                 **options):
+                 timeline=False, waveform=None, **options):
         self.cfg = TPUConfig() if cfg is None else cfg
         if not isinstance(self.cfg, TPUConfig):
             raise TypeError(f"cfg must be a TPUConfig, not {self.cfg!r}")
@@ -74,11 +79,35 @@ class Accelerator:
                                                                           0, top)
         self._run_watchdog = DEFAULT_RUN_WATCHDOG if watchdog is None else self._plan_watchdog
         self.backend = backend
+        if waveform is not None:
+            if backend not in ("pysim", "verilator"):
+                raise ValueError(f"waveform= needs the pysim or verilator backend, not "
+                                 f"{backend!r}")
+            options = dict(options, waveform=waveform)
         self.transport = _transport(self.cfg, backend, options)
         self.driver = HostDriver(self.transport)
         self.stats = Stats(self.cfg.n)
         self.last_program = None
         self.last_plan = None
+        self._events = None
+        if flag("timeline", timeline):
+            if backend != "reference":
+                raise ValueError(f"timeline=True records on the reference model (its cycles "
+                                 f"are the hardware's); backend {backend!r} cannot")
+            self._events = self.transport.model.events = []
+
+    def timeline(self):
+        """The :class:`~tinytpu_hdl.reference.Event` of every instruction the last call
+        issued (of all its runs), with ``Accelerator(..., timeline=True)``; draw them with
+        :func:`tinytpu_hdl.runtime.timeline.save_timeline_plot`."""
+        if self._events is None:
+            raise ValueError("no timeline: create the Accelerator with timeline=True "
+                             "(reference backend)")
+        return list(self._events)
+
+    def _start_call(self):
+        if self._events is not None:
+            self._events.clear()
 
     def close(self):
         """End the backend's simulation or connection (idempotent)."""
@@ -117,6 +146,7 @@ class Accelerator:
         return Capacity(self.cfg)
 
     def _execute(self, plan, tensors, **hooks):
+        self._start_call()
         self.last_plan = plan
         return execute(plan, self.driver, tensors, watchdog=self._plan_watchdog, **hooks)
 
@@ -143,6 +173,7 @@ class Accelerator:
         budget = self._run_watchdog if watchdog is None else int_in_range("watchdog", watchdog,
                                                                           0, top)
         self.last_program = program
+        self._start_call()
         self.driver.recover()
         run = self.driver.run(program, watchdog=budget)
         self.stats = Stats(self.cfg.n) + run
@@ -244,8 +275,10 @@ class Accelerator:
         generators seeded by ``seed``, or ``"nearest"``.
 
         When the data set fits on chip, the epochs run in the program's hardware loop,
-        ``epochs_per_run`` at a time (default: as many as the loss log holds);
-        ``progress(done, epochs, losses)`` is called after each run of whole epochs."""
+        ``epochs_per_run`` at a time (default: as many as the loss log holds).
+        ``progress(done, epochs, losses)`` is called after each run (``done`` counts
+        epochs, with fractions while the samples of an epoch are streamed), and, if it has
+        one, ``progress.running(cycles)`` while a run goes on (slow backends)."""
         x = self._check_model(model, x)
         y = real_array("y", y)
         out_f = model.sizes[-1]
@@ -289,7 +322,23 @@ class Accelerator:
             if progress is not None:
                 progress(e1, epochs, losses)
 
-        self.stats = self._execute(plan, tensors, on_mark=on_mark)
+        def done_of(step):
+            """Epochs done when ``step``, a run, ends (fractions within an epoch)."""
+            if step.tag[0] == "epochs":
+                return step.tag[2]
+            _, epoch, _, _, b1 = step.tag
+            return epoch + b1 / batches
+
+        def on_run(step, stats):
+            if progress is not None and done_of(step) % 1:
+                progress(done_of(step), epochs, losses)
+
+        def on_poll(step, cycles):
+            if progress is not None and hasattr(progress, "running"):
+                progress.running(cycles)
+
+        self.stats = self._execute(plan, tensors, on_mark=on_mark, on_run=on_run,
+                                   on_poll=on_poll)
         for i in range(len(model.weights)):
             model.weights[i] = data.decode(tensors[f"W{i}"])
             model.biases[i] = data.decode(tensors[f"b{i}"])

@@ -142,18 +142,20 @@ class HostDriver:
         word = self.csr(CSR.STATUS)
         return State(word & 3), ErrorCode((word >> 8) & 0xF), word
 
-    def wait(self, *, max_polls=1_000_000):
+    def wait(self, *, max_polls=1_000_000, on_poll=None):
         """Poll until the program leaves the running state. On an error, read what failed
         (code, address, instruction, counters), bring the device back to idle
         (:meth:`recover`) and raise :class:`TPUError`: the next command works. A
         ``KeyboardInterrupt`` while waiting stops the program the same way before it
-        propagates."""
+        propagates. ``on_poll(cycles)`` is called at each poll of a run still going."""
         pause = 16
         try:
             for _ in range(max_polls):
                 state, code, _ = self.status()
                 if state != State.RUNNING:
                     break
+                if on_poll is not None:
+                    on_poll(self.csr64(CSR.CYCLES_LO))
                 self.transport.idle(pause)
                 pause = min(pause * 2, 4096)
             else:

@@ -53,8 +53,12 @@ def _write_regs(driver, regs):
         start = end
 
 
-def _finish(driver, step, stats, on_run):
-    driver.wait()
+def _poll(on_poll, step):
+    return None if on_poll is None else (lambda cycles: on_poll(step, cycles))
+
+
+def _finish(driver, step, stats, on_run, on_poll=None):
+    driver.wait(on_poll=on_poll)
     stats = stats + driver.stats()
     if on_run is not None:
         on_run(step, stats)
@@ -66,12 +70,14 @@ def _load(driver, images):
         driver.write(Space.IMEM, image.origin, image.program.words)
 
 
-def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_mark=None):
+def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_mark=None,
+            on_poll=None):
     """Carry out ``plan`` on the device behind ``driver``. ``tensors`` maps the names the
     plan's transfers use to raw-integer arrays (reads store into it). Returns the summed
     :class:`Stats` (added to ``stats``). ``watchdog`` is every run's cycle budget (0:
     none). ``on_run(step, stats)`` is called after each run, ``on_mark(tag, stats)`` at
-    each :class:`~tinytpu_hdl.compiler.plan.Mark`. The device is made idle first, so a
+    each :class:`~tinytpu_hdl.compiler.plan.Mark`, ``on_poll(step, cycles)`` while a run
+    goes on (a backend slow enough to be polled). The device is made idle first, so a
     plan runs after any earlier error or interruption."""
     cfg = plan.cfg
     n = cfg.n
@@ -92,12 +98,12 @@ def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_ma
             driver.start(plan.program(step.program).origin)
             pending = step
             if step.wait:
-                stats = _finish(driver, pending, stats, on_run)
+                stats = _finish(driver, pending, stats, on_run, _poll(on_poll, pending))
                 pending = None
         elif isinstance(step, Wait):
             if pending is None:
                 raise AssertionError("a Wait step without a run under way")
-            stats = _finish(driver, pending, stats, on_run)
+            stats = _finish(driver, pending, stats, on_run, _poll(on_poll, pending))
             pending = None
         elif isinstance(step, Read):
             rows = np.array(driver.read(step.space, step.address, step.rows), dtype=np.int64)

@@ -5,6 +5,7 @@ from collections import deque
 from amaranth.sim import Simulator
 
 from ..gateware.memory import collision_checker
+from .waveform import gtkw_path, waveform_groups
 from ..gateware.tpu import TPU
 from ..host_protocol import Command, Space, Status, item_words, parse_header
 
@@ -21,12 +22,14 @@ class PysimTransport:
     :mod:`tinytpu_hdl.gateware.memory`); one raises :class:`AssertionError`.
     ``ram_output_registers=False`` simulates the TPU without the registers that keep logic
     off block RAM outputs (the control unit's instruction register, the host interface's
-    read register), as built for iCE40 boards. ``family`` simulates the gateware as built
+    read register), as built for iCE40 boards. ``waveform``: a VCD file of the whole
+    simulation, complete after :meth:`close`, and beside it a GTKWave save file (``.gtkw``)
+    with the signals grouped by block. ``family`` simulates the gateware as built
     for that FPGA family (:class:`~tinytpu_hdl.gateware.tpu.TPU`); ECP5's multiplier
     block instances cannot be simulated here (see ``tests/test_multiplier.py``).
     """
 
-    def __init__(self, cfg, *, vcd=None, check_collisions=False, ram_output_registers=None,
+    def __init__(self, cfg, *, waveform=None, check_collisions=False, ram_output_registers=None,
                  family=None):
         self.cfg = cfg
         self.tpu = TPU(cfg, family=family, ram_output_registers=ram_output_registers)
@@ -41,8 +44,10 @@ class PysimTransport:
             self._sim.add_testbench(collision_checker(self.tpu.checked_memories),
                                     background=True)
         self._vcd = None
-        if vcd:
-            self._vcd = self._sim.write_vcd(vcd)
+        if waveform:
+            waveform = str(waveform)
+            self._vcd = self._sim.write_vcd(waveform, gtkw_path(waveform),
+                                            traces=waveform_groups(self.tpu))
             self._vcd.__enter__()
 
     async def _serve(self, ctx):

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..export import to_verilog
 from ..host_protocol import Space, item_words
+from .waveform import write_gtkw_for_vcd
 
 __all__ = ["VerilatorTransport", "VerilatorUnavailable", "verilator_missing", "build_library"]
 
@@ -75,18 +76,19 @@ def _source_digest():
     return h.hexdigest()
 
 
-def build_library(cfg, *, progress=None, randomized=False):
+def build_library(cfg, *, progress=None, randomized=False, traced=False):
     """Build (or find in the cache) the shared library for ``cfg``; returns its path.
     ``randomized``: the Verilog without initial values, built so that every register and
     memory without a reset starts from a value drawn at run time (``--x-initial unique``,
-    ``--x-assign unique``), for checking that nothing depends on initial values."""
+    ``--x-assign unique``), for checking that nothing depends on initial values.
+    ``traced``: built with ``--trace`` (VCD waveforms; slower)."""
     missing = verilator_missing()
     if missing:
         raise VerilatorUnavailable(f"the verilator backend needs {missing}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     version = subprocess.run([_verilator(), "--version"], capture_output=True,
                              text=True).stdout.strip()
-    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), _source_digest(),
+    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), str(traced), _source_digest(),
                                     version]).encode()).hexdigest()
     out = _cache_root() / key[:20]
     lib = out / "libtinytpu.so"
@@ -96,7 +98,7 @@ def build_library(cfg, *, progress=None, randomized=False):
     if not randomized:
         verilog = _strip_zero_memory_init(verilog)
     x_options = (["--x-assign", "unique", "--x-initial", "unique"] if randomized else
-                 ["--x-assign", "fast", "--x-initial", "0"])
+                 ["--x-assign", "fast", "--x-initial", "0"]) + (["--trace"] if traced else [])
     build = out.with_name(out.name + f".build{os.getpid()}")
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
@@ -125,16 +127,20 @@ def build_library(cfg, *, progress=None, randomized=False):
 class VerilatorTransport:
     """A transport (see :mod:`.driver`) to the Verilated TPU."""
 
-    def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40, random_seed=None):
+    def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40, random_seed=None,
+                 waveform=None):
         """``random_seed``: start every register and memory without a reset from values
-        drawn from this seed (a build of its own, see :func:`build_library`)."""
+        drawn from this seed (a build of its own, see :func:`build_library`).
+        ``waveform``: a VCD file of the whole simulation (complete after :meth:`close`) and
+        a GTKWave save file (``.gtkw``) beside it, signals grouped by block."""
         if random_seed is not None and (not isinstance(random_seed, int) or
                                         not 0 <= random_seed < 1 << 31):
             raise ValueError(f"random_seed must be an integer from 0 to 2**31 - 1 or None, "
                              f"not {random_seed!r}")
         self.cfg = cfg
         self._lib = ctypes.CDLL(str(build_library(cfg, progress=progress,
-                                                  randomized=random_seed is not None)))
+                                                  randomized=random_seed is not None,
+                                                  traced=waveform is not None)))
         lib = self._lib
         lib.tpu_create.restype = ctypes.c_void_p
         lib.tpu_create.argtypes = [ctypes.c_int] * 5
@@ -148,6 +154,13 @@ class VerilatorTransport:
                                      ctypes.c_int64, ctypes.c_uint64]
         self._handle = lib.tpu_create(*(item_words(cfg, s) for s in Space),
                                       -1 if random_seed is None else random_seed)
+        self._waveform = None
+        if waveform is not None:
+            lib.tpu_trace_open.restype = ctypes.c_int
+            lib.tpu_trace_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            self._waveform = str(waveform)
+            if not lib.tpu_trace_open(self._handle, os.fsencode(self._waveform)):
+                raise VerilatorUnavailable("the traced verilator build has no trace support")
         self._timeout = timeout_cycles
         self._out = np.zeros(1 << 16, dtype=np.uint32)
 
@@ -175,6 +188,8 @@ class VerilatorTransport:
         if self._handle:
             self._lib.tpu_destroy(self._handle)
             self._handle = None
+            if self._waveform is not None:
+                write_gtkw_for_vcd(self._waveform)
 
     def __del__(self):
         try:

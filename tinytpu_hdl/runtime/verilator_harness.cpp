@@ -5,6 +5,9 @@
 #include <memory>
 #include "Vtinytpu.h"
 #include "verilated.h"
+#if VM_TRACE
+#include "verilated_vcd_c.h"
+#endif
 
 // Verilator spells the "__" of Amaranth's port names as "___05F".
 #define CMD_VALID host_cmd___05Fvalid
@@ -19,13 +22,25 @@ struct Harness {
     std::unique_ptr<Vtinytpu> top;
     uint64_t cycles = 0;
     int item_words[4] = {1, 1, 4, 1};
+#if VM_TRACE
+    std::unique_ptr<VerilatedVcdC> trace;
+    uint64_t time = 0;
+#endif
 };
 
+// One half cycle: the clock at `level`, the model evaluated, the trace (if any) dumped.
+static void half(Harness *h, int level) {
+    h->top->clk = level;
+    h->top->eval();
+#if VM_TRACE
+    if (h->trace) h->trace->dump(h->time);
+    h->time += 5;
+#endif
+}
+
 static void tick(Harness *h) {
-    h->top->clk = 0;
-    h->top->eval();
-    h->top->clk = 1;
-    h->top->eval();
+    half(h, 0);
+    half(h, 1);
     h->cycles++;
 }
 
@@ -57,7 +72,24 @@ Harness *tpu_create(int ub_words, int acc_words, int imem_words, int csr_words, 
 
 void tpu_destroy(Harness *h) {
     h->top->final();
+#if VM_TRACE
+    if (h->trace) h->trace->close();
+#endif
     delete h;
+}
+
+// Start a VCD trace (a model built with --trace; returns 0 otherwise).
+int tpu_trace_open(Harness *h, const char *path) {
+#if VM_TRACE
+    h->context->traceEverOn(true);
+    h->trace.reset(new VerilatedVcdC);
+    h->top->trace(h->trace.get(), 99);
+    h->trace->open(path);
+    return 1;
+#else
+    (void)h; (void)path;
+    return 0;
+#endif
 }
 
 uint64_t tpu_cycles(Harness *h) { return h->cycles; }
@@ -79,13 +111,11 @@ int64_t tpu_exchange(Harness *h, const uint32_t *in, int64_t n, uint32_t *out,
         h->top->CMD_VALID = sent < n;
         h->top->CMD_PAYLOAD = sent < n ? in[sent] : 0;
         h->top->RESP_READY = 1;
-        h->top->clk = 0;
-        h->top->eval();
+        half(h, 0);
         bool cmd_fire = h->top->CMD_VALID && h->top->CMD_READY;
         bool resp_fire = h->top->RESP_VALID;
         uint32_t word = h->top->RESP_PAYLOAD;
-        h->top->clk = 1;
-        h->top->eval();
+        half(h, 1);
         h->cycles++;
         if (cmd_fire) sent++;
         if (resp_fire) {
