@@ -1,8 +1,10 @@
 """The user-facing API: compile, load, run and read back, on any backend."""
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..asm import Program, assemble, check_program
 from ..compiler import Capacity, compile_forward, compile_matmul, compile_training
@@ -62,17 +64,27 @@ class Accelerator:
     failed run left). Use it as a context manager, or call :meth:`close`, to end the
     backend's simulation or connection.
 
+    ``transport``: a transport of your own instead of a backend (e.g. the TPU's Verilog in
+    your cocotb testbench: :class:`~tinytpu_hdl.runtime.cocotb_transport.CocotbTransport`).
+
     ``waveform="run.vcd"`` (pysim and verilator) traces every signal of the simulation;
     the file is complete after :meth:`close`, and ``run.gtkw`` beside it opens it in
     GTKWave with the signals grouped by block. ``timeline=True`` (reference) records what
     ran when (:meth:`timeline`)."""
 
-    def __init__(self, cfg: TPUConfig = None, backend="reference", *, watchdog=None,
-                 timeline=False, waveform=None, **options):
+    def __init__(self, cfg: TPUConfig | None = None, backend: str = "reference", *,
+                 watchdog: int | None = None, timeline: bool = False,
+                 waveform: str | None = None, transport: object = None, **options) -> None:
         self.cfg = TPUConfig() if cfg is None else cfg
         if not isinstance(self.cfg, TPUConfig):
             raise TypeError(f"cfg must be a TPUConfig, not {self.cfg!r}")
-        if backend not in BACKENDS:
+        if transport is not None:
+            if not (callable(getattr(transport, "exchange", None)) and
+                    callable(getattr(transport, "idle", None))):
+                raise TypeError(f"transport must have exchange(words) and idle(cycles), not "
+                                f"{transport!r}")
+            backend = "custom"
+        elif backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         top = (1 << self.cfg.counter_width) - 1
         self._plan_watchdog = top if watchdog is None else int_in_range("watchdog", watchdog,
@@ -84,7 +96,7 @@ class Accelerator:
                 raise ValueError(f"waveform= needs the pysim or verilator backend, not "
                                  f"{backend!r}")
             options = dict(options, waveform=waveform)
-        self.transport = _transport(self.cfg, backend, options)
+        self.transport = transport or _transport(self.cfg, backend, options)
         self.driver = HostDriver(self.transport)
         self.stats = Stats(self.cfg.n)
         self.last_program = None
@@ -96,7 +108,7 @@ class Accelerator:
                                  f"are the hardware's); backend {backend!r} cannot")
             self._events = self.transport.model.events = []
 
-    def timeline(self):
+    def timeline(self) -> list:
         """The :class:`~tinytpu_hdl.reference.Event` of every instruction the last call
         issued (of all its runs), with ``Accelerator(..., timeline=True)``; draw them with
         :func:`tinytpu_hdl.runtime.timeline.save_timeline_plot`."""
@@ -109,7 +121,7 @@ class Accelerator:
         if self._events is not None:
             self._events.clear()
 
-    def close(self):
+    def close(self) -> None:
         """End the backend's simulation or connection (idempotent)."""
         close = getattr(self.transport, "close", None)
         if close is not None:
@@ -138,7 +150,7 @@ class Accelerator:
 
     # --- what fits -----------------------------------------------------------------------
 
-    def capacity(self):
+    def capacity(self) -> Capacity:
         """The :class:`~tinytpu_hdl.compiler.Capacity` of this configuration: memory sizes,
         and, with ``.training(sizes, batch)`` / ``.inference(sizes, samples)``, how a network
         would run. ``acc.last_plan`` is the plan of the last call (runs, transfers, memory
@@ -152,7 +164,7 @@ class Accelerator:
 
     # --- raw programs ------------------------------------------------------------------------
 
-    def run(self, program, *, watchdog=None):
+    def run(self, program: Program | str, *, watchdog: int | None = None) -> Stats:
         """Run an assembled :class:`~tinytpu_hdl.asm.Program` or assembly text from address 0,
         with a cycle budget of ``watchdog`` (default: the accelerator's, see the class).
         A program must end in a reachable ``halt`` and stay within itself (so that nothing an
@@ -181,7 +193,7 @@ class Accelerator:
 
     # --- matrix product ----------------------------------------------------------------------
 
-    def matmul(self, a, b, *, clip=False):
+    def matmul(self, a: ArrayLike, b: ArrayLike, *, clip: bool = False) -> np.ndarray:
         """``a @ b`` for real arrays of any sizes, on the device. Inputs are rounded to the
         data format (values outside it raise, or are clipped with a warning with
         ``clip=True``); the result is the accumulators' value (accumulator format) as
@@ -195,7 +207,7 @@ class Accelerator:
         b_raw = self._encode("b", b, clip=clip)
         return self.cfg.acc.decode(self.matmul_raw(a_raw, b_raw))
 
-    def matmul_raw(self, a_raw, b_raw):
+    def matmul_raw(self, a_raw: ArrayLike, b_raw: ArrayLike) -> np.ndarray:
         """``a @ b`` on raw data-format integers (each within the format's range); returns
         raw accumulator integers."""
         a_raw = raw_array("a_raw", a_raw, self.cfg.data)
@@ -229,7 +241,8 @@ class Accelerator:
             tensors[f"b{i}"] = self._encode(f"biases[{i}]", b, clip=clip)
         return tensors
 
-    def forward(self, model, x, *, batch_size=None, clip=False):
+    def forward(self, model: MLP, x: ArrayLike, *, batch_size: int | None = None,
+                clip: bool = False) -> np.ndarray:
         """Inference of ``model`` on ``x`` (samples, inputs) on the device; float outputs.
         Any number of samples and any layer sizes: the samples are streamed through the
         chip in chunks, and a network whose parameters do not fit runs layer by layer
@@ -260,8 +273,10 @@ class Accelerator:
         self.stats = self._execute(plan, tensors)
         return self.cfg.data.decode(tensors[result][:samples])
 
-    def train(self, model, x, y, *, lr, epochs, batch_size, record_loss=True, clip=False,
-              rounding="stochastic", seed=0, epochs_per_run=None, progress=None):
+    def train(self, model: MLP, x: ArrayLike, y: ArrayLike, *, lr: float, epochs: int,
+              batch_size: int, record_loss: bool = True, clip: bool = False,
+              rounding: str = "stochastic", seed: int = 0, epochs_per_run: int | None = None,
+              progress: Callable | None = None) -> list[float]:
         """Train ``model`` on the device: plain SGD on the MSE loss (mean over all elements),
         ``epochs`` passes over ``x`` in order, in batches of ``batch_size`` (a last partial
         batch is dropped). Forward, backward and updates all run in the device program's
