@@ -85,7 +85,7 @@ def test_after_a_host_conflict_or_a_stop_the_next_call_works():
             acc.transport.idle(50)
             if action == "write":
                 with pytest.raises(HostError, match="WRITE refused: BUSY"):
-                    acc.driver.write(Space.UB, 0, [[1, 2]])
+                    acc.driver.write(Space.ACC, 0, [[1, 2]])
             else:
                 acc.driver.stop()
             with pytest.raises(TPUError) as exc:

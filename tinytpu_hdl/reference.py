@@ -113,6 +113,7 @@ class ReferenceTPU:
         #: With a list here, every run appends an :class:`Event` per issued instruction.
         self.events = None
         self.runs = 0
+        self._pending = []
 
     # --- CSRs ------------------------------------------------------------------------------
 
@@ -190,8 +191,10 @@ class ReferenceTPU:
         self.state = State.RUNNING
         try:
             self._run()
+            self._flush()
             self.runs += 1
         except KeyboardInterrupt:
+            self._flush()
             # Interrupted by the user: stopped, as a STOP would leave the hardware.
             self.error_code = ErrorCode.STOPPED
             self.error_pc = self.pc
@@ -285,9 +288,11 @@ class ReferenceTPU:
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 load_allowed = c + n
             elif op == Op.VPU:
+                self._flush()
                 self._vpu(ins, operands)
                 vpu_idle = c + VPU_IDLE(cfg, rows)
             elif op == Op.GD:
+                self._flush()
                 self._gd(operands["src"], operands["param"], rows,
                          bool(ins.flags & FLAG_STOCHASTIC))
                 gd_idle = c + GD_IDLE(cfg, rows)
@@ -349,18 +354,52 @@ class ReferenceTPU:
         self.shadow = tile.T.copy() if transpose else tile
 
     def _matmul(self, src, stride, rows, dst, accumulate):
+        """Deferred: the products are computed together by :meth:`_flush`, before anything
+        reads the accumulators or writes the buffer (nothing else can change the rows a
+        matmul reads or writes in between)."""
         cfg = self.cfg
         self.active = self.shadow.copy()
-        x = self.ub[src + stride * np.arange(rows)]
-        result, ovf = dot_chain(x, self.active, cfg.acc, return_overflow=True)
-        if accumulate:
-            result, add_ovf = add_sat(self.acc[dst:dst + rows], result, cfg.acc,
-                                      return_overflow=True)
-            ovf = ovf | add_ovf.any(axis=1)
-        self.acc[dst:dst + rows] = result
-        self.flags[0] |= bool(ovf.any())
+        x = self.ub[src:src + rows] if stride == 1 else self.ub[src + stride * np.arange(rows)]
+        self._pending.append((x, self.active, dst, rows, accumulate))
         self.array_busy += rows
         self.macs += rows * cfg.n * cfg.n
+
+    def _flush(self):
+        """The pending matmuls, in order. All products at once when no partial sum can
+        saturate (bounded by the sums of absolute products over every tile that reaches a
+        row, plus the row's old value): then they are plain integer sums; else each matmul
+        through the array's saturating chain."""
+        ops, self._pending = self._pending, []
+        if not ops:
+            return
+        cfg = self.cfg
+        counts = [op[3] for op in ops]
+        x = np.concatenate([op[0] for op in ops])
+        w = np.stack([op[1] for op in ops])
+        which = np.repeat(np.arange(len(ops)), counts)
+        rows = np.concatenate([np.arange(op[2], op[2] + op[3]) for op in ops])
+        bound = np.abs(self.acc[np.unique(rows)]).max(initial=0)
+        reach = np.zeros(self.acc.shape, dtype=np.int64)
+        np.add.at(reach, rows, np.einsum("rk,rkn->rn", np.abs(x), np.abs(w)[which]))
+        if int(bound + reach.max()) <= min(cfg.acc.max_int, -cfg.acc.min_int):
+            products = np.einsum("rk,rkn->rn", x, w[which])
+            start = 0
+            for _, _, dst, count, accumulate in ops:
+                part = products[start:start + count]
+                if accumulate:
+                    self.acc[dst:dst + count] += part
+                else:
+                    self.acc[dst:dst + count] = part
+                start += count
+            return
+        for xs, ws, dst, count, accumulate in ops:
+            result, ovf = dot_chain(xs, ws, cfg.acc, return_overflow=True)
+            if accumulate:
+                result, add_ovf = add_sat(self.acc[dst:dst + count], result, cfg.acc,
+                                          return_overflow=True)
+                ovf = ovf | add_ovf.any(axis=1)
+            self.acc[dst:dst + count] = result
+            self.flags[0] |= bool(ovf.any())
 
     def _vpu(self, ins, operands):
         cfg = self.cfg
@@ -450,9 +489,16 @@ class ReferenceTransport:
                 if len(data) != count * item_words(cfg, space):
                     raise ValueError(f"WRITE of {count} items carries {len(data)} words")
                 items = unpack_items(cfg, space, data)
+                if space in (Space.UB, Space.ACC) and count:
+                    memory = model.ub if space == Space.UB else model.acc
+                    memory[address:address + count] = np.array(items)
+                    return reply(Status.OK)
                 for i, item in enumerate(items):
                     self._write_item(space, address + i, item)
                 return reply(Status.OK)
+            if space in (Space.UB, Space.ACC):
+                memory = model.ub if space == Space.UB else model.acc
+                return reply(Status.OK, pack_items(cfg, space, memory[address:address + count]))
             items = [self._read_item(space, address + i) for i in range(count)]
             return reply(Status.OK, pack_items(cfg, space, items))
         if command == Command.START:
