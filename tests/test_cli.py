@@ -110,3 +110,63 @@ def test_demo_waveform_and_timeline(tmp_path, backend, capsys):
              if line.startswith("#")]
     assert len(times) > 100 and times == sorted(times)           # a whole simulation
     _gtkw_traces_exist(vcd, vcd.with_suffix(".gtkw"))
+
+
+def _parsers():
+    """(command path, parser) of the CLI and every subcommand."""
+    import argparse
+    seen = {}
+
+    def capture(self, argv=None, namespace=None):
+        seen["parser"] = self
+        raise SystemExit(0)
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            main([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    todo, found = [(("tinytpu",), seen["parser"])], []
+    while todo:
+        path, parser = todo.pop()
+        found.append((path, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(path + (name,), sub) for name, sub in action.choices.items()]
+    return found
+
+
+def test_every_option_has_help_and_the_demos_take_every_backend():
+    from tinytpu_hdl.runtime.accelerator import BACKENDS
+    parsers = _parsers()
+    assert {" ".join(p) for p, _ in parsers} >= {
+        "tinytpu", "tinytpu verilog", "tinytpu demo xor", "tinytpu demo digits",
+        "tinytpu build", "tinytpu fuzz", "tinytpu sweep"}
+    for path, parser in parsers:
+        for action in parser._actions:
+            if action.option_strings:
+                assert action.help, f"{' '.join(path)} {action.option_strings[0]} has no help"
+    for path, parser in parsers:
+        if path[-1] in ("xor", "digits"):
+            backend, = (a for a in parser._actions if "--backend" in a.option_strings)
+            assert tuple(backend.choices) == BACKENDS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fuzz", "--cases", "0"], "--cases must be at least 1, not 0"),
+    (["fuzz", "--first", "-3"], "--first must be at least 0, not -3"),
+    (["fuzz", "--engine", "spark"], "invalid choice: 'spark'"),
+    (["sweep", "--n", "2", "--metrics", "area"], "invalid choice: 'area'"),
+])
+def test_fuzz_and_sweep_refuse_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_fuzz_command_runs_a_small_campaign(tmp_path, capsys):
+    assert main(["fuzz", "--cases", "3", "--backend", "pysim", "--workers", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 programs on pysim (seeds 0..2" in out and "0 mismatches" in out

@@ -49,6 +49,7 @@ def test_xor_training_matches_reference_and_pysim():
     assert np.all((pred > 0.5) == (XOR_Y.ravel() > 0.5))
 
 
+@pytest.mark.extended
 def test_matmul_matches_reference():
     rng = np.random.default_rng(0)
     a = rng.integers(-32768, 32768, (13, 9))

@@ -1,6 +1,7 @@
-"""Command-line interface: ``tinytpu verilog``, ``tinytpu demo`` and ``tinytpu build``."""
+"""Command-line interface: ``tinytpu verilog``, ``demo``, ``build``, ``fuzz`` and ``sweep``."""
 
 import argparse
+import os
 import sys
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 from .config import TPUConfig
 from .export import FAMILIES, TOPS
 from .numeric import FixedFormat
+from .runtime.accelerator import BACKENDS
 
 __all__ = ["main"]
 
@@ -147,6 +149,92 @@ def _cmd_build(args):
     return 0
 
 
+def _engine_args(p):
+    from .distributed import ENGINES
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: a process pool on this machine (default); ray: a Ray "
+                        "cluster (pip install 'tinytpu_hdl[ray]')")
+    p.add_argument("--address", help="Ray cluster to join (e.g. auto or ray://head:10001); "
+                                     "without it Ray starts a local cluster")
+    p.add_argument("--workers", type=int,
+                   help="local processes (default: every core); for Ray without --address, "
+                        "the CPUs of the local cluster")
+
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+
+
+def _cmd_fuzz(args):
+    from .testing.campaign import FUZZ_CONFIG, replay, run_campaign
+    if args.replay:
+        ok = all(replay(path) for path in args.replay)
+        print("agrees now" if ok else "still mismatches")
+        return 0 if ok else 1
+    for name in ("cases", "shards", "workers", "n"):
+        _positive(f"--{name}", getattr(args, name))
+    if args.first < 0:
+        raise ValueError(f"--first must be at least 0, not {args.first}")
+    shards = args.shards or max(1, min(args.cases, 4 * (args.workers or os.cpu_count() or 1),
+                                       -(-args.cases // 2000)))
+    config = dict(FUZZ_CONFIG, n=args.n)
+    done = [0]
+
+    def shard_done(i, result):
+        done[0] += 1
+        print(f"  shard {done[0]}/{shards}: {sum(result['outcomes'].values()):,} programs, "
+              f"{len(result['mismatches'])} mismatches", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    outcomes, mismatches, _ = run_campaign(
+        args.cases, first=args.first, shards=shards, backend=args.backend, config=config,
+        engine=args.engine, workers=args.workers, address=args.address, out=args.out,
+        on_shard=shard_done)
+    elapsed = time.perf_counter() - start
+    print(f"{args.cases:,} programs on {args.backend} (seeds {args.first}.."
+          f"{args.first + args.cases - 1}, N={args.n}, {shards} shards, {args.engine} engine) "
+          f"in {elapsed:.1f} s ({args.cases / elapsed * 60:,.0f} per minute), "
+          f"{len(mismatches)} mismatches" + (f" (saved in {args.out})" if mismatches else "")
+          + "; outcomes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())))
+    return 1 if mismatches else 0
+
+
+def _cmd_sweep(args):
+    from pathlib import Path
+    from .sweep import grid, plot, run_sweep, to_csv, to_markdown
+    formats = []
+    for text in args.format:
+        try:
+            width, frac = (int(v) for v in text.split("."))
+        except ValueError:
+            raise ValueError(f"--format takes WIDTH.FRAC (e.g. 16.8), not {text!r}") from None
+        formats.append((width, frac))
+    points = [p for width, frac in formats for p in grid(
+        n=args.n, width=[width], frac=[frac], ub_depth=args.ub_depth or [None],
+        acc_depth=args.acc_depth or [None], imem_depth=args.imem_depth or [None],
+        device=args.device)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(points)} design points x {len(args.metrics)} metrics on the {args.engine} "
+          f"engine; results in {out}", file=sys.stderr, flush=True)
+
+    def progress(point, metric, result):
+        what = result.get("error") or ", ".join(f"{k} {v}" for k, v in result.items())
+        print(f"  {point.label()}: {metric}: {what}", file=sys.stderr, flush=True)
+    rows = run_sweep(points, args.metrics, gemm_size=args.gemm_size, engine=args.engine,
+                     workers=args.workers, address=args.address,
+                     cache=False if args.no_cache else True, keep=args.keep,
+                     on_result=progress)
+    to_csv(rows, out / "sweep.csv")
+    table = to_markdown(rows)
+    (out / "sweep.md").write_text(table)
+    plotted = plot(rows, out / "sweep.png")
+    print(table)
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.md'}"
+          + (f", {out / 'sweep.png'}" if plotted else ""), file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     from . import __version__
     parser = argparse.ArgumentParser(prog="tinytpu", description=__doc__)
@@ -162,8 +250,8 @@ def main(argv=None):
     p.add_argument("--family", choices=FAMILIES,
                    help="use this FPGA family's primitives (ecp5: MULT18X18D blocks with "
                         "their registers; default: generic Verilog)")
-    p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 1024)")
-    p.add_argument("--acc-depth", type=int, help="accumulator rows (default 256)")
+    p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 4096)")
+    p.add_argument("--acc-depth", type=int, help="accumulator rows (default 512)")
     p.add_argument("--imem-depth", type=int, help="instruction memory words (default 256)")
     p.set_defaults(func=_cmd_verilog)
 
@@ -173,18 +261,21 @@ def main(argv=None):
     _add_format_args(d)
     d.add_argument("--tiles", type=int, default=3, help="number of weight tiles (default 3)")
     d.add_argument("--rows", type=int, default=8, help="input rows per tile (default 8)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="random seed of the tiles (default 0)")
     d.set_defaults(func=_cmd_demo_matmul)
     d = demos.add_parser("xor", help="train the 2-2-1 XOR network on the device")
-    d.add_argument("--backend", default="reference",
-                   help="reference (default), pysim, verilator, serial-sim or uart (a board)")
+    d.add_argument("--backend", default="reference", choices=BACKENDS,
+                   help="where the TPU runs: reference model (default), Amaranth simulation, "
+                        "Verilator, Icarus Verilog, serial-sim (the UART bridge simulated) or "
+                        "uart (a board on --port)")
     d.add_argument("--n", type=int, help="array size N (default 2, or the board's)")
     d.add_argument("--board", help="the board's configuration (with --backend uart: the board "
                                    "on --port)")
     d.add_argument("--port", help="serial port of the board (uart backend)")
-    d.add_argument("--epochs", type=int, default=300)
-    d.add_argument("--lr", type=float, default=0.5)
-    d.add_argument("--seed", type=int, default=13)
+    d.add_argument("--epochs", type=int, default=300, help="training epochs (default 300)")
+    d.add_argument("--lr", type=float, default=0.5, help="learning rate (default 0.5)")
+    d.add_argument("--seed", type=int, default=13,
+                   help="seed of the initial weights (default 13)")
     d.add_argument("--plot", default="xor_loss.png", help="loss-curve PNG ('' for none)")
     d.add_argument("--timeline", help="PNG of one training step's per-engine timeline (from "
                                       "the reference model, cycle-exact)")
@@ -192,19 +283,22 @@ def main(argv=None):
                                       "beside it (pysim and verilator backends)")
     d.set_defaults(func=_cmd_demo_xor)
     d = demos.add_parser("digits", help="train an MLP on the 8x8 digits on the device")
-    d.add_argument("--backend", default="reference",
-                   help="reference (default), pysim, verilator, serial-sim or uart (a board)")
+    d.add_argument("--backend", default="reference", choices=BACKENDS,
+                   help="where the TPU runs: reference model (default), Amaranth simulation, "
+                        "Verilator, Icarus Verilog, serial-sim (the UART bridge simulated) or "
+                        "uart (a board on --port)")
     d.add_argument("--n", type=int, help="array size N (default 8, or the board's)")
     d.add_argument("--board", help="the board's configuration (with --backend uart: the board "
                                    "on --port)")
     d.add_argument("--port", help="serial port of the board (uart backend)")
-    d.add_argument("--epochs", type=int, default=10)
-    d.add_argument("--lr", type=float, default=0.5)
+    d.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    d.add_argument("--lr", type=float, default=0.5, help="learning rate (default 0.5)")
     d.add_argument("--batch", type=int,
                    help="batch size (default 32, or the largest that fits the configuration)")
     d.add_argument("--hidden", type=int,
                    help="hidden units (default 32, or the most that fit the configuration)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and the data split (default 0)")
     d.add_argument("--plot", default="digits_loss.png", help="loss-curve PNG ('' for none)")
     d.add_argument("--timeline", help="PNG of one training step's per-engine timeline (from "
                                       "the reference model, cycle-exact)")
@@ -215,12 +309,55 @@ def main(argv=None):
     from .boards import board_names
     p = sub.add_parser("build", help="build (and load) a bitstream for a board with the "
                                      "YoWASP tools")
-    p.add_argument("--board", required=True, choices=board_names())
+    p.add_argument("--board", required=True, choices=board_names(), help="the board")
     p.add_argument("--n", type=int, help="array size (default: the board's)")
     p.add_argument("--out", help="build folder (default build/<board>)")
     p.add_argument("--program", action="store_true",
                    help="load the bitstream with openFPGALoader or iceprog")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("fuzz", help="differential fuzzing: random programs on the gateware "
+                                    "and the reference model, sharded over workers")
+    p.add_argument("--cases", type=int, default=1000, help="programs to run (default 1000)")
+    p.add_argument("--first", type=int, default=0, help="seed of the first program (default 0)")
+    p.add_argument("--backend", choices=("verilator", "pysim"), default="verilator",
+                   help="the gateware simulator (default verilator)")
+    p.add_argument("--n", type=int, default=2, help="array size (default 2)")
+    p.add_argument("--shards", type=int,
+                   help="tasks the seeds are split into (default: about 2,000 programs each, "
+                        "at most 4 per worker)")
+    p.add_argument("--out", default="fuzz_mismatches",
+                   help="folder for mismatching cases (JSON; default fuzz_mismatches)")
+    p.add_argument("--replay", nargs="+", metavar="FILE",
+                   help="run saved mismatching cases again instead")
+    _engine_args(p)
+    p.set_defaults(func=_cmd_fuzz)
+
+    from .sweep import DEVICES, METRICS
+    p = sub.add_parser("sweep", help="measure design points (array size, format, memories, "
+                                     "device) x metrics, as cached parallel tasks")
+    p.add_argument("--n", type=int, nargs="+", required=True, help="array sizes")
+    p.add_argument("--format", nargs="+", default=["16.8"],
+                   help="data formats as WIDTH.FRAC (default 16.8, i.e. Q8.8)")
+    p.add_argument("--ub-depth", type=int, nargs="+", help="unified buffer rows (default: "
+                                                            "the configuration's)")
+    p.add_argument("--acc-depth", type=int, nargs="+", help="accumulator rows")
+    p.add_argument("--imem-depth", type=int, nargs="+", help="instruction memory words")
+    p.add_argument("--device", nargs="+", choices=DEVICES, default=["ecp5-85f"],
+                   help="ecp5-85f (out of context on the LFE5U-85F, default) and/or "
+                        "ice40-up5k (the iCEBreaker's configuration and board build)")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=["resources", "gemm"],
+                   help="resources (synthesis), fmax (place and route: slow), gemm, training "
+                        "(cycles on the reference model); default resources gemm")
+    p.add_argument("--gemm-size", type=int, default=256,
+                   help="the gemm metric's S x S @ S x S (default 256)")
+    p.add_argument("--out", default="sweep", help="folder for sweep.csv, sweep.md and "
+                                                   "sweep.png (default sweep)")
+    p.add_argument("--keep", help="keep synthesis files in this folder")
+    p.add_argument("--no-cache", action="store_true",
+                   help="measure again even what the cache holds")
+    _engine_args(p)
+    p.set_defaults(func=_cmd_sweep)
 
     args = parser.parse_args(argv)
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_root, source_digest
 from ..export import to_verilog
 from ..host_protocol import Space, item_words
 from .waveform import write_gtkw_for_vcd
@@ -49,12 +50,6 @@ def verilator_missing():
     return None
 
 
-def _cache_root():
-    base = os.environ.get("TINYTPU_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinytpu_hdl")
-    return Path(base) / "verilator"
-
-
 _ZERO_MEMORY_INIT = re.compile(
     r"\n  initial begin\n(?:    \w+\[\d+\] = \d+'h0+;\n)+  end\n")
 
@@ -63,17 +58,6 @@ def _strip_zero_memory_init(verilog):
     """Drop the ``initial`` blocks that set every word of a memory to zero (one line per word:
     tens of thousands for a large buffer); the build zero-initializes everything instead."""
     return _ZERO_MEMORY_INIT.sub("\n", verilog)
-
-
-def _source_digest():
-    """A digest of the package's source files (gateware, ISA, export) and the harness: the
-    Verilog of a configuration is a function of these, so the cache key needs no export."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")) + [HARNESS]:
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def build_library(cfg, *, progress=None, randomized=False, traced=False):
@@ -88,9 +72,9 @@ def build_library(cfg, *, progress=None, randomized=False, traced=False):
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     version = subprocess.run([_verilator(), "--version"], capture_output=True,
                              text=True).stdout.strip()
-    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), str(traced), _source_digest(),
+    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), str(traced), source_digest(HARNESS),
                                     version]).encode()).hexdigest()
-    out = _cache_root() / key[:20]
+    out = cache_root("verilator") / key[:20]
     lib = out / "libtinytpu.so"
     if lib.exists():
         return lib
