@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tinytpu_hdl import MLP, Accelerator, TPUConfig
+from tinytpu_hdl import MLP, Accelerator
 from tinytpu_hdl.cli import main
 from tinytpu_hdl.distributed import ray_missing, run_tasks
 from tinytpu_hdl.runtime.verilator import verilator_missing

@@ -18,9 +18,8 @@ ENGINES = ("local", "ray")
 
 def ray_missing():
     """Why the Ray engine cannot run here (None if it can)."""
-    try:
-        import ray  # noqa: F401  (only whether it imports)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("ray") is None:
         return "Ray is not installed (pip install 'tinytpu_hdl[ray]')"
     return None
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from amaranth.back import rtlil
 from amaranth.hdl import ValueCastable
-from amaranth.lib import wiring
 
 from .config import TPUConfig
 from .gateware.systolic import SystolicArray

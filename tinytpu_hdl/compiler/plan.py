@@ -29,7 +29,6 @@ from ..host_protocol import Space, item_words
 from .layout import (
     ceil_div, from_blocked, from_params, pad, to_blocked, to_params, to_transposed_chunks,
 )
-from .memory import Region
 
 __all__ = ["Blocked", "TransposedChunks", "Params", "Literal", "Concat", "ProgramImage",
            "Write", "Read", "Run", "Wait", "LoadPrograms", "Mark", "Plan", "streamed"]

@@ -10,7 +10,6 @@ from ..asm import Program, assemble, check_program
 from ..compiler import Capacity, compile_forward, compile_matmul, compile_training
 from ..compiler.memory import CompileError
 from ..config import TPUConfig
-from ..host_protocol import Space
 from ..model import MLP
 from ..validate import flag, int_in_range, positive_int, raw_array, real_array, real_number
 from .driver import HostDriver
