@@ -22,7 +22,7 @@ BOARD = Board(
     name="icebreaker",
     platform=ICEBreakerPlatform,
     cfg=TPUConfig(n=1, ub_depth=1536, acc_depth=256, imem_depth=256, counter_width=40,
-                  isolated_multipliers=False),
+                  isolated_multipliers=False, chase_matmul=False),
     clock_hz=12e6,
     baud=1_000_000,
     leds={"running": ("led", 2), "done": ("led_g", 0), "error": ("led_r", 0)},

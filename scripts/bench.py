@@ -129,10 +129,11 @@ def step_anatomy(png):
     rows = ["", "### One digits training step by engine (64-32-10, batch 32, `TPUConfig(n=8)`)",
             "", "Each engine's busy cycles: the union of its instructions' spans from issue to "
             "the end of their work, over the step's span (from the first decode to the last "
-            "end). The loader's weight loads overlap the matmuls (double-buffered weights); the "
-            "vector and gradient-descent units run while the array waits (the control unit "
-            "lets them issue only when the array is idle, and the next matmul only when they "
-            "are): see the timeline.", "",
+            "end). The loader's weight loads overlap the matmuls (double-buffered weights); a "
+            "vector or gradient-descent pass starts while the array drains the last matmul's "
+            "rows (`chase_matmul`), but the next weight load and matmul wait until the pass "
+            "is over (the units' buffer writes and the loader's reads share a block-RAM "
+            "port): see the timeline.", "",
             "| engine | instructions | busy cycles | share of the step |", "| --- | --- | --- | --- |"]
     counts = {}
     for ev in events:

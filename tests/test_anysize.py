@@ -238,9 +238,9 @@ def test_matmul_programs_fit_the_default_instruction_memory():
 def test_training_that_cannot_fit_names_what_would():
     cfg = TPUConfig(n=8)
     layers = [LayerSpec(784, 64, "leaky_relu", 0.01), LayerSpec(64, 10, "none")]
-    with pytest.raises(CompileError, match=r"784-64-10 network with batch 32 needs 13,402 "
+    with pytest.raises(CompileError, match=r"784-64-10 network with batch 32 needs 13,394 "
                                            r"unified-buffer rows on chip \(parameters 6,410, "
-                                           r".* ub_depth=4,096\. Use ub_depth >= 13,402; no "
+                                           r".* ub_depth=4,096\. Use ub_depth >= 13,394; no "
                                            r"2-layer network with 784 inputs and 10 outputs "
                                            r"trains here at batch 32"):
         compile_training(cfg, layers, 60_000, 32, 0.1)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from amaranth.hdl import Signal
 
-from tinytpu_hdl.gateware.arith import complement, compress, negative, product_terms
+from tinytpu_hdl.gateware.arith import (
+    complement, compress, negative, product_terms, quotient, reciprocal,
+)
 
 from test_numeric import _eval_comb
 
@@ -71,3 +73,19 @@ def test_negative_of_a_carry_save_pair_and_a_constant():
     got = _eval_comb([addr, k, stride], [(flag, expr)], vectors)
     want = vectors[:, 0] + (vectors[:, 1] - 1) * vectors[:, 2] < 11
     assert np.array_equal(got[:, 0], want)
+
+
+@pytest.mark.parametrize("divisor", range(1, 17))
+def test_reciprocal_divides_every_16_bit_value_exactly(divisor):
+    m, shift = reciprocal(divisor, 16)
+    v = np.arange(1 << 16, dtype=np.int64)
+    assert np.array_equal((v * m) >> shift, v // divisor)
+
+
+@pytest.mark.parametrize("divisor", [1, 2, 3, 5, 8, 12])
+def test_quotient_in_gateware(divisor):
+    a = Signal(10)
+    out = Signal(10)
+    vectors = np.arange(1 << 10)[:, None]
+    got = _eval_comb([a], [(out, quotient(a, divisor))], vectors)
+    assert np.array_equal(got[:, 0], vectors[:, 0] // divisor)

@@ -66,6 +66,21 @@ CASES = [
     ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[24], path=act", OK),   # bias unused
     ("setr r2, 20\nvpu acc[0], ub[r2], rows=3, stride=2, bias=ub[r2+4], path=bias", BAD),
     ("vpu acc[0], ub[0], rows=0", BAD),
+    # Transposed output: tiles of 2 rows to dst + t + k * stride, up to dst + (rows - 1) // 2
+    # + stride; no aux operand.
+    ("vpu acc[0], ub[60], rows=5, transpose", OK),                       # last row 63
+    ("vpu acc[0], ub[61], rows=5, transpose", UB),
+    ("vpu acc[0], ub[52], rows=4, stride=10, path=bias|act, transpose", OK),
+    ("vpu acc[0], ub[53], rows=4, stride=10, path=bias|act, transpose", UB),
+    ("vpu acc[31], ub[53], rows=4, stride=10, transpose", ACC),
+    ("vpu acc[0], ub[0], rows=65535, stride=255, transpose", ACC),
+    ("vpu acc[0], ub[0], rows=31, stride=255, transpose", UB),
+    ("vpu acc[0], ub[0], rows=3, aux=ub[40], path=loss, transpose", BAD),
+    ("vpu acc[0], ub[0], rows=3, aux=ub[40], path=deriv, transpose", BAD),
+    ("vpu acc[0], ub[0], rows=3, aux=ub[40], path=act, transpose", OK),  # aux unused
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[23], path=bias, transpose", BAD),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[24], path=bias, transpose", OK),
+    ("vpu acc[0], ub[20], rows=3, stride=2, bias=ub[19], path=bias, transpose", OK),
     # GD: accumulator rows src .., buffer rows param ...
     ("gd acc[30], ub[0], rows=2", OK),
     ("gd acc[31], ub[0], rows=2", ACC),
@@ -93,22 +108,23 @@ def ice40_drivers():
     return _drivers("ice40")
 
 
-def _run(driver, words):
+def _run(driver, words, cfg=CFG):
     if driver.status()[0] == 3:
         driver.clear()
-    driver.write(Space.UB, 0, np.ones((4, 2), dtype=int))
+    driver.write(Space.UB, 0, np.ones((4, cfg.n), dtype=int))
     for reg in range(1, NUM_REGS):
         driver.write_csr(CSR.REG_BASE + reg, 0)
     try:
-        driver.run(words + [0] * (CFG.imem_depth - len(words)))
+        driver.run(words + [0] * (cfg.imem_depth - len(words)))
     except TPUError as exc:
         return snapshot(driver), exc
     return snapshot(driver), None
 
 
-def _check(drivers, text, expect):
+def _check(drivers, text, expect, cfg=CFG):
     words = assemble(text + "\nhalt").words
-    (ref, ref_err), (sim, sim_err) = (_run(drivers[b], words) for b in ("reference", "pysim"))
+    (ref, ref_err), (sim, sim_err) = (_run(drivers[b], words, cfg)
+                                      for b in ("reference", "pysim"))
     for key in ref:
         assert np.array_equal(ref[key], sim[key]), f"{key} differs: {ref[key]} vs {sim[key]}"
     for error in (ref_err, sim_err):
@@ -124,7 +140,28 @@ def test_issue_check(drivers, text, expect):
     _check(drivers, text, expect)
 
 
-@pytest.mark.parametrize("text, expect", [c for c in CASES if "stride=" in c[0]])
+@pytest.mark.parametrize("text, expect", [c for c in CASES if "stride=" in c[0]
+                                          or "transpose" in c[0]])
 def test_issue_check_with_the_span_multiplier(ice40_drivers, text, expect):
     """The cases with a span, on the form that multiplies it out."""
     _check(ice40_drivers, text, expect)
+
+
+# A transposed VPU's extent at n = 3: (rows - 1) // 3 + 2 * stride (a quotient by a
+# constant that is not a power of two).
+CASES_N3 = [
+    ("vpu acc[0], ub[51], rows=7, stride=5, transpose", OK),             # 51 + 2 + 10 = 63
+    ("vpu acc[0], ub[52], rows=7, stride=5, transpose", UB),
+    ("vpu acc[0], ub[52], rows=6, stride=5, transpose", OK),             # 52 + 1 + 10
+    ("vpu acc[0], ub[42], rows=30, stride=6, transpose", OK),            # 42 + 9 + 12
+    ("vpu acc[0], ub[43], rows=30, stride=6, transpose", UB),
+]
+
+
+@pytest.mark.parametrize("family", [None, "ice40"])
+def test_issue_check_of_transposed_output_on_three_lanes(family):
+    cfg = TPUConfig(n=3, ub_depth=64, acc_depth=32, imem_depth=16)
+    drivers = {"reference": HostDriver(ReferenceTransport(cfg)),
+               "pysim": HostDriver(PysimTransport(cfg, family=family))}
+    for text, expect in CASES_N3:
+        _check(drivers, text, expect, cfg)

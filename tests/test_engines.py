@@ -19,7 +19,7 @@ from tinytpu_hdl.gateware.memory import (
 )
 from tinytpu_hdl.gateware.systolic import SystolicArray
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
-from tinytpu_hdl.isa import ConfigReg, Instruction, Op, Pathway
+from tinytpu_hdl.isa import FLAG_TRANSPOSE_OUT, ConfigReg, Instruction, Op, Pathway
 from tinytpu_hdl.numeric import add_sat, dot_chain, mul_narrow
 from tinytpu_hdl.reference import ReferenceTPU
 
@@ -130,6 +130,72 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     model._vpu(ins, {"src": src, "dst": dst, "aux": aux, "bias": bias})
     assert np.array_equal(result["ub"], model.ub)
     assert np.array_equal(result["acc"], acc)
+
+
+@pytest.mark.parametrize("n, rows, stride", [
+    (1, 5, 3), (2, 1, 4), (2, 4, 4), (3, 7, 3), (3, 3, 0), (4, 9, 1), (4, 8, 5),
+])
+def test_vector_unit_transposed_output(n, rows, stride):
+    """Tiles of n output rows written transposed at dst + t + k * stride (zero lanes past the
+    last row; the last write of a row wins), with the documented cycles and ``busy``."""
+    cfg = replace(CFG, n=n)
+    rng = np.random.default_rng(n * 100 + rows)
+    ub, acc = random_memories(rng, cfg)
+    leak = int(cfg.scalar.encode(0.25))
+    pathway = Pathway.BIAS | Pathway.ACT
+    src, dst, bias = 3, 20, 60
+    h = Harness(cfg, ub, acc)
+    vpu = VectorUnit(cfg)
+    h.m.submodules.vpu = vpu
+    share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
+    share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
+    share_read(h.m, h.ub.r1, [vpu.ub_bias])
+    share_write(h.m, h.ub.w, [vpu.ub_wr])
+    writes, busy, result = [], [], {}
+    idle = VectorUnit.idle_after(cfg, rows, transpose=True)
+
+    async def tb(ctx):
+        ctx.set(vpu.leak, leak)
+        ctx.set(vpu.cmd.payload, {"src": src, "dst": dst, "aux": 0, "bias": bias,
+                                  "rows": rows, "stride": stride, "pathway": pathway,
+                                  "transpose": 1})
+        ctx.set(vpu.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(vpu.cmd.valid, 0)
+        for cycle in range(1, idle + 4):
+            if ctx.get(vpu.ub_wr.en):
+                writes.append((cycle, ctx.get(vpu.ub_wr.addr)))
+            busy.append(ctx.get(vpu.busy))
+            await ctx.tick()
+        result["ub"], _ = await h.dump(ctx)
+
+    h.run(tb)
+    latency = VectorUnit.latency(cfg)
+    tiles = -(-rows // n)
+    if n > 1:
+        assert idle == latency + (tiles + 1) * n
+        assert writes == [(latency + n + t * n + k, dst + t + k * stride)
+                          for t in range(tiles) for k in range(n)]
+    else:                               # one lane: no transposer, row t to dst + t
+        assert idle == latency + rows
+        assert writes == [(latency + t, dst + t) for t in range(rows)]
+    assert busy.index(0) + 1 == idle and not any(busy[idle:])
+    # Independently: the plain (untransposed) output rows, then the tiles transposed by hand.
+    plain = model_with(cfg, ub, acc, leak=leak)
+    plain._vpu(Instruction(Op.VPU, flags=pathway, count=rows, stride=1),
+               {"src": src, "dst": 0, "aux": 0, "bias": bias})
+    out = plain.ub[:rows]
+    expect = ub.copy()
+    for t in range(tiles):
+        for k in range(n):
+            expect[dst + t + k * stride] = [out[t * n + j, k] if t * n + j < rows else 0
+                                            for j in range(n)]
+    assert np.array_equal(result["ub"], expect)
+    model = model_with(cfg, ub, acc, leak=leak)
+    model._vpu(Instruction(Op.VPU, flags=pathway | FLAG_TRANSPOSE_OUT, count=rows,
+                           b=(dst, 0), d=(bias, 0), stride=stride),
+               {"src": src, "dst": dst, "aux": 0, "bias": bias})
+    assert np.array_equal(model.ub, expect)
 
 
 def test_vector_unit_transition_matches_float_math():

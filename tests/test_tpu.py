@@ -349,3 +349,40 @@ def test_fault_leaves_memory_as_the_instructions_before_it_left_it():
     clean, _ = run_both(cfg, assemble(prefix + "halt"), ub=ub, acc=acc)
     assert np.array_equal(faulting["ub"], clean["ub"])
     assert np.array_equal(faulting["acc"], clean["acc"])
+
+
+@pytest.mark.parametrize("offset", [0, -2, 1])
+def test_vector_and_gd_units_chase_the_matmul(offset):
+    """With ``chase_matmul`` a VPU (or GD) whose accumulator rows start at or below the last
+    matmul's destination issues once the matmul has streamed its rows and
+    ``MatmulEngine.chase_after`` cycles have passed, and still reads every row after the
+    array wrote it; a source above the destination waits for the matmul engine to be
+    idle. Results against numpy; cycles against the rule, on both backends."""
+    from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
+    from tinytpu_hdl.reference import ReferenceTPU
+    n, m = 2, 20
+    cfg = TPUConfig(n=n, **SMALL)
+    rng = np.random.default_rng(7)
+    x = rng.integers(-300, 300, (m, n))
+    w = rng.integers(-300, 300, (n, n))
+    dst, src = 6, 6 + offset
+    program = assemble(f"loadw ub[40], rows={n}\nmatmul ub[0], acc[{dst}], rows={m}\n"
+                       f"vpu acc[{src}], ub[42], rows=3\nhalt")
+    state, error = run_both(cfg, program, ub={0: x, 40: w})
+    assert error is None
+    acc = np.zeros((cfg.acc_depth, n), dtype=np.int64)
+    acc[dst:dst + m] = x @ w
+    # The VPU narrows Q16.16 sums to Q8.8: the rows it read are the matmul's results.
+    expect = np.clip((acc[src:src + 3] + (1 << 7)) >> 8, -32768, 32767)
+    assert np.array_equal(state["ub"][42:45], expect)
+    model = ReferenceTPU(cfg)
+    model.ub[0:m], model.ub[40:42] = x, w
+    model.events = []
+    model.imem[:len(program.words)] = program.words
+    model.start()
+    mm, vpu = model.events[1], model.events[2]
+    if offset <= 0:
+        assert vpu.issue == max(vpu.ready, mm.issue + m, mm.issue + MatmulEngine.chase_after(cfg))
+        assert vpu.issue < mm.end
+    else:
+        assert vpu.issue == max(vpu.ready, mm.end)

@@ -10,7 +10,7 @@ Syntax (one instruction per line; ``#`` starts a comment; ``name:`` defines a la
     loadw  ub[A], rows=N [, transpose]
     matmul ub[A], acc[A], rows=N [, stride=S] [, accumulate]
     vpu    acc[A], ub[A], rows=N [, aux=ub[A]] [, bias=ub[A]] [, path=bias|act|loss|deriv]
-           [, stride=S]
+           [, stride=S] [, transpose]
     gd     acc[A], ub[A], rows=N [, stochastic]
 
 An address ``A`` is ``NUM``, ``rK`` or ``rK+NUM``. ``stride`` defaults to 1.
@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, Instruction, Op, Pathway,
-    decode, encode,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, FLAG_TRANSPOSE_OUT, NUM_REGS, ConfigReg,
+    Instruction, Op, Pathway, decode, encode,
 )
 from .numeric import FixedFormat
 
@@ -177,7 +177,7 @@ def _parse(body, labels, scalar):
     if unknown:
         raise ValueError(f"{op.name.lower()} has no operand {sorted(unknown)[0]!r}")
     flag_words = {Op.LOADW: {"transpose"}, Op.MATMUL: {"accumulate"},
-                  Op.GD: {"stochastic"}}.get(op, set())
+                  Op.GD: {"stochastic"}, Op.VPU: {"transpose"}}.get(op, set())
     if words - flag_words:
         raise ValueError(f"{op.name.lower()} takes no flag {sorted(words - flag_words)[0]!r}")
 
@@ -245,6 +245,8 @@ def _parse(body, labels, scalar):
                     path |= Pathway[name.strip().upper()]
                 except KeyError:
                     raise ValueError(f"unknown pathway stage {name.strip()!r}") from None
+        if "transpose" in words:
+            path |= FLAG_TRANSPOSE_OUT
         return Instruction(op, flags=path, count=rows(), a=_address(positional[0], "acc"),
                            b=_address(positional[1], "ub"),
                            c=_address(keywords["aux"], "ub") if "aux" in keywords else (0, 0),
@@ -295,11 +297,11 @@ def format_instruction(ins: Instruction, labels_by_index=None) -> str:
             text += f", aux={_fmt_addr('ub', ins.c)}"
         if ins.d != (0, 0):
             text += f", bias={_fmt_addr('ub', ins.d)}"
-        if ins.flags:
+        if ins.flags & 0xF:
             text += ", path=" + "|".join(p.name.lower() for p in Pathway if ins.flags & p)
         if ins.stride != 1:
             text += f", stride={ins.stride}"
-        return text
+        return text + (", transpose" if ins.flags & FLAG_TRANSPOSE_OUT else "")
     if op == Op.GD:
         text = f"gd {_fmt_addr('acc', ins.a)}, {_fmt_addr('ub', ins.b)}, rows={ins.count}"
         return text + (", stochastic" if ins.flags & FLAG_STOCHASTIC else "")

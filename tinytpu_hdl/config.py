@@ -32,6 +32,14 @@ class TPUConfig:
     default, for FPGAs whose multiplier blocks the placer puts far from the logic
     around them (ECP5 at N = 8); small FPGAs, where registers cost logic cells and
     the clock is slow, leave it off. The reference model follows either timing.
+
+    ``chase_matmul`` gives the vector and gradient-descent units a read port of their
+    own on the accumulator memory (a second copy of its block RAM), so that a ``vpu`` or
+    ``gd`` may issue as soon as the last ``matmul`` has streamed its rows and its first
+    result row is written, and then reads each accumulator row after the array has
+    written it, instead of waiting until the matmul engine is idle (see
+    :class:`~tinytpu_hdl.gateware.control.ControlUnit`). On by default; off it saves the
+    block RAM and a few logic cells (the iCEBreaker's 1x1 TPU).
     """
 
     n: int = 2
@@ -43,6 +51,7 @@ class TPUConfig:
     imem_depth: int = 256
     counter_width: int = 64
     isolated_multipliers: bool = True
+    chase_matmul: bool = True
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -66,9 +75,9 @@ class TPUConfig:
                 or not 8 <= self.counter_width <= 64):
             raise ValueError(f"counter_width must be an integer from 8 to 64, "
                              f"not {self.counter_width!r}")
-        if not isinstance(self.isolated_multipliers, bool):
-            raise TypeError(f"isolated_multipliers must be a bool, "
-                            f"not {self.isolated_multipliers!r}")
+        for name in ("isolated_multipliers", "chase_matmul"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, not {getattr(self, name)!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         check_accumulator(self.data, self.acc)

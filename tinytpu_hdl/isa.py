@@ -30,9 +30,10 @@ from functools import lru_cache
 from amaranth.lib import data
 
 __all__ = [
-    "INSTRUCTION_BITS", "NUM_REGS", "REG_BITS", "OperandLayout", "InstructionLayout", "Op", "Pathway",
-    "ConfigReg", "ErrorCode", "OpSpec", "OPCODES", "Instruction", "encode", "decode",
-    "DecodeError", "used_mask",
+    "INSTRUCTION_BITS", "NUM_REGS", "REG_BITS", "OperandLayout", "InstructionLayout", "Op",
+    "Pathway", "ConfigReg", "ErrorCode", "FLAG_TRANSPOSE", "FLAG_ACCUMULATE", "FLAG_STOCHASTIC",
+    "FLAG_TRANSPOSE_OUT", "vpu_transposed_extent", "OpSpec", "OPCODES", "Instruction",
+    "encode", "decode", "DecodeError", "used_mask",
 ]
 
 INSTRUCTION_BITS = 128
@@ -107,6 +108,9 @@ class ErrorCode(IntEnum):
 FLAG_TRANSPOSE = 1
 FLAG_ACCUMULATE = 1
 FLAG_STOCHASTIC = 1
+#: Flag bit of VPU (above the pathway bits): write the output transposed, by tiles of ``n``
+#: rows (see :func:`vpu_transposed_rows`).
+FLAG_TRANSPOSE_OUT = 0x10
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,8 @@ OPCODES = {
                       {"src": "ub", "dst": "acc"}, flag_mask=FLAG_ACCUMULATE),
     Op.VPU: OpSpec(Op.VPU, {"src": "a", "dst": "b", "aux": "c", "bias": "d", "rows": "count",
                             "stride": "stride", "flags": "flags"},
-                   {"src": "acc", "dst": "ub", "aux": "ub", "bias": "ub"}, flag_mask=0xF),
+                   {"src": "acc", "dst": "ub", "aux": "ub", "bias": "ub"},
+                   flag_mask=0xF | FLAG_TRANSPOSE_OUT),
     Op.GD: OpSpec(Op.GD, {"src": "a", "param": "b", "rows": "count", "flags": "flags"},
                   {"src": "acc", "param": "ub"}, flag_mask=FLAG_STOCHASTIC),
 }
@@ -265,3 +270,11 @@ def _decode(word):
     return Instruction(op, get("flags"), get("count"),
                        *[(get(f"{s}.addr"), get(f"{s}.reg")) for s in "abcd"],
                        get("stride"))
+
+
+def vpu_transposed_extent(n, rows, stride):
+    """The last buffer row a transposed VPU (``FLAG_TRANSPOSE_OUT``) of ``rows`` rows writes,
+    relative to ``dst``: its output rows form ``ceil(rows / n)`` tiles of ``n`` rows, and row
+    ``k`` of tile ``t`` (lane ``j`` = lane ``k`` of output row ``t * n + j``, zero past the
+    last row) is written to ``dst + t + k * stride``."""
+    return (rows - 1) // n + (n - 1) * stride

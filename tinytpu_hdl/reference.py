@@ -25,8 +25,8 @@ from .host_protocol import (
     Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
 )
 from .isa import (
-    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, NUM_REGS, ConfigReg, DecodeError, ErrorCode, Op, Pathway,
-    decode,
+    FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, FLAG_TRANSPOSE_OUT, NUM_REGS, ConfigReg,
+    DecodeError, ErrorCode, Op, Pathway, decode, vpu_transposed_extent,
 )
 from .numeric import (
     FixedFormat, add_sat, dot_chain, mul_narrow, narrow, saturate, stochastic_narrow, xorshift32,
@@ -40,6 +40,7 @@ LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.rea
 LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = MatmulEngine.idle_after
+MATMUL_CHASE = MatmulEngine.chase_after
 VPU_IDLE = VectorUnit.idle_after
 GD_IDLE = GradientDescentUnit.idle_after
 # Instructions whose operands the control unit checks in cycles of their own
@@ -207,6 +208,8 @@ class ReferenceTPU:
         wd = self.watchdog
         load_ready = load_idle = matmul_ready = matmul_idle = vpu_idle = gd_idle = 0
         load_allowed = switch_allowed = 0
+        # The last matmul's issue cycle and accumulator destination (for the chase rule).
+        mm_issue, mm_dst = 0, 0
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
 
@@ -246,6 +249,15 @@ class ReferenceTPU:
                 ready = max(matmul_ready, switch_allowed, vpu_idle, gd_idle)
             elif op == Op.LOADW:
                 ready = max(load_ready, load_allowed, vpu_idle, gd_idle)
+            elif op in (Op.VPU, Op.GD) and cfg.chase_matmul:
+                # The loader and both units idle, the matmul's rows streamed, and every
+                # accumulator row read after it is written: from its issue plus the chase
+                # delay when the source starts at or below the matmul's destination
+                # (row r then is read no earlier than the matmul writes it), else idle.
+                drained = matmul_idle
+                if operands["src"] <= mm_dst:
+                    drained = min(matmul_idle, mm_issue + MATMUL_CHASE(cfg))
+                ready = max(load_idle, vpu_idle, gd_idle, matmul_ready, drained)
             elif op in WAIT_ALL:
                 ready = max(load_idle, matmul_idle, vpu_idle, gd_idle)
             elif op == Op.CFG:
@@ -286,11 +298,12 @@ class ReferenceTPU:
                 self._matmul(operands["src"], ins.stride, rows, operands["dst"],
                              bool(ins.flags & FLAG_ACCUMULATE))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
+                mm_issue, mm_dst = c, operands["dst"]
                 load_allowed = c + n
             elif op == Op.VPU:
                 self._flush()
                 self._vpu(ins, operands)
-                vpu_idle = c + VPU_IDLE(cfg, rows)
+                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
             elif op == Op.GD:
                 self._flush()
                 self._gd(operands["src"], operands["param"], rows,
@@ -327,6 +340,11 @@ class ReferenceTPU:
         if rows == 0 or (op == Op.LOADW and rows > cfg.n):
             raise _Fault(ErrorCode.BAD_OPERAND)
         if op == Op.VPU:
+            if path & FLAG_TRANSPOSE_OUT:
+                # Transposed output: no aux operand; the written rows span the extent.
+                if use_aux:
+                    raise _Fault(ErrorCode.BAD_OPERAND)
+                span = vpu_transposed_extent(cfg.n, rows, stride)
             dst_end, aux_end = eb + span, ec + span
             aux_overlap = ec <= dst_end and eb <= aux_end
             in_place = ec == eb and (stride != 0 or rows == 1)
@@ -430,7 +448,21 @@ class ReferenceTPU:
             keep = ref > 0
             x = np.where(keep, x, scaled)
             ovf |= ~keep & o
-        self.ub[dst + stride * np.arange(rows)] = x
+        if path & FLAG_TRANSPOSE_OUT:
+            # Tiles of n rows (the last padded with zero rows), each written as its
+            # transpose: row k of tile t to dst + t + k * stride, in that order (the last
+            # write of a row wins).
+            n = cfg.n
+            tiles = -(-rows // n)
+            padded = np.zeros((tiles * n, n), dtype=np.int64)
+            padded[:rows] = x
+            out = padded.reshape(tiles, n, n).transpose(0, 2, 1).reshape(-1, n)
+            addr = (dst + np.arange(tiles)[:, None] + stride * np.arange(n)[None, :]).ravel()
+            _, first_of_reversed = np.unique(addr[::-1], return_index=True)
+            last = len(addr) - 1 - first_of_reversed
+            self.ub[addr[last]] = out[last]
+        else:
+            self.ub[dst + stride * np.arange(rows)] = x
         self.flags[1] |= bool(ovf.any())
 
     def _gd(self, src, param, rows, stochastic=False):

@@ -13,7 +13,7 @@ class TrainingFit:
 
     sizes: tuple
     batch: int
-    fixed: int                 # parameters, identity, one batch's working state
+    fixed: int                 # parameters, one batch's working state
     per_batch: int             # one batch of samples (inputs, transposed inputs, targets)
     log_per_batch: int         # one batch of logged outputs (for the loss)
     ub_depth: int

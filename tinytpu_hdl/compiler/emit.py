@@ -120,7 +120,7 @@ class Emitter:
                                                          else "")
                   + (", accumulate" if accumulate else ""))
 
-    def vpu(self, src, dst, rows, *, aux=None, bias=None, path=(), stride=1):
+    def vpu(self, src, dst, rows, *, aux=None, bias=None, path=(), stride=1, transpose=False):
         text = f"vpu {src}, {dst}, rows={rows}"
         if aux is not None:
             text += f", aux={aux}"
@@ -130,6 +130,8 @@ class Emitter:
             text += ", path=" + "|".join(path)
         if stride != 1:
             text += f", stride={stride}"
+        if transpose:
+            text += ", transpose"
         self.emit(text)
 
     def gd(self, src, param, rows, *, stochastic=False):

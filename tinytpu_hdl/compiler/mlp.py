@@ -14,11 +14,12 @@ targets ``y``), or the whole data set for several epochs per run when it fits. P
 
 Forward through layer ``l`` (``Z = H W^T + b``): per output tile, the ``W^T`` tiles of the
 tile's column are loaded as stored and the matching input blocks streamed, accumulating
-over the input tiles; the vector unit adds the bias and applies the activation. Hidden
-activations are transposed on the device for the weight gradients. Backward: the last
-layer's vector pass computes ``dZ = s (H - Y) * act'`` from its accumulators; ``dH = dZ W``
-streams ``dZ`` against the same ``W^T`` tiles loaded transposed, and the vector unit
-multiplies by the activation derivative of the stored ``H``, in place; weight and bias
+over the input tiles; the vector unit adds the bias and applies the activation, and for a
+hidden layer makes a second pass over the same accumulators that writes the activations
+transposed (``vpu ..., transpose``), in the layout the weight gradients stream. Backward:
+the last layer's vector pass computes ``dZ = s (H - Y) * act'`` from its accumulators;
+``dH = dZ W`` streams ``dZ`` against the same ``W^T`` tiles loaded transposed, and the
+vector unit multiplies by the activation derivative of the stored ``H``, in place; weight and bias
 gradients ``[dW^T; db] = [H^T; 1] dZ`` stream the transposed activations (and a row of
 ones) against ``dZ`` chunks, accumulating over the batch, in chunks of at most the
 accumulator memory's rows, each followed by one ``gd`` that updates ``W^T`` and ``b``.
@@ -104,7 +105,8 @@ def _assemble(cfg, build, what):
 def _forward_layer(e, layer, params, src, batch, acc, *, out):
     """``out(addrs)`` emits the vector passes of one output tile; ``addrs[0]`` is the
     tile's parameters (its bias row at ``+ in_features``), the other addresses are the
-    extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile)."""
+    extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile, or
+    ``step`` rows when given as ``(addr, step)``)."""
     n = e.n
     in_pad = pad(layer.in_features, n)
     if layer.leaky:
@@ -115,7 +117,8 @@ def _forward_layer(e, layer, params, src, batch, acc, *, out):
         out.emit(a, a[0] + in_pad)
 
     e.loop(_blocks(layer.out_features, n),
-           [(params, in_pad + 1)] + [(s, batch) for s in out.streams], tile)
+           [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
+                                     for s in out.streams], tile)
 
 
 class _Out:
@@ -302,7 +305,7 @@ def split_loss_scale(cfg, lr, scale):
 
 @dataclass(frozen=True)
 class TrainingFootprint:
-    """Unified-buffer rows of a training plan: ``fixed`` (parameters, identity, working
+    """Unified-buffer rows of a training plan: ``fixed`` (parameters, working
     state of one batch), ``record`` per batch of samples, ``log`` per batch and epoch of
     logged outputs."""
 
@@ -317,7 +320,7 @@ class TrainingFootprint:
 def training_footprint(cfg, layers, batch):
     n = cfg.n
     nb = ceil_div(batch, n)
-    fixed = sum(_param_rows(l, n) for l in layers) + n
+    fixed = sum(_param_rows(l, n) for l in layers)
     for l in layers[:-1]:
         fixed += batch * _blocks(l.out_features, n) + (pad(l.out_features, n) + 1) * nb
     y_stride = batch * _blocks(layers[-1].out_features, n)
@@ -377,7 +380,6 @@ def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
     regions = {}
     regions["params"] = [mem.alloc(f"params{i}", _param_rows(l, n))
                          for i, l in enumerate(layers)]
-    regions["identity"] = mem.alloc("identity", n)
     regions["h"] = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n))
                     for i, l in enumerate(layers[:-1])]
     regions["ht"] = [mem.alloc(f"ht{i}", (pad(l.out_features, n) + 1) * nb)
@@ -401,7 +403,6 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
     hidden = [Addr("ub", h.base) for h in regions["h"]]
     hidden_t = [Addr("ub", h.base) for h in regions["ht"]]
     dz_last = Addr("ub", regions["dz"].base)
-    ident = Addr("ub", regions["identity"].base)
     rec = regions["records"].base
     in0 = layers[0].in_features
     x_rec = Addr("ub", rec, REG_REC)
@@ -427,8 +428,12 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
         src = x_rec if i == 0 else hidden[i - 1]
         act = ("act",) if layer.leaky else ()
         if i < L - 1:
-            out = _Out([hidden[i]], lambda a, bias, act=act: e.vpu(
-                acc, a[1], batch, bias=bias, path=("bias",) + act))
+            # h, and its transposed-chunk layout for the weight gradients (a second pass
+            # over the same accumulators, written transposed by tiles of n samples).
+            out = _Out([hidden[i], (hidden_t[i], n * nb)], lambda a, bias, act=act: (
+                e.vpu(acc, a[1], batch, bias=bias, path=("bias",) + act),
+                e.vpu(acc, a[2], batch, bias=bias, path=("bias",) + act, stride=nb,
+                      transpose=True)))
         else:
             deriv = ("deriv",) if layer.leaky else ()
 
@@ -439,13 +444,6 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
                       path=("bias",) + act + ("loss",) + deriv)
             out = _Out([dz_last, y_rec] + ([log_addr] if log else []), last)
         _forward_layer(e, layer, params[i], src, batch, acc, out=out)
-        if i < L - 1:
-            e.comment(f"transpose h{i} for the weight gradients")
-            e.loop(_blocks(layer.out_features, n), [(hidden[i], batch), (hidden_t[i], n * nb)],
-                   lambda a: e.tiled(batch, [(a[0], n), (a[1], 1)], lambda b, kb: (
-                       e.loadw(b[0], kb, transpose=True),
-                       e.matmul(ident, acc, n),
-                       e.vpu(acc, b[1], n, stride=nb))))
 
     # Backward.
     for i in reversed(range(L)):
@@ -577,8 +575,6 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
     steps = [Write(Space.CSR, CSR.SEED, 1, Literal("seed", np.array([seed], dtype=np.int64)))]
     steps += [Write(Space.UB, regions["params"][i].base, regions["params"][i].rows, Params(i))
               for i in range(len(layers))]
-    steps.append(Write(Space.UB, regions["identity"].base, n,
-                       Literal("identity", np.eye(n, dtype=np.int64) * one)))
     for i, layer in enumerate(layers[:-1]):
         rows = (pad(layer.out_features, n) + 1) * nb
         init = np.zeros((rows, n), dtype=np.int64)

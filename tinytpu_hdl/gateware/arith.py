@@ -10,7 +10,7 @@ in which the true results, with their sign, fit.
 
 from amaranth.hdl import Cat, Const, Value
 
-__all__ = ["compress", "complement", "product_terms", "negative"]
+__all__ = ["compress", "complement", "product_terms", "negative", "reciprocal", "quotient"]
 
 
 def _fit(value, width):
@@ -66,3 +66,29 @@ def negative(plus, minus=(), *, width):
         terms.append(len(minus) - 1)
     s, c = compress(terms, width, carry_in=1 if minus else 0)
     return (s + c)[width - 1]
+
+
+def reciprocal(divisor, width):
+    """``(m, shift)`` such that ``(v * m) >> shift == v // divisor`` for every ``v`` below
+    ``2 ** width`` (a power of two: ``m`` is 1): ``shift = width + ceil(log2(divisor))``,
+    ``m = ceil(2 ** shift / divisor)``."""
+    if divisor < 1:
+        raise ValueError(f"divisor must be positive, not {divisor!r}")
+    if divisor & (divisor - 1) == 0:
+        return 1, divisor.bit_length() - 1
+    shift = width + (divisor - 1).bit_length()
+    return -(-(1 << shift) // divisor), shift
+
+
+def quotient(value, divisor):
+    """``value // divisor`` for the unsigned ``value`` and a constant ``divisor``: a shift,
+    or the partial products of :func:`reciprocal` compressed to two terms and one carry
+    chain."""
+    value = Value.cast(value).as_unsigned()
+    m, shift = reciprocal(divisor, len(value))
+    if m == 1:
+        return value[shift:] if shift < len(value) else Const(0, 1)
+    width = len(value) + m.bit_length()
+    terms = [Cat(Const(0, bit), value) for bit in range(m.bit_length()) if (m >> bit) & 1]
+    s, c = compress(terms, width)
+    return (s + c)[shift:width]

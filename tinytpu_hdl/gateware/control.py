@@ -8,14 +8,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..isa import (
-    FLAG_ACCUMULATE, FLAG_TRANSPOSE, INSTRUCTION_BITS, NUM_REGS, REG_BITS, ConfigReg, ErrorCode,
+    FLAG_ACCUMULATE, FLAG_TRANSPOSE, FLAG_TRANSPOSE_OUT, INSTRUCTION_BITS, NUM_REGS, REG_BITS, ConfigReg, ErrorCode,
     InstructionLayout, Op, Pathway, used_mask,
 )
 from ..numeric import hdl_mul_const
-from .arith import complement, compress, negative, product_terms
+from .arith import complement, compress, negative, product_terms, quotient
 from .gd_unit import GradientCommandLayout
 from .loader import LoadCommandLayout
-from .matmul_engine import MatmulCommandLayout
+from .matmul_engine import MatmulCommandLayout, MatmulEngine
 from .memory import read_request
 from .signatures import valid_stream
 from .vector_unit import VectorCommandLayout
@@ -164,7 +164,11 @@ class ControlUnit(wiring.Component):
               vector and gradient units idle
     MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
               issued; vector and gradient units idle
-    VPU, GD   loader, matmul engine, vector and gradient units all idle
+    VPU, GD   loader, matmul engine, vector and gradient units all idle; with
+              ``cfg.chase_matmul``: loader, vector and gradient units idle, and the
+              matmul engine idle, or ready (its rows streamed) with
+              ``MatmulEngine.chase_after`` cycles since the last MATMUL issued and the
+              source row at or below that MATMUL's destination row
     CFG       vector and gradient units idle
     SYNC      every engine idle (HALT likewise)
     others    none
@@ -245,6 +249,11 @@ class ControlUnit(wiring.Component):
                 m.d.sync += cfgs[r].eq(cfg_wdata)
         load_hold = Signal(range(n + 1))     # cycles until a LOADW may issue
         switch_hold = Signal(range(n + 1))   # cycles until a MATMUL may issue
+        # Cycles until a VPU or GD may read the last MATMUL's rows as they are written
+        # (``cfg.chase_matmul``), and that MATMUL's accumulator destination.
+        chase_delay = MatmulEngine.chase_after(cfg)
+        chase_hold = Signal(range(chase_delay + 1))
+        mm_dst = Signal(17)
 
         running = mode.matches(_Mode.FETCH, _Mode.DECODE, _Mode.ISSUE, _Mode.DRAIN)
         m.d.comb += [
@@ -295,7 +304,11 @@ class ControlUnit(wiring.Component):
         # instruction issues), so that the issue decision reads one bit.
         load_free = Signal(init=1)
         switch_free = Signal(init=1)
-        m.d.sync += [load_free.eq(load_hold <= 1), switch_free.eq(switch_hold <= 1)]
+        chase_free = Signal(init=1)
+        m.d.sync += [load_free.eq(load_hold <= 1), switch_free.eq(switch_hold <= 1),
+                     chase_free.eq(chase_hold <= 1)]
+        with m.If(chase_hold != 0):
+            m.d.sync += chase_hold.eq(chase_hold - 1)
 
         # --- fetch ----------------------------------------------------------------------
         # The instruction register latches the instruction memory's output in the cycle
@@ -416,31 +429,54 @@ class ControlUnit(wiring.Component):
         # every engine or for the two units, and the VPU's operand uses.
         d_is = {op_: Signal(name=f"d_is_{op_.name.lower()}")
                 for op_ in (Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)}
-        d_waits_all, d_waits_units, d_engine = (
-            Signal(name=f"d_{name}") for name in ("waits_all", "waits_units", "engine"))
+        d_waits_all, d_waits_units, d_engine, d_chases = (
+            Signal(name=f"d_{name}") for name in ("waits_all", "waits_units", "engine",
+                                                  "chases"))
+        chase = cfg.chase_matmul
         d_vpu_aux, d_vpu_bias = Signal(), Signal()
         d_in_place_ok = Signal()         # a VPU may write its aux rows in place
-        if self._span_multiplier:
-            # One multiply (a DSP block) and a constant zero for the second term.
-            span = ((rows - 1)[:16] * ins.stride, Const(0, CHECK_WIDTH))
-        else:
-            span_terms = product_terms(rows, ins.stride) + [complement(ins.stride, CHECK_WIDTH)]
-            span = compress(span_terms, CHECK_WIDTH, carry_in=1)
         ir_pathway = ins.flags[:4]
         ir_aux = (ir_pathway[Pathway.LOSS.bit_length() - 1] |
                   ir_pathway[Pathway.DERIV.bit_length() - 1])
         ir_bias = ir_pathway[Pathway.BIAS.bit_length() - 1]
         engine = op.matches(Op.LOADW, Op.MATMUL, Op.VPU, Op.GD)
+        # A transposed VPU writes rows up to (rows - 1) // n + (n - 1) * stride past its
+        # destination (``vpu_transposed_extent``): that extent replaces the span, as the
+        # quotient and the stride's partial products (two terms, like the span). With one
+        # lane it is (rows - 1) * 1: the multiply form multiplies by 1 instead.
+        assert FLAG_TRANSPOSE_OUT == 1 << 4
+        ir_transposed = (op == Op.VPU) & ins.flags[4]
+        if self._span_multiplier:
+            # One multiply (a DSP block) and a constant zero for the second term.
+            factor = ins.stride if n > 1 else Mux(ir_transposed, 1, ins.stride)
+            span = ((rows - 1)[:16] * factor, Const(0, CHECK_WIDTH))
+        else:
+            span_terms = product_terms(rows, ins.stride) + [complement(ins.stride, CHECK_WIDTH)]
+            span = compress(span_terms, CHECK_WIDTH, carry_in=1)
+        extent_terms = [quotient((rows - 1)[:16], n)] + [
+            Cat(Const(0, bit), ins.stride) for bit in range((n - 1).bit_length())
+            if ((n - 1) >> bit) & 1]
+        if self._span_multiplier and n == 1:
+            extent = span
+        elif self._span_multiplier:
+            extent = (sum(extent_terms[1:], extent_terms[0]), Const(0, CHECK_WIDTH))
+        else:
+            extent = compress(extent_terms, CHECK_WIDTH)
         decode_regs = [
             d_op.eq(op), d_legal.eq(legal),
-            d_bad.eq(engine & ((rows == 0) | ((op == Op.LOADW) & (rows > n)))),
+            d_bad.eq(engine & ((rows == 0) | ((op == Op.LOADW) & (rows > n)) |
+                               (ir_transposed & ir_aux))),
             *[b.eq(slot.addr) for b, slot in zip(d_base, (ins.a, ins.b, ins.c, ins.d))],
             *[r.eq(v) for r, v in zip(d_regv, (reg_a, reg_b, reg_c, reg_d))],
-            d_count.eq(rows), d_span[0].eq(span[0]), d_span[1].eq(span[1]),
+            d_count.eq(rows),
+            *[term.eq(span[i] if extent is span else Mux(ir_transposed, extent[i], span[i]))
+              for i, term in enumerate(d_span)],
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
             d_rd.eq(ins.a.reg),
             d_next_pc.eq(next_pc), d_next_ok.eq(next_ok),
-            d_waits_all.eq(op.matches(Op.VPU, Op.GD, Op.SYNC, Op.HALT)),
+            d_waits_all.eq(op.matches(Op.SYNC, Op.HALT) if chase else
+                           op.matches(Op.VPU, Op.GD, Op.SYNC, Op.HALT)),
+            d_chases.eq(op.matches(Op.VPU, Op.GD) if chase else 0),
             d_waits_units.eq(op == Op.CFG),
             d_engine.eq(engine),
             d_vpu_aux.eq((op == Op.VPU) & ir_aux), d_vpu_bias.eq((op == Op.VPU) & ir_bias),
@@ -519,6 +555,10 @@ class ControlUnit(wiring.Component):
         assert set(CHECK_CYCLES.values()) == {1, 2} and CHECK_CYCLES[Op.VPU] == 2
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
         m.d.sync += [bad_q.eq(bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
+        # Whether a VPU's or GD's accumulator source starts at or below the last MATMUL's
+        # destination (registered with the checks; no MATMUL issues in between).
+        src_below_q = Signal()
+        m.d.sync += src_below_q.eq(below(ta, [mm_dst, Const(1)]))
         checked_error = Signal(4)
         acc_first = is_vpu | is_gd
         with m.If(bad_q):
@@ -534,11 +574,16 @@ class ControlUnit(wiring.Component):
         # LOADW and MATMUL wait for their engine and the vector and gradient-descent units;
         # VPU, GD, SYNC and HALT for every engine; CFG for the two units (whose scalars it
         # may change); the other instructions issue at once.
+        # With ``cfg.chase_matmul`` VPU and GD wait for the loader and both units, and for
+        # the matmul engine to be idle, or to have streamed its rows (``ready``) with the
+        # chase delay over and their source at or below its destination.
         can_issue = Signal()
-        waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units
+        waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units | d_chases
+        drained = ~self.matmul_busy | (chase_free & src_below_q)
         m.d.comb += can_issue.eq(
             (is_loadw & self.load_ready & load_free & units_idle) |
             (is_matmul & self.matmul_ready & switch_free & units_idle) |
+            (d_chases & ~self.load_busy & units_idle & self.matmul_ready & drained) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
@@ -559,6 +604,7 @@ class ControlUnit(wiring.Component):
             self.vpu_cmd.payload.rows.eq(d_count),
             self.vpu_cmd.payload.stride.eq(d_stride),
             self.vpu_cmd.payload.pathway.eq(pathway),
+            self.vpu_cmd.payload.transpose.eq(d_flags[4]),
             self.gd_cmd.payload.src.eq(e_q[0]),
             self.gd_cmd.payload.param.eq(e_q[1]),
             self.gd_cmd.payload.rows.eq(d_count),
@@ -588,6 +634,7 @@ class ControlUnit(wiring.Component):
                             issued.eq(0), flag_array.eq(0), flag_vpu.eq(0), flag_gd.eq(0),
                             error_code.eq(0), error_pc.eq(0), load_hold.eq(0),
                             switch_hold.eq(0), load_free.eq(1), switch_free.eq(1),
+                            chase_hold.eq(0), chase_free.eq(1),
                         ]
                         m.next = "FETCH"
                 with m.If((self.clear & ~self.start) if allow_start else self.clear):
@@ -655,7 +702,9 @@ class ControlUnit(wiring.Component):
                                          switch_free.eq(max(n - 2, 0) == 0)]
                         with m.Case(Op.MATMUL):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
-                            m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0)]
+                            m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0),
+                                         chase_hold.eq(chase_delay - 1), chase_free.eq(0),
+                                         mm_dst.eq(e_q[1])]
                         with m.Case(Op.VPU):
                             m.d.comb += self.vpu_cmd.valid.eq(1)
                         with m.Case(Op.GD):

@@ -67,6 +67,14 @@ class MatmulEngine(wiring.Component):
         return array_latency(cfg.n, cfg.n, cfg.isolated_multipliers)
 
     @staticmethod
+    def chase_after(cfg):
+        """Cycles from a command's acceptance after which a reader that reads the
+        command's destination rows from its first on, one per cycle from the cycle after
+        its own start, reads each row after it was written (``λ + 5``; the control unit
+        lets a VPU or GD start then, :attr:`TPUConfig.chase_matmul`)."""
+        return MatmulEngine.array_latency(cfg) + 5
+
+    @staticmethod
     def idle_after(cfg, rows):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
         return rows + MatmulEngine.array_latency(cfg) + 5

@@ -146,13 +146,17 @@ class UnifiedBuffer(RowMemory):
 class AccumulatorMemory(RowMemory):
     """The accumulators: ``depth`` rows of ``n`` accumulator-format words.
 
-    One read port ``r0`` and one write port ``w``. (The matmul engine forwards rows it
-    is still writing to its own additions, so reads of a row being written are "don't
-    care" here too.)
+    A read port ``r0`` (the matmul engine's additions, the host) and one write port
+    ``w``; with ``cfg.chase_matmul`` a second read port ``r1`` for the vector and
+    gradient-descent units (a second copy of the block RAM), which the control unit lets
+    read rows while the matmul engine writes others. (The matmul engine forwards rows it
+    is still writing to its own additions, and the units read a row only after the cycle
+    it is written, so reads of a row being written are "don't care" here too.)
     """
 
     def __init__(self, cfg, depth):
-        super().__init__(depth, data.ArrayLayout(cfg.acc.shape, cfg.n), read_ports=1)
+        super().__init__(depth, data.ArrayLayout(cfg.acc.shape, cfg.n),
+                         read_ports=2 if cfg.chase_matmul else 1)
 
 
 def share_read(m, port, requesters):

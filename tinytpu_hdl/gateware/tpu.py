@@ -30,7 +30,7 @@ class TPU(wiring.Component):
            ┌────────────┼───────────────┬─────────────────┐
            ▼            ▼               ▼                 ▼
         WeightLoader  MatmulEngine    VectorUnit     GradientDescentUnit
-           │ UB r1      │ UB r0         │ ACC r0, UB r0/r1/w  │ ACC r0, UB r0/w
+           │ UB r1      │ UB r0         │ ACC r1, UB r0/r1/w  │ ACC r1, UB r0/w
            ▼            ▼
         SystolicArray (weights, act) ──► result ──► MatmulEngine ──► accumulators
 
@@ -135,7 +135,11 @@ class TPU(wiring.Component):
         share_read(m, ub.r0, [matmul.ub, vector.ub_aux, gd.ub_rd, host.ub_rd])
         share_read(m, ub.r1, [loader.ub, vector.ub_bias])
         share_write(m, ub.w, [vector.ub_wr, gd.ub_wr, host.ub_wr])
-        share_read(m, acc.r0, [matmul.acc_rd, vector.acc_rd, gd.acc_rd, host.acc_rd])
+        if cfg.chase_matmul:
+            share_read(m, acc.r0, [matmul.acc_rd, host.acc_rd])
+            share_read(m, acc.r1, [vector.acc_rd, gd.acc_rd])
+        else:
+            share_read(m, acc.r0, [matmul.acc_rd, vector.acc_rd, gd.acc_rd, host.acc_rd])
         share_write(m, acc.w, [matmul.acc_wr, host.acc_wr])
         share_read(m, imem.r0, [control.imem, host.imem_rd])
         share_write(m, imem.w, [host.imem_wr])

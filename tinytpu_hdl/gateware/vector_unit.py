@@ -18,7 +18,7 @@ class VectorCommandLayout(data.StructLayout):
         ub = addr_width(cfg.ub_depth)
         super().__init__({
             "src": addr_width(cfg.acc_depth), "dst": ub, "aux": ub, "bias": ub,
-            "rows": 16, "stride": 8, "pathway": 4,
+            "rows": 16, "stride": 8, "pathway": 4, "transpose": 1,
         })
 
 
@@ -35,6 +35,13 @@ class VectorUnit(wiring.Component):
         v = loss_scale * (h - y)           if LOSS        # y = buffer row aux + i * stride
         v = v if r > 0 else leak * v       if DERIV       # r = h if LOSS, else the aux row
         out = v
+
+    With ``transpose`` (:data:`~tinytpu_hdl.isa.FLAG_TRANSPOSE_OUT`; no aux row) the output
+    rows are cut into ``T = ceil(rows / n)`` tiles of ``n`` rows, the last padded with zero
+    rows, and each tile is written transposed: lane ``j`` of buffer row ``dst + t + k *
+    stride`` is lane ``k`` of output row ``t * n + j`` (``k``, ``j`` < ``n``). That is the
+    layout in which the rows of a matrix's transpose stream through the array (the
+    transposed-chunk layout of :mod:`tinytpu_hdl.compiler.layout` with ``stride`` = chunks).
 
     Every operation rounds and saturates with the rules of :mod:`tinytpu_hdl.numeric`;
     ``overflow`` pulses for a row in which any of them saturated. ``leak`` and
@@ -56,6 +63,20 @@ class VectorUnit(wiring.Component):
     row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+A+i``, and writes output
     row ``i`` in cycle ``c+L+i``; ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
     :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``), ``A`` is 5 (or 7).
+
+    Transposed, the rows leave the last stage as before into an ``n`` x ``n`` register
+    transposer, which shifts once per cycle from the first row's cycle ``c+L`` for ``(T +
+    1) * n`` cycles (zero rows after the last): rows enter along one edge and the previous
+    tile's columns leave along the opposite edge, the direction turning after each tile,
+    so that a tile is written while the next one fills::
+
+        cycle         c+L ... c+L+n-1   c+L+n ... c+L+2n-1   ...   c+L+T*n ... c+L+(T+1)*n-1
+        rows in       tile 0            tile 1                      (zeros)
+        rows written                    tile 0, k = 0..n-1          tile T-1, k = 0..n-1
+
+    ``busy`` is low from cycle ``c+L+(T+1)*n`` on (:meth:`idle_after`). With one lane
+    there is no transposer: tile ``t`` is output row ``t``, written as without
+    ``transpose`` (to ``dst + t``, in cycle ``c+L+t``).
     The rows go through :meth:`stages` registers: the memories' outputs, narrowing,
     bias, and for each of the three multiplies a product stage and a
     rounding/saturating stage (the loss also has a difference stage), so that no
@@ -82,8 +103,10 @@ class VectorUnit(wiring.Component):
         return VectorUnit.stages(cfg) + 1
 
     @staticmethod
-    def idle_after(cfg, rows):
+    def idle_after(cfg, rows, transpose=False):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
+        if transpose and cfg.n > 1:
+            return VectorUnit.latency(cfg) + (-(-rows // cfg.n) + 1) * cfg.n
         return rows + VectorUnit.latency(cfg)
 
     def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
@@ -118,6 +141,7 @@ class VectorUnit(wiring.Component):
         dst = Signal.like(self.cmd.payload.dst)
         stride = Signal(8)
         pathway = Signal(4)
+        transpose = Signal()
         first = Signal()
         bias_addr = Signal.like(self.cmd.payload.bias)
         bias = Signal(row)
@@ -153,6 +177,7 @@ class VectorUnit(wiring.Component):
                 dst.eq(self.cmd.payload.dst),
                 stride.eq(self.cmd.payload.stride),
                 pathway.eq(self.cmd.payload.pathway),
+                transpose.eq(self.cmd.payload.transpose),
                 first.eq(1),
                 bias_addr.eq(self.cmd.payload.bias),
             ]
@@ -306,12 +331,62 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.stages(cfg), valids
 
-        m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
         with m.If(s["valid"]):
-            m.d.comb += [self.ub_wr.en.eq(1), self.overflow.eq(s["o"].any())]
-            m.d.sync += dst.eq(dst + stride)
+            m.d.comb += self.overflow.eq(s["o"].any())
+        tr_next = Signal()
+        if n > 1:
+            # The transposer (see the timing above): ``buf[r][c]``; shifting "up"
+            # (``vertical``) a row enters at row n-1 and row 0 leaves; shifting "left" lane r
+            # of a row enters row r at column n-1 and column 0 leaves. ``j`` counts the
+            # shifts of a tile; ``full``: the tile before the one filling holds rows, and
+            # leaves now; ``tile``: dst + the index of the tile leaving.
+            buf = [[Signal(fmt.shape, name=f"tr_{r}_{c}") for c in range(n)] for r in range(n)]
+            tr_on, tr_shift, vertical, full, has_rows = (
+                Signal(name=f"tr_{name}") for name in ("on", "shift", "vertical", "full",
+                                                        "has_rows"))
+            j = Signal(range(n))
+            tile = Signal.like(dst)
+            m.d.comb += tr_shift.eq(tr_on | (transpose & s["valid"]))
+            m.d.sync += tr_on.eq(tr_next)
+            incoming = [Mux(s["valid"], s["x"][lane], 0) for lane in range(n)]
+            with m.If(tr_shift):
+                for r in range(n):
+                    for c in range(n):
+                        up = incoming[c] if r == n - 1 else buf[r + 1][c]
+                        left = incoming[r] if c == n - 1 else buf[r][c + 1]
+                        m.d.sync += buf[r][c].eq(Mux(vertical, up, left))
+            out_row = Cat(*[Mux(vertical, buf[0][lane], buf[lane][0]) for lane in range(n)])
+            wrap = j == n - 1
+            filled = has_rows | s["valid"]
+            m.d.comb += tr_next.eq(tr_shift & ~(wrap & ~filled))
+            with m.If(tr_shift):
+                m.d.sync += j.eq(Mux(wrap, 0, j + 1))
+                with m.If(wrap):
+                    m.d.sync += [vertical.eq(~vertical), full.eq(filled), has_rows.eq(0)]
+                with m.Else():
+                    m.d.sync += has_rows.eq(filled)
+            with m.If(self.cmd.valid):
+                m.d.sync += tile.eq(self.cmd.payload.dst)
+            m.d.comb += [self.ub_wr.addr.eq(dst),
+                         self.ub_wr.data.eq(Mux(transpose, out_row, s["x"]))]
+            with m.If(transpose):
+                with m.If(tr_shift & full):
+                    m.d.comb += self.ub_wr.en.eq(1)
+                    with m.If(wrap):
+                        m.d.sync += [tile.eq(tile + 1), dst.eq(tile + 1)]
+                    with m.Else():
+                        m.d.sync += dst.eq(dst + stride)
+            with m.Elif(s["valid"]):
+                m.d.comb += self.ub_wr.en.eq(1)
+                m.d.sync += dst.eq(dst + stride)
+        else:
+            # One lane: tile t is output row t, written to dst + t as it leaves the stages.
+            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
+            with m.If(s["valid"]):
+                m.d.comb += self.ub_wr.en.eq(1)
+                m.d.sync += dst.eq(dst + Mux(transpose, 1, stride))
         # Next cycle, the rows in the pipeline are those now in all stages but the last,
-        # and one more if a row is read now.
-        m.d.sync += busy.eq(next_active | active | Cat(valids[:-1]).any())
+        # and one more if a row is read now; the transposer runs on after them.
+        m.d.sync += busy.eq(next_active | active | Cat(valids[:-1]).any() | tr_next)
         m.d.comb += self.busy.eq(busy)
         return m

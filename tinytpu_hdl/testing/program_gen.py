@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..isa import (
-    ConfigReg, Instruction, NUM_REGS, Op, encode, used_mask,
+    FLAG_TRANSPOSE_OUT, ConfigReg, Instruction, NUM_REGS, Op, Pathway, encode, used_mask,
+    vpu_transposed_extent,
 )
 
 __all__ = ["FuzzCase", "random_case"]
@@ -59,7 +60,17 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
         return (rng.randint(0, top), reg)
 
     body = []
+    last_dst = None                    # the last MATMUL's accumulator operand
     count = rng.randint(*length)
+
+    def chasing(rows):
+        """An accumulator source for a VPU or GD: often the last MATMUL's destination or
+        a row near it (the rows a VPU or GD may read while the matmul writes them)."""
+        if last_dst is not None and rng.random() < 0.5:
+            base = last_dst[0] + rng.choice([0, 0, 0, -1, 1, 2])
+            if 0 <= base and base + reg_values[last_dst[1]] + rows <= acc_depth:
+                return (base, last_dst[1])
+        return acc_operand(rows)
     for _ in range(count):
         op = rng.choice([Op.LOADW, Op.LOADW, Op.MATMUL, Op.MATMUL, Op.MATMUL, Op.VPU, Op.VPU,
                          Op.GD, Op.CFG, Op.SETR, Op.NOP, Op.SYNC, Op.ADDI])
@@ -69,14 +80,26 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
         elif op == Op.MATMUL:
             rows = _rows(rng, 6)
             stride = rng.choice([0, 1, 1, 1, 2])
+            last_dst = acc_operand(rows)
             body.append(Instruction(op, flags=rng.randint(0, 1), count=rows,
-                                    a=ub_operand(rows, stride), b=acc_operand(rows),
-                                    stride=stride))
+                                    a=ub_operand(rows, stride), b=last_dst, stride=stride))
         elif op == Op.VPU:
-            rows = _rows(rng, 5)
+            rows = _rows(rng, 5 if rng.random() < 0.75 else 3 * n + 2)
             stride = rng.choice([1, 1, 2])
             path = rng.randrange(16)
-            dst = ub_operand(rows, stride)
+            transpose = rng.random() < 0.25
+            if transpose:
+                # Mostly without the aux operand (with it: BAD_OPERAND); the rows written
+                # span the transposed extent.
+                if rng.random() < 0.9:
+                    path &= Pathway.BIAS | Pathway.ACT
+                stride = rng.choice([0, 1, 2, (rows + n - 1) // n])
+                extent = vpu_transposed_extent(n, rows, stride)
+                path |= FLAG_TRANSPOSE_OUT
+            else:
+                extent = (rows - 1) * stride
+            reg = rng.choice([0, 0, 1, 2, 3])
+            dst = (rng.randint(0, max(0, ub_depth - 1 - extent - reg_values[reg])), reg)
             # Aux rows either in place or in the other half of the buffer.
             half = ub_depth // 2
             dst_abs = dst[0] + reg_values[dst[1]]
@@ -86,14 +109,14 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
                 lo = 0 if dst_abs >= half else half
                 aux = (rng.randint(lo, max(lo, lo + half - 1 - (rows - 1) * stride)), 0)
             bias = (rng.randrange(ub_depth), 0)
-            if dst_abs <= bias[0] <= dst_abs + (rows - 1) * stride:
-                bias = ((dst_abs + (rows - 1) * stride + 1) % ub_depth, 0)
-            body.append(Instruction(op, flags=path, count=rows, a=acc_operand(rows), b=dst,
+            if dst_abs <= bias[0] <= dst_abs + extent:
+                bias = ((dst_abs + extent + 1) % ub_depth, 0)
+            body.append(Instruction(op, flags=path, count=rows, a=chasing(rows), b=dst,
                                     c=aux, d=bias, stride=stride))
         elif op == Op.GD:
             rows = _rows(rng, 5)
             body.append(Instruction(op, flags=rng.randint(0, 1), count=rows,
-                                    a=acc_operand(rows), b=ub_operand(rows)))
+                                    a=chasing(rows), b=ub_operand(rows)))
         elif op == Op.CFG:
             body.append(Instruction(op, flags=rng.randrange(len(ConfigReg)),
                                     count=rng.randrange(1 << 16)))
