@@ -1,10 +1,11 @@
 """iCEBreaker (iCE40UP5K-SG48): 5,280 logic cells, 8 SB_MAC16, 30 EBR, 12 MHz oscillator.
 
-A 1x1 TPU, the largest that fits: 4,940 of the 5,280 logic cells (93.6 %), 7 of the 8
+A 1x1 TPU, the largest that fits: 5,266 of the 5,280 logic cells (99.7 %), 7 of the 8
 DSPs (one for the PE, three for the vector unit's multiplies, two for the
 gradient-descent unit's 32x16 product, one for the control unit's range check) and 29 of
 the 30 EBR (the index registers live in five of them, see ControlUnit's register_ram), with
-40-bit counters (25 hours at 12 MHz); 25.5 MHz after routing (docs/benchmarks.md). The
+40-bit counters (25 hours at 12 MHz), and without ``chase_matmul`` (its second copy of
+the accumulators would need two more EBR); 24.6 MHz after routing (2026-12-04). The
 buffer has 1,536 rows (two copies of six EBR: iCE40 block RAMs have one read port each).
 Yosys maps a 2x2 TPU to 12 SB_MAC16. The compiler tiles any network onto the 1x1 array
 and streams what does not fit, so XOR and the other demos run unchanged, only slower;
