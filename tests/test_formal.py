@@ -233,6 +233,43 @@ def test_control_watchdog_bounds_every_run():
     check(m, "bmc", 24, "control_watchdog")
 
 
+def test_control_keeps_the_engines_off_each_others_ports():
+    """Whatever the program and whatever the engines report: a VPU or GD issues only with
+    the loader and both units idle and the matmul engine's rows streamed, and while the
+    matmul engine is still busy only ``chase_after`` cycles or more after the last MATMUL
+    issued and from a source row at or below its destination; a LOADW or MATMUL only with
+    both units idle."""
+    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+    m = Module()
+    m.submodules.cu = cu = ControlUnit(cfg)
+    word = Signal(128)
+    with m.If(cu.imem.en):
+        m.d.sync += word.eq(AnySeq(128))
+    m.d.comb += cu.imem.data.eq(word)
+    drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
+                 cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
+                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we)
+    m.d.comb += [cu.stop.eq(0), cu.host_conflict.eq(0)]
+    delay = MatmulEngine.chase_after(cfg)
+    since = Signal(range(delay + 1), init=delay)       # cycles since the last MATMUL issued
+    last_dst = Signal(8)
+    with m.If(cu.matmul_cmd.valid):
+        m.d.sync += [since.eq(1), last_dst.eq(cu.matmul_cmd.payload.dst)]
+    with m.Elif(cu.start):
+        m.d.sync += since.eq(delay)
+    with m.Elif(since < delay):
+        m.d.sync += since.eq(since + 1)
+    for cmd in (cu.vpu_cmd, cu.gd_cmd):
+        with m.If(cmd.valid):
+            m.d.comb += [Assert(~cu.load_busy & ~cu.vpu_busy & ~cu.gd_busy & cu.matmul_ready),
+                         Assert(~cu.matmul_busy | ((since >= delay) &
+                                                   (cmd.payload.src <= last_dst)))]
+    with m.If(cu.load_cmd.valid | cu.matmul_cmd.valid):
+        m.d.comb += Assert(~cu.vpu_busy & ~cu.gd_busy)
+    m.d.comb += Cover(cu.vpu_cmd.valid & cu.matmul_busy)
+    check(m, "bmc", 20, "control_ports")
+
+
 @pytest.mark.parametrize("op", [Op.LOADW, Op.MATMUL, Op.VPU, Op.GD])
 def test_every_engine_instruction_can_issue(op):
     cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
