@@ -330,41 +330,51 @@ class ReferenceTPU:
         cfg = self.cfg
         rows, stride = ins.count, ins.stride
         regs = self.regs
-        ea, eb = ins.a[0] + regs[ins.a[1]], ins.b[0] + regs[ins.b[1]]
+        (a_base, a_reg), (b_base, b_reg) = ins.a, ins.b
+        ea = a_base + regs[a_reg]
+        if rows == 0 or (op == Op.LOADW and rows > cfg.n):
+            raise _Fault(ErrorCode.BAD_OPERAND)
+        last = rows - 1
+        # (The loads and matmuls of a GEMM first: they are most of what runs.)
+        if op == Op.LOADW:
+            if ea + last >= cfg.ub_depth:
+                raise _Fault(ErrorCode.UB_RANGE)
+            return {"src": ea}
+        eb = b_base + regs[b_reg]
+        if op == Op.MATMUL:
+            if ea + last * stride >= cfg.ub_depth:
+                raise _Fault(ErrorCode.UB_RANGE)
+            if eb + last >= cfg.acc_depth:
+                raise _Fault(ErrorCode.ACC_RANGE)
+            return {"src": ea, "dst": eb}
+        if op == Op.GD:
+            if ea + last >= cfg.acc_depth:
+                raise _Fault(ErrorCode.ACC_RANGE)
+            if eb + last >= cfg.ub_depth:
+                raise _Fault(ErrorCode.UB_RANGE)
+            return {"src": ea, "param": eb}
+        # VPU: overlaps, then the accumulator source, destination, aux and bias rows.
         ec, ed = ins.c[0] + regs[ins.c[1]], ins.d[0] + regs[ins.d[1]]
-        span = (rows - 1) * stride if rows else 0
-        last = rows - 1 if rows else 0
         path = ins.flags
         use_bias = bool(path & Pathway.BIAS)
         use_aux = bool(path & (Pathway.LOSS | Pathway.DERIV))
-        if rows == 0 or (op == Op.LOADW and rows > cfg.n):
-            raise _Fault(ErrorCode.BAD_OPERAND)
-        if op == Op.VPU:
-            if path & FLAG_TRANSPOSE_OUT:
-                # Transposed output: no aux operand; the written rows span the extent.
-                if use_aux:
-                    raise _Fault(ErrorCode.BAD_OPERAND)
-                span = vpu_transposed_extent(cfg.n, rows, stride)
-            dst_end, aux_end = eb + span, ec + span
-            aux_overlap = ec <= dst_end and eb <= aux_end
-            in_place = ec == eb and (stride != 0 or rows == 1)
-            if (use_aux and aux_overlap and not in_place) or (use_bias and eb <= ed <= dst_end):
+        span = last * stride
+        if path & FLAG_TRANSPOSE_OUT:
+            # Transposed output: no aux operand; the written rows span the extent.
+            if use_aux:
                 raise _Fault(ErrorCode.BAD_OPERAND)
-        ub = (cfg.ub_depth, ErrorCode.UB_RANGE)
-        acc = (cfg.acc_depth, ErrorCode.ACC_RANGE)
-        checks = {
-            Op.LOADW: [(ea + last, ub)],
-            Op.MATMUL: [(ea + span, ub), (eb + last, acc)],
-            Op.VPU: [(ea + last, acc), (eb + span, ub)] + ([(ec + span, ub)] if use_aux else [])
-            + ([(ed, ub)] if use_bias else []),
-            Op.GD: [(ea + last, acc), (eb + last, ub)],
-        }[op]
-        for end, (depth, code) in checks:
-            if end >= depth:
-                raise _Fault(code)
-        names = {Op.LOADW: ("src",), Op.MATMUL: ("src", "dst"),
-                 Op.VPU: ("src", "dst", "aux", "bias"), Op.GD: ("src", "param")}[op]
-        return dict(zip(names, (ea, eb, ec, ed)))
+            span = vpu_transposed_extent(cfg.n, rows, stride)
+        dst_end, aux_end = eb + span, ec + last * stride
+        aux_overlap = ec <= dst_end and eb <= aux_end
+        in_place = ec == eb and (stride != 0 or rows == 1)
+        if (use_aux and aux_overlap and not in_place) or (use_bias and eb <= ed <= dst_end):
+            raise _Fault(ErrorCode.BAD_OPERAND)
+        if ea + last >= cfg.acc_depth:
+            raise _Fault(ErrorCode.ACC_RANGE)
+        if dst_end >= cfg.ub_depth or (use_aux and aux_end >= cfg.ub_depth) or \
+                (use_bias and ed >= cfg.ub_depth):
+            raise _Fault(ErrorCode.UB_RANGE)
+        return {"src": ea, "dst": eb, "aux": ec, "bias": ed}
 
     def _loadw(self, src, rows, transpose):
         tile = np.zeros((self.cfg.n, self.cfg.n), dtype=np.int64)
