@@ -212,6 +212,11 @@ class ReferenceTPU:
         mm_issue, mm_dst = 0, 0
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
+        # (Opcodes compared by identity: decode gives the Op members themselves, and an
+        # enum's == and hash are Python calls, a good part of this loop's time.)
+        LOADW, MATMUL, VPU, GD, HALT = Op.LOADW, Op.MATMUL, Op.VPU, Op.GD, Op.HALT
+        SETR, ADDI, DJNZ, CFG = Op.SETR, Op.ADDI, Op.DJNZ, Op.CFG
+        checks = {op: CHECK_CYCLES.get(op, 0) for op in Op}
 
         def stop(code, cycle):
             self.error_code = ErrorCode(code)
@@ -236,20 +241,21 @@ class ReferenceTPU:
             except DecodeError:
                 return stop(ErrorCode.ILLEGAL_INSTRUCTION, e)
             op = ins.op
-            if op in ENGINE_OPS:
+            extra = checks[op]
+            if extra:
                 # The operand checks take the first issue cycles.
-                e += CHECK_CYCLES[op]
+                e += extra
                 if wd and e >= wd:
                     return stop(ErrorCode.WATCHDOG, wd)
             try:
                 operands = self._check(ins)
             except _Fault as fault:
                 return stop(fault.code, e)
-            if op == Op.MATMUL:
+            if op is MATMUL:
                 ready = max(matmul_ready, switch_allowed, vpu_idle, gd_idle)
-            elif op == Op.LOADW:
+            elif op is LOADW:
                 ready = max(load_ready, load_allowed, vpu_idle, gd_idle)
-            elif op in (Op.VPU, Op.GD) and cfg.chase_matmul:
+            elif (op is VPU or op is GD) and cfg.chase_matmul:
                 # The loader and both units idle, the matmul's rows streamed, and every
                 # accumulator row read after it is written: from its issue plus the chase
                 # delay when the source starts at or below the matmul's destination
@@ -260,7 +266,7 @@ class ReferenceTPU:
                 ready = max(load_idle, vpu_idle, gd_idle, matmul_ready, drained)
             elif op in WAIT_ALL:
                 ready = max(load_idle, matmul_idle, vpu_idle, gd_idle)
-            elif op == Op.CFG:
+            elif op is CFG:
                 ready = max(vpu_idle, gd_idle)
             else:
                 ready = 0
@@ -271,7 +277,7 @@ class ReferenceTPU:
             self.instructions += 1
             next_pc = self.pc + 1
             rows = ins.count
-            if op == Op.HALT:
+            if op is HALT:
                 self.cycles = c + 1
                 if self.events is not None:
                     self.events.append(Event(self.runs, self.pc, ins, "control", f, e, c,
@@ -279,32 +285,32 @@ class ReferenceTPU:
                 self.pc = next_pc
                 self.state = State.DONE
                 return
-            if op == Op.SETR:
+            if op is SETR:
                 self._set_reg(ins.a[1], ins.a[0])
-            elif op == Op.ADDI:
+            elif op is ADDI:
                 self._set_reg(ins.a[1], self.regs[ins.b[1]] + ins.a[0])
-            elif op == Op.DJNZ:
+            elif op is DJNZ:
                 value = (self.regs[ins.a[1]] - 1) & 0xFFFF
                 self._set_reg(ins.a[1], value)
                 if value:
                     next_pc = ins.count
-            elif op == Op.CFG:
+            elif op is CFG:
                 self.cfgs[ins.flags] = ins.count
-            elif op == Op.LOADW:
+            elif op is LOADW:
                 self._loadw(operands["src"], rows, bool(ins.flags & FLAG_TRANSPOSE))
                 load_ready, load_idle = c + LOAD_READY(n, rows), c + LOAD_IDLE(n, rows)
                 switch_allowed = c + 1 + max(n - 2, 0)
-            elif op == Op.MATMUL:
+            elif op is MATMUL:
                 self._matmul(operands["src"], ins.stride, rows, operands["dst"],
                              bool(ins.flags & FLAG_ACCUMULATE))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 mm_issue, mm_dst = c, operands["dst"]
                 load_allowed = c + n
-            elif op == Op.VPU:
+            elif op is VPU:
                 self._flush()
                 self._vpu(ins, operands)
                 vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
-            elif op == Op.GD:
+            elif op is GD:
                 self._flush()
                 self._gd(operands["src"], operands["param"], rows,
                          bool(ins.flags & FLAG_STOCHASTIC))
