@@ -367,17 +367,22 @@ class VectorUnit(wiring.Component):
                     m.d.sync += has_rows.eq(filled)
             with m.If(self.cmd.valid):
                 m.d.sync += tile.eq(self.cmd.payload.dst)
-            m.d.comb += [self.ub_wr.addr.eq(dst),
+            # The write enable is a register of its own, loaded with what the conditions
+            # below will be next cycle (it reaches the buffer's shared address and the
+            # host's write arbitration, far away).
+            write = Signal()
+            valid_next = valids[-2]
+            full_next = Mux(tr_shift & wrap, filled, full)
+            m.d.sync += write.eq(Mux(transpose, (tr_next | valid_next) & full_next, valid_next))
+            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.en.eq(write),
                          self.ub_wr.data.eq(Mux(transpose, out_row, s["x"]))]
             with m.If(transpose):
                 with m.If(tr_shift & full):
-                    m.d.comb += self.ub_wr.en.eq(1)
                     with m.If(wrap):
                         m.d.sync += [tile.eq(tile + 1), dst.eq(tile + 1)]
                     with m.Else():
                         m.d.sync += dst.eq(dst + stride)
             with m.Elif(s["valid"]):
-                m.d.comb += self.ub_wr.en.eq(1)
                 m.d.sync += dst.eq(dst + stride)
         else:
             # One lane: tile t is output row t, written to dst + t as it leaves the stages.
