@@ -268,6 +268,29 @@ def sim_speed_table(n, pysim_batches):
     return rows
 
 
+def reference_gemm_speed(n, sizes=(256, 512)):
+    """The reference model's speed on whole matmul calls (compile, transfers, runs), in
+    multiply-accumulates per second of wall time, best of two."""
+    rows = ["", f"Reference model on whole `acc.matmul` calls (`TPUConfig(n={n})`, random "
+            "float matrices, best of two):", "",
+            "| GEMM | runs | device cycles | wall time | M MAC/s |", "| --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        acc = Accelerator(TPUConfig(n=n))
+        a, b = rng.uniform(-1, 1, (size, size)), rng.uniform(-1, 1, (size, size))
+        best = None
+        for _ in range(2):
+            start = time.perf_counter()
+            got = acc.matmul(a, b)
+            wall = time.perf_counter() - start
+            best = wall if best is None else min(best, wall)
+        assert np.abs(got - a @ b).max() < 0.05 * size ** 0.5
+        rows.append(f"| {size}^3 | {acc.stats.runs:,} | {acc.stats.cycles:,} | {best:.2f} s | "
+                    f"{size ** 3 / best / 1e6:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def synth_table(sizes, keep):
     rows = ["| array | LUT4 | FF | MULT18X18D | DP16KD | Fmax (MHz) | critical path starts in | place-and-route time |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -488,7 +511,7 @@ def main():
             "not included. Computed from the reference model, not measured on a board.",
             ""] + boards)
     if "simspeed" in wanted:
-        section("simspeed", sim_speed_table(8, args.pysim_batches))
+        section("simspeed", sim_speed_table(8, args.pysim_batches) + reference_gemm_speed(8))
     if "synth" in wanted:
         rows, results = synth_table(args.synth_sizes, args.keep)
         plot = ROOT / "docs" / "scaling.png"
