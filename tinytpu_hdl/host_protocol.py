@@ -24,7 +24,7 @@ import numpy as np
 from .isa import INSTRUCTION_BITS
 
 __all__ = ["Command", "Space", "Status", "item_bits", "item_words", "pack_items",
-           "unpack_items", "header", "parse_header", "ProtocolError", "crc16", "frame",
+           "unpack_items", "unpack_rows", "header", "parse_header", "ProtocolError", "crc16", "frame",
            "FRAME_TO_DEVICE", "FRAME_TO_HOST", "BRIDGE_ERROR", "BridgeError", "response_length",
            "packet_words"]
 
@@ -219,6 +219,17 @@ def pack_items(cfg, space, items):
     return out
 
 
+def unpack_rows(cfg, space, words):
+    """UB/ACC rows from their words, as one ``(R, n)`` int64 array."""
+    space = Space(space)
+    words_per = item_words(cfg, space)
+    if len(words) % words_per:
+        raise ProtocolError(f"{len(words)} words do not make whole {space.name} items")
+    lanes, fmt = _lanes(cfg, space)
+    grid = np.asarray(words, dtype=np.uint64).reshape(-1, words_per)
+    return fmt.from_unsigned(_words_to_rows(grid, fmt.width, lanes).astype(np.int64))
+
+
 def unpack_items(cfg, space, words):
     """Inverse of :func:`pack_items`: a list of items (UB/ACC rows as int64 arrays)."""
     space = Space(space)
@@ -226,10 +237,7 @@ def unpack_items(cfg, space, words):
     if len(words) % words_per:
         raise ProtocolError(f"{len(words)} words do not make whole {space.name} items")
     if space in (Space.UB, Space.ACC):
-        lanes, fmt = _lanes(cfg, space)
-        grid = np.asarray(words, dtype=np.uint64).reshape(-1, words_per)
-        rows = fmt.from_unsigned(_words_to_rows(grid, fmt.width, lanes).astype(np.int64))
-        return list(rows)
+        return list(unpack_rows(cfg, space, words))
     items = []
     for start in range(0, len(words), words_per):
         value = 0

@@ -23,6 +23,7 @@ from .gateware.matmul_engine import MatmulEngine
 from .gateware.vector_unit import VectorUnit
 from .host_protocol import (
     Command, Space, Status, item_words, pack_items, parse_header, space_depth, unpack_items,
+    unpack_rows,
 )
 from .isa import (
     FLAG_ACCUMULATE, FLAG_STOCHASTIC, FLAG_TRANSPOSE, FLAG_TRANSPOSE_OUT, NUM_REGS, ConfigReg,
@@ -31,6 +32,9 @@ from .isa import (
 from .numeric import (
     FixedFormat, add_sat, dot_chain, mul_narrow, narrow, saturate, stochastic_narrow, xorshift32,
     xorshift_seed,
+)
+from .reference_trace import (
+    CONFIG, GD as GD_PASS, LOAD, MATMUL as MATMUL_OP, VECTOR, RunTrace, TraceCache,
 )
 
 __all__ = ["ReferenceTPU", "ReferenceTransport", "Event"]
@@ -86,10 +90,15 @@ class _Fault(Exception):
 
 
 class ReferenceTPU:
-    """The architectural state of one TPU and an interpreter for its programs."""
+    """The architectural state of one TPU and an interpreter for its programs.
 
-    def __init__(self, cfg: TPUConfig):
+    ``trace_cache`` runs (distinct start states) are remembered and replayed when a run
+    starts from the same program, index registers and watchdog again (see
+    :mod:`tinytpu_hdl.reference_trace`); 0 interprets every run."""
+
+    def __init__(self, cfg: TPUConfig, *, trace_cache=64):
         self.cfg = cfg
+        self.traces = TraceCache(trace_cache) if trace_cache else None
         n = cfg.n
         self.ub = np.zeros((cfg.ub_depth, n), dtype=np.int64)
         self.acc = np.zeros((cfg.acc_depth, n), dtype=np.int64)
@@ -119,35 +128,31 @@ class ReferenceTPU:
     # --- CSRs ------------------------------------------------------------------------------
 
     def read_csr(self, addr):
+        return self.read_csrs(addr, 1)[0]
+
+    def read_csrs(self, addr, count):
+        """``count`` CSRs from ``addr`` (unmapped addresses read 0)."""
         status = (int(self.state) | (int(self.error_code) << 8) | (self.flags[0] << 16) |
                   (self.flags[1] << 17) | (self.flags[2] << 18))
         cfg = self.cfg
-        def counter(value):
-            """(low word, high word) of a counter, wrapped to the counter width."""
-            value &= self._counter_mask
-            return value & 0xFFFFFFFF, value >> 32
-
-        (cycles_lo, cycles_hi), (busy_lo, busy_hi), (macs_lo, macs_hi), (ins_lo, ins_hi) = (
-            counter(v) for v in (self.cycles, self.array_busy, self.macs, self.instructions))
+        mask = self._counter_mask
         values = {
             CSR.STATUS: status, CSR.ERROR_PC: self.error_pc, CSR.PC: self.pc,
             CSR.START_PC: self.start_pc,
-            CSR.WATCHDOG_LO: self.watchdog & 0xFFFFFFFF, CSR.WATCHDOG_HI: self.watchdog >> 32,
-            CSR.CYCLES_LO: cycles_lo, CSR.CYCLES_HI: cycles_hi,
-            CSR.ARRAY_BUSY_LO: busy_lo, CSR.ARRAY_BUSY_HI: busy_hi,
-            CSR.MACS_LO: macs_lo, CSR.MACS_HI: macs_hi,
-            CSR.INSTRUCTIONS_LO: ins_lo, CSR.INSTRUCTIONS_HI: ins_hi,
+            CSR.WATCHDOG_LO: self.watchdog, CSR.WATCHDOG_HI: self.watchdog >> 32,
             CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
             CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
             CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,
         }
-        if addr in values:
-            return values[addr] & 0xFFFFFFFF
-        if CSR.REG_BASE <= addr < CSR.REG_BASE + NUM_REGS:
-            return self.regs[addr - CSR.REG_BASE]
-        if CSR.CFG_BASE <= addr < CSR.CFG_BASE + len(ConfigReg):
-            return self.cfgs[addr - CSR.CFG_BASE]
-        return 0
+        # Counters: (low word, high word), wrapped to the counter width.
+        for lo, value in ((CSR.CYCLES_LO, self.cycles), (CSR.ARRAY_BUSY_LO, self.array_busy),
+                          (CSR.MACS_LO, self.macs), (CSR.INSTRUCTIONS_LO, self.instructions)):
+            values[lo], values[lo + 1] = value & mask, (value & mask) >> 32
+        for i, value in enumerate(self.regs):
+            values[CSR.REG_BASE + i] = value
+        for i, value in enumerate(self.cfgs):
+            values[CSR.CFG_BASE + i] = value
+        return [values.get(a, 0) & 0xFFFFFFFF for a in range(addr, addr + count)]
 
     def write_csr(self, addr, value):
         value &= 0xFFFFFFFF
@@ -190,8 +195,17 @@ class ReferenceTPU:
         self.error_code = ErrorCode.NONE
         self.error_pc = 0
         self.state = State.RUNNING
+        key = recording = fetched = None
+        if self.traces is not None and self.events is None:
+            key = (self.start_pc, tuple(self.regs), self.watchdog)
+            trace = self.traces.lookup(key, self.imem)
+            if trace is not None:
+                trace.replay(self)
+                self.runs += 1
+                return
+            recording, fetched = [], {}
         try:
-            self._run()
+            self._run(recording, fetched)
             self._flush()
             self.runs += 1
         except KeyboardInterrupt:
@@ -201,8 +215,16 @@ class ReferenceTPU:
             self.error_pc = self.pc
             self.state = State.ERROR
             raise
+        if key is not None:
+            final = {name: getattr(self, name) for name in (
+                "pc", "state", "error_code", "error_pc", "cycles", "instructions",
+                "array_busy", "macs")}
+            final["regs"] = list(self.regs)
+            self.traces.store(key, RunTrace(self.cfg, fetched, recording, final))
 
-    def _run(self):
+    def _run(self, rec=None, fetched=None):
+        """Interpret the program from ``pc``; with ``rec`` a list and ``fetched`` a dict,
+        record the run's actions on the memories and the words it fetched."""
         cfg = self.cfg
         n = cfg.n
         wd = self.watchdog
@@ -236,8 +258,11 @@ class ReferenceTPU:
             first = False
             if wd and e >= wd:
                 return stop(ErrorCode.WATCHDOG, wd)
+            word = self.imem[self.pc]
+            if fetched is not None:
+                fetched[self.pc] = word
             try:
-                ins = decode(self.imem[self.pc])
+                ins = decode(word)
             except DecodeError:
                 return stop(ErrorCode.ILLEGAL_INSTRUCTION, e)
             op = ins.op
@@ -296,24 +321,36 @@ class ReferenceTPU:
                     next_pc = ins.count
             elif op is CFG:
                 self.cfgs[ins.flags] = ins.count
+                if rec is not None:
+                    rec.append((CONFIG, ins.flags, ins.count))
             elif op is LOADW:
-                self._loadw(operands["src"], rows, bool(ins.flags & FLAG_TRANSPOSE))
+                transpose = bool(ins.flags & FLAG_TRANSPOSE)
+                self._loadw(operands["src"], rows, transpose)
+                if rec is not None:
+                    rec.append((LOAD, operands["src"], rows, transpose))
                 load_ready, load_idle = c + LOAD_READY(n, rows), c + LOAD_IDLE(n, rows)
                 switch_allowed = c + 1 + max(n - 2, 0)
             elif op is MATMUL:
-                self._matmul(operands["src"], ins.stride, rows, operands["dst"],
-                             bool(ins.flags & FLAG_ACCUMULATE))
+                accumulate = bool(ins.flags & FLAG_ACCUMULATE)
+                self._matmul(operands["src"], ins.stride, rows, operands["dst"], accumulate)
+                if rec is not None:
+                    rec.append((MATMUL_OP, operands["src"], ins.stride, rows, operands["dst"],
+                                accumulate))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 mm_issue, mm_dst = c, operands["dst"]
                 load_allowed = c + n
             elif op is VPU:
                 self._flush()
                 self._vpu(ins, operands)
+                if rec is not None:
+                    rec.append((VECTOR, ins, operands))
                 vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
             elif op is GD:
                 self._flush()
-                self._gd(operands["src"], operands["param"], rows,
-                         bool(ins.flags & FLAG_STOCHASTIC))
+                stochastic = bool(ins.flags & FLAG_STOCHASTIC)
+                self._gd(operands["src"], operands["param"], rows, stochastic)
+                if rec is not None:
+                    rec.append((GD_PASS, operands["src"], operands["param"], rows, stochastic))
                 gd_idle = c + GD_IDLE(cfg, rows)
             if self.events is not None:
                 end = {Op.LOADW: load_idle, Op.MATMUL: matmul_idle, Op.VPU: vpu_idle,
@@ -426,6 +463,12 @@ class ReferenceTPU:
                     self.acc[dst:dst + count] = part
                 start += count
             return
+        self._chain(ops)
+
+    def _chain(self, ops):
+        """Matmuls ``(x, w, dst, rows, accumulate)`` in order through the array's
+        saturating chain."""
+        cfg = self.cfg
         for xs, ws, dst, count, accumulate in ops:
             result, ovf = dot_chain(xs, ws, cfg.acc, return_overflow=True)
             if accumulate:
@@ -536,19 +579,19 @@ class ReferenceTransport:
                 data = list(words[2:])
                 if len(data) != count * item_words(cfg, space):
                     raise ValueError(f"WRITE of {count} items carries {len(data)} words")
-                items = unpack_items(cfg, space, data)
-                if space in (Space.UB, Space.ACC) and count:
+                if space in (Space.UB, Space.ACC):
                     memory = model.ub if space == Space.UB else model.acc
-                    memory[address:address + count] = np.array(items)
+                    memory[address:address + count] = unpack_rows(cfg, space, data)
                     return reply(Status.OK)
-                for i, item in enumerate(items):
+                for i, item in enumerate(unpack_items(cfg, space, data)):
                     self._write_item(space, address + i, item)
                 return reply(Status.OK)
             if space in (Space.UB, Space.ACC):
                 memory = model.ub if space == Space.UB else model.acc
                 return reply(Status.OK, pack_items(cfg, space, memory[address:address + count]))
-            items = [self._read_item(space, address + i) for i in range(count)]
-            return reply(Status.OK, pack_items(cfg, space, items))
+            if space == Space.CSR:
+                return reply(Status.OK, model.read_csrs(address, count))
+            return reply(Status.OK, pack_items(cfg, space, model.imem[address:address + count]))
         if command == Command.START:
             if model.state == State.ERROR:
                 model.write_csr(CSR.START_PC, address)
@@ -573,13 +616,3 @@ class ReferenceTransport:
             model.imem[addr] = item
         else:
             model.write_csr(addr, item)
-
-    def _read_item(self, space, addr):
-        model = self.model
-        if space == Space.UB:
-            return model.ub[addr].copy()
-        if space == Space.ACC:
-            return model.acc[addr].copy()
-        if space == Space.IMEM:
-            return model.imem[addr]
-        return model.read_csr(addr)

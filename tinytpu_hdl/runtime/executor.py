@@ -85,6 +85,7 @@ def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_ma
     driver.recover()
     driver.set_watchdog(watchdog)
     _load(driver, plan.programs)
+    origins = {image.name: image.origin for image in plan.all_programs()}
     pending = None
     for step in plan.steps:
         if isinstance(step, Write):
@@ -95,7 +96,7 @@ def execute(plan, driver, tensors, *, watchdog=0, stats=None, on_run=None, on_ma
             driver.write(step.space, step.address, rows)
         elif isinstance(step, Run):
             _write_regs(driver, step.regs)
-            driver.start(plan.program(step.program).origin)
+            driver.start(origins[step.program])
             pending = step
             if step.wait:
                 stats = _finish(driver, pending, stats, on_run, _poll(on_poll, pending))
