@@ -81,3 +81,83 @@ def test_missing_compiler_is_reported(monkeypatch):
     assert v.verilator_missing().startswith("Verilator")
     with pytest.raises(VerilatorUnavailable, match="needs Verilator"):
         v.build_library(FUZZ_CFG)
+
+
+BACKDOOR_CFGS = [FUZZ_CFG, TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32),
+                 TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32)]
+
+
+@pytest.mark.extended
+@pytest.mark.parametrize("cfg", BACKDOOR_CFGS, ids=lambda c: f"n{c.n}")
+def test_backdoor_transfers_equal_the_host_protocol(cfg):
+    """Random programs with every buffer and accumulator row written and read back through
+    the backdoor (rows of 16 to 96 bits: the model's integer and wide arrays) leave what
+    the reference model leaves, in fewer simulated cycles."""
+    from tinytpu_hdl.runtime.verilator import VerilatorTransport
+    door, wire = VerilatorTransport(cfg, backdoor=True), VerilatorTransport(cfg)
+    ref = ReferenceTransport(cfg)
+    for seed in range(60):
+        case = random_case(cfg, seed)
+        (ro, re_), (do, de), (wo, we) = (run_case(t, case) for t in (ref, door, wire))
+        assert compare(ro, do) == [] and re_ == de, seed
+        assert compare(ro, wo) == [] and re_ == we, seed
+    assert door.cycle < wire.cycle
+
+
+@pytest.mark.extended
+def test_backdoor_refuses_what_the_host_interface_refuses():
+    """While a program runs, accumulator writes (which also stop the program with
+    HOST_CONFLICT) and every read are BUSY, buffer writes go in; rows past the end are
+    RANGE, values outside the format a ValueError; the device works on afterwards. The same
+    answers as through the host protocol."""
+    from tinytpu_hdl.asm import assemble
+    from tinytpu_hdl.gateware.control import CSR
+    from tinytpu_hdl.host_protocol import Space, Status
+    from tinytpu_hdl.isa import ErrorCode
+    from tinytpu_hdl.runtime.driver import HostDriver, HostError, TPUError
+    from tinytpu_hdl.runtime.verilator import VerilatorTransport
+    cfg = FUZZ_CFG
+    spin = assemble("setr r1, 2000\nloop: djnz r1, loop\nhalt")
+    outcomes = {}
+    for backdoor in (True, False):
+        d = HostDriver(VerilatorTransport(cfg, backdoor=backdoor))
+        d.load_program(spin)
+        d.start(0)
+        seen = []
+        for call in (lambda: d.read(Space.UB, 0, 1), lambda: d.read(Space.ACC, 0, 1),
+                     lambda: d.write(Space.UB, 3, [[5, -6]]),
+                     lambda: d.write(Space.ACC, 0, [[1, 2]])):
+            try:
+                call()
+                seen.append("ok")
+            except HostError as exc:
+                seen.append(exc.status)
+        with pytest.raises(TPUError) as stopped:
+            d.wait()
+        seen.append(stopped.value.code)
+        for call in (lambda: d.write(Space.UB, cfg.ub_depth - 1, [[1, 2], [3, 4]]),
+                     lambda: d.read(Space.ACC, cfg.acc_depth, 1)):
+            with pytest.raises(HostError) as info:
+                call()
+            seen.append(info.value.status)
+        with pytest.raises(ValueError, match="would wrap"):
+            d.write(Space.UB, 0, [[40000, 0]])
+        seen.append(d.read(Space.UB, 3, 1)[0].tolist())
+        seen.append(d.csr(CSR.STATUS) & 3)
+        outcomes[backdoor] = seen
+    assert outcomes[True] == outcomes[False] == [
+        Status.BUSY, Status.BUSY, "ok", Status.BUSY, ErrorCode.HOST_CONFLICT, Status.RANGE,
+        Status.RANGE, [5, -6], 0]
+
+
+@pytest.mark.extended
+def test_xor_training_through_the_backdoor_matches_reference():
+    results = {}
+    for backend, options in (("reference", {}), ("verilator", {"backdoor": True})):
+        model = xor_model()
+        acc = Accelerator(TPUConfig(n=2), backend=backend, **options)
+        losses = acc.train(model, XOR_X, XOR_Y, lr=0.5, epochs=50, batch_size=4)
+        results[backend] = (losses, model.weights + model.biases, acc.stats)
+    ref, door = results["reference"], results["verilator"]
+    assert ref[0] == door[0] and ref[2] == door[2]
+    assert all(np.array_equal(a, b) for a, b in zip(ref[1], door[1]))

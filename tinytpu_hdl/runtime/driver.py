@@ -6,6 +6,15 @@ A *transport* is an object with ``cfg`` and two methods:
   its response (header and, for a successful read, the data);
 * ``idle(cycles)``: let the device run for about ``cycles`` clock cycles.
 
+A simulation may also offer a *backdoor* (``transport.backdoor`` true, with
+``write_rows(space, address, words)`` and ``read_rows(space, address, count)``): rows of
+the unified buffer and the accumulators copied straight into and out of the simulated
+memories, in no clock cycle. The driver moves UB and ACC rows through it wherever the
+host interface would take them (in range; values that fit the format; a buffer write, or
+no program running) and sends every other command through the protocol, so the device
+answers (and faults) as it would: everything but the simulated time the transfers take is
+as through the protocol.
+
 Every backend (reference model, Amaranth simulation, compiled simulation, a board over
 UART) provides one; everything above the transport is shared.
 """
@@ -18,7 +27,7 @@ from ..asm import Program, format_instruction
 from ..gateware.control import CSR, State
 from ..host_protocol import (
     Command, ProtocolError, Space, Status, header, item_words, pack_items, parse_header,
-    unpack_items,
+    space_depth, unpack_items,
 )
 from ..isa import ErrorCode, decode, encode
 
@@ -90,9 +99,25 @@ class HostDriver:
                             (Command.READ, Command.WRITE) else "")
         return resp[1:], rcount
 
+    def _backdoor(self, command, space, address, count):
+        """Whether UB/ACC rows go through the transport's backdoor: only where the host
+        interface would take them (in range; a buffer write, or the device not running).
+        Everything else goes through the protocol, which answers as the hardware does."""
+        if not getattr(self.transport, "backdoor", False) or space not in (Space.UB, Space.ACC):
+            return False
+        if not 0 <= address or address + count > space_depth(self.cfg, space):
+            return False
+        return (command == Command.WRITE and space == Space.UB) or \
+            self.status()[0] != State.RUNNING
+
     def write(self, space, address, items):
-        if Space(space) in (Space.UB, Space.ACC):
+        space = Space(space)
+        if space in (Space.UB, Space.ACC):
             items = np.asarray(items, dtype=np.int64)
+            if self._backdoor(Command.WRITE, space, address, len(items)):
+                words = pack_items(self.cfg, space, items)
+                self.transport.write_rows(space, address, np.array(words, dtype=np.uint32))
+                return
         else:
             items = list(items)
         per = 0xFFFF
@@ -105,6 +130,9 @@ class HostDriver:
                           pack_items(self.cfg, space, chunk))
 
     def read(self, space, address, count):
+        space = Space(space)
+        if self._backdoor(Command.READ, space, address, count):
+            return unpack_items(self.cfg, space, self.transport.read_rows(space, address, count))
         items = []
         for start in range(0, count, 0xFFFF):
             n = min(0xFFFF, count - start)

@@ -112,11 +112,18 @@ class VerilatorTransport:
     """A transport (see :mod:`.driver`) to the Verilated TPU."""
 
     def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40, random_seed=None,
-                 waveform=None):
+                 waveform=None, backdoor=False):
         """``random_seed``: start every register and memory without a reset from values
         drawn from this seed (a build of its own, see :func:`build_library`).
         ``waveform``: a VCD file of the whole simulation (complete after :meth:`close`) and
-        a GTKWave save file (``.gtkw``) beside it, signals grouped by block."""
+        a GTKWave save file (``.gtkw``) beside it, signals grouped by block.
+        ``backdoor=True``: the driver moves unified-buffer and accumulator rows straight
+        into and out of the simulated memories (see :mod:`.driver`), in no clock cycle,
+        instead of one 32-bit word per cycle through the host interface; results and
+        every run's counters are the same (the differential tests check it), only the
+        simulated time of the transfers is gone."""
+        if not isinstance(backdoor, bool):
+            raise ValueError(f"backdoor must be True or False, not {backdoor!r}")
         if random_seed is not None and (not isinstance(random_seed, int) or
                                         not 0 <= random_seed < 1 << 31):
             raise ValueError(f"random_seed must be an integer from 0 to 2**31 - 1 or None, "
@@ -136,8 +143,15 @@ class VerilatorTransport:
         lib.tpu_exchange.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
                                      ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32),
                                      ctypes.c_int64, ctypes.c_uint64]
+        lib.tpu_backdoor.restype = ctypes.c_int
+        lib.tpu_backdoor.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                                     ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32),
+                                     ctypes.c_int]
         self._handle = lib.tpu_create(*(item_words(cfg, s) for s in Space),
                                       -1 if random_seed is None else random_seed)
+        self.backdoor = backdoor
+        if backdoor and self._copy(Space.UB, 0, np.zeros(0, dtype=np.uint32), False) != 0:
+            raise VerilatorUnavailable("this Verilog has no memories the backdoor knows")
         self._waveform = None
         if waveform is not None:
             lib.tpu_trace_open.restype = ctypes.c_int
@@ -167,6 +181,25 @@ class VerilatorTransport:
 
     def idle(self, cycles):
         self._lib.tpu_idle(self._handle, cycles)
+
+    def _copy(self, space, address, words, write):
+        count = len(words) // item_words(self.cfg, space)
+        return self._lib.tpu_backdoor(
+            self._handle, 0 if space == Space.UB else 1, address, count,
+            words.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)), int(write))
+
+    def write_rows(self, space, address, words):
+        """Backdoor: ``words`` (uint32, whole rows) into ``space`` (UB or ACC) from
+        ``address``; the caller (the driver) has checked the range."""
+        if self._copy(space, address, np.ascontiguousarray(words, dtype=np.uint32), True):
+            raise VerilatorUnavailable("the backdoor is not in this build")
+
+    def read_rows(self, space, address, count):
+        """Backdoor: the words of ``count`` rows of ``space`` from ``address``."""
+        words = np.zeros(count * item_words(self.cfg, space), dtype=np.uint32)
+        if self._copy(space, address, words, False):
+            raise VerilatorUnavailable("the backdoor is not in this build")
+        return words
 
     def close(self):
         if self._handle:

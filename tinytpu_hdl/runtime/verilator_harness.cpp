@@ -3,7 +3,10 @@
 // Python is crossed once per host command, not once per cycle.
 #include <cstdint>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include "Vtinytpu.h"
+#include "Vtinytpu___024root.h"
 #include "verilated.h"
 #if VM_TRACE
 #include "verilated_vcd_c.h"
@@ -44,7 +47,62 @@ static void tick(Harness *h) {
     h->cycles++;
 }
 
+// The simulation backdoor: rows of the unified buffer and the accumulators copied between
+// host words (lane 0 in the lowest bits, as the host protocol packs them) and the model's
+// memory arrays, with no clock cycle. Built only when the model has the arrays under these
+// names (checked at compile time); otherwise tpu_backdoor answers -1.
+#define UB_MEM tinytpu__DOT__ub__DOT__mem
+#define ACC_MEM tinytpu__DOT__acc__DOT__mem
+template <typename R, typename = void> struct has_ub : std::false_type {};
+template <typename R>
+struct has_ub<R, std::void_t<decltype(std::declval<R &>().UB_MEM)>> : std::true_type {};
+template <typename R, typename = void> struct has_acc : std::false_type {};
+template <typename R>
+struct has_acc<R, std::void_t<decltype(std::declval<R &>().ACC_MEM)>> : std::true_type {};
+
+template <typename Row> static void copy_row(Row &row, uint32_t *words, int n, bool write) {
+    if constexpr (std::is_integral_v<Row>) {
+        if (write) {
+            uint64_t value = 0;
+            for (int i = 0; i < n && i < 2; i++) value |= (uint64_t)words[i] << (32 * i);
+            row = (Row)value;
+        } else {
+            for (int i = 0; i < n; i++) words[i] = i < 2 ? (uint32_t)((uint64_t)row >> (32 * i)) : 0;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            if (write) row[i] = words[i];
+            else words[i] = row[i];
+        }
+    }
+}
+
+template <typename Mem> static void copy_rows(Mem &mem, int64_t addr, int64_t count,
+                                              uint32_t *words, int n, bool write) {
+    for (int64_t r = 0; r < count; r++) copy_row(mem[addr + r], words + r * n, n, write);
+}
+
+template <typename Root> static int backdoor(Root *root, int space, int64_t addr, int64_t count,
+                                             uint32_t *words, int n, bool write) {
+    if constexpr (has_ub<Root>::value && has_acc<Root>::value) {
+        if (space == 0) copy_rows(root->UB_MEM, addr, count, words, n, write);
+        else copy_rows(root->ACC_MEM, addr, count, words, n, write);
+        return 0;
+    } else {
+        (void)root; (void)space; (void)addr; (void)count; (void)words; (void)n; (void)write;
+        return -1;
+    }
+}
+
 extern "C" {
+
+// Copy `count` rows of space 0 (UB) or 1 (ACC) from `addr` in (write = 1) or out; the
+// caller checks the range. Returns 0, or -1 when the model has no backdoor.
+int tpu_backdoor(Harness *h, int space, int64_t addr, int64_t count, uint32_t *words,
+                 int write) {
+    if (space != 0 && space != 1) return -1;
+    return backdoor(h->top->rootp, space, addr, count, words, h->item_words[space], write != 0);
+}
 
 // seed >= 0: registers and memories without a reset start from values drawn from this seed
 // (with a model built with --x-initial unique); seed < 0: they start at zero.
