@@ -83,7 +83,9 @@ def model_with(cfg, ub, acc, leak=0, lr=0, loss_scale=0):
 @pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("pathway", range(16))
 def test_vector_unit_every_pathway(pathway, pipelined, isolated):
-    cfg = replace(CFG, isolated_multipliers=isolated)
+    logic = pipelined == "logic"
+    cfg = replace(CFG, isolated_multipliers=isolated,
+                  unit_multipliers="logic" if logic else "blocks")
     rng = np.random.default_rng(pathway)
     ub, acc = random_memories(rng, cfg, big=bool(pathway % 3 == 0))
     leak = int(cfg.scalar.encode(0.3))
@@ -96,7 +98,7 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     h = Harness(cfg, ub, acc)
     # (Pipelined: the multipliers' operands taken as the stage registers load them, as on
     # ECP5's multiplier blocks; same results and timing.)
-    vpu = VectorUnit(cfg, pipelined_multipliers=pipelined)
+    vpu = VectorUnit(cfg, pipelined_multipliers=None if logic else pipelined)
     h.m.submodules.vpu = vpu
     share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
     share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
@@ -130,6 +132,14 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     model._vpu(ins, {"src": src, "dst": dst, "aux": aux, "bias": bias})
     assert np.array_equal(result["ub"], model.ub)
     assert np.array_equal(result["acc"], acc)
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+@pytest.mark.parametrize("pathway", [Pathway.BIAS | Pathway.ACT | Pathway.LOSS | Pathway.DERIV,
+                                     Pathway.ACT | Pathway.DERIV, Pathway.LOSS])
+def test_vector_unit_with_multipliers_in_logic(pathway, isolated):
+    """``unit_multipliers="logic"``: the same values in the same cycles."""
+    test_vector_unit_every_pathway(int(pathway), "logic", isolated)
 
 
 @pytest.mark.parametrize("n, rows, stride", [
@@ -275,12 +285,16 @@ def test_gradient_descent_unit_stochastic(seed, isolated):
 
 
 @pytest.mark.parametrize("isolated", [False, True])
-@pytest.mark.parametrize("multiplier_width, pipelined", [(18, False), (16, False), (18, True)])
+@pytest.mark.parametrize("multiplier_width, pipelined", [(18, False), (16, False), (18, True),
+                                                        (16, "logic")])
 def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
     """Both forms of the product (two partial products for 18x18 multiplier blocks, one
     whole product for 16x16 ones) give the same values in the same cycles, with and
-    without isolated multipliers (two cycles more)."""
-    cfg = replace(CFG, isolated_multipliers=isolated)
+    without isolated multipliers (two cycles more), and so do multipliers in logic."""
+    logic = pipelined == "logic"
+    cfg = replace(CFG, isolated_multipliers=isolated,
+                  unit_multipliers="logic" if logic else "blocks")
+    pipelined = None if logic else pipelined
     rng = np.random.default_rng(3)
     ub, acc = random_memories(rng, cfg, big=True)
     lr = int(cfg.scalar.encode(0.61))

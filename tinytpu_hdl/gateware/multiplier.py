@@ -6,9 +6,15 @@ block, instantiated directly: Yosys maps a multiplication to ``MULT18X18D`` but 
 registers around it in the fabric, where the placer puts them next to the logic that
 feeds them, often far from the multiplier block. Everywhere else (simulation, Verilog
 export, iCE40, other FPGAs) the same two stages are plain registers around a ``*``.
+
+The *logic* form (``logic=True``) uses no multiplier block at all, for devices whose
+blocks all go to the array (a 12x12 TPU on the ECP5-85F): the first stage registers the
+products of ``a`` with each 4-bit slice of ``b`` (sums of shifted copies of ``a``), the
+second their shifted sum. Same latency and results; adders and carry chains instead of a
+block.
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,6 +24,8 @@ __all__ = ["PipelinedMultiplier", "MULTIPLIER_FAMILIES"]
 MULTIPLIER_FAMILIES = ("ecp5",)
 
 _ECP5_WIDTH = 18
+#: Bits of ``b`` per partial product of the logic form.
+_SLICE = 4
 
 
 class PipelinedMultiplier(wiring.Component):
@@ -31,6 +39,9 @@ class PipelinedMultiplier(wiring.Component):
         ``"ecp5"`` for a ``MULT18X18D`` block with its input and output registers when
         both operands have at most 18 bits (wider ones, and ``None`` or any other family,
         use registers around a ``*``). :attr:`uses_block` tells which form was chosen.
+    logic : bool
+        The logic form: partial products of 4-bit slices of ``b`` in the first stage,
+        their sum in the second; no ``*``, so synthesis uses no multiplier block.
 
     Members
     -------
@@ -51,19 +62,24 @@ class PipelinedMultiplier(wiring.Component):
         p                            x * y
 
     The registers load every cycle (no enable) and are not reset; ``p`` is zero until
-    the first operands have gone through (the registers' initial value).
+    the first operands have gone through (the registers' initial value). In the logic
+    form the first stage holds the partial products ``a * b[4j+3:4j]`` instead of the
+    operands.
     """
 
     #: Cycles from the operands to their product.
     LATENCY = 2
 
-    def __init__(self, a_width, b_width=None, *, family=None):
+    def __init__(self, a_width, b_width=None, *, family=None, logic=False):
         b_width = a_width if b_width is None else b_width
         for value in (a_width, b_width):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"multiplier widths must be positive integers, not {value!r}")
+        if not isinstance(logic, bool):
+            raise TypeError(f"logic must be a bool, not {logic!r}")
         self._a_width, self._b_width = a_width, b_width
-        self._uses_block = self.block_fits(family, a_width, b_width)
+        self._logic = logic
+        self._uses_block = not logic and self.block_fits(family, a_width, b_width)
         super().__init__({
             "a": In(signed(a_width)),
             "b": In(signed(b_width)),
@@ -89,6 +105,8 @@ class PipelinedMultiplier(wiring.Component):
         m = Module()
         if self._uses_block:
             self._elaborate_ecp5(m)
+        elif self._logic:
+            self._elaborate_logic(m)
         else:
             # No resets, so that synthesis can put the registers into a multiplier block
             # (Yosys does for iCE40's SB_MAC16).
@@ -98,6 +116,27 @@ class PipelinedMultiplier(wiring.Component):
             m.d.sync += [a.eq(self.a), b.eq(self.b), p.eq(a * b)]
             m.d.comb += self.p.eq(p)
         return m
+
+    def _elaborate_logic(self, m):
+        # b = sum_j slice_j * 2^(4j), each slice unsigned but the top one (signed: it holds
+        # the sign bit). Stage 1: a * slice_j as a sum of a << i where bit i is set (the top
+        # bit of the top slice subtracted); stage 2: the shifted sum of the slices.
+        a, b = self.a, self.b
+        parts = []
+        for j, low in enumerate(range(0, self._b_width, _SLICE)):
+            high = min(low + _SLICE, self._b_width)
+            terms = [Mux(b[low + i], a << i, 0) for i in range(high - low)]
+            if high == self._b_width:          # the slice with the sign bit
+                value = sum(terms[:-1], Const(0)) - terms[-1]
+            else:
+                value = sum(terms, Const(0))
+            part = Signal(signed(self._a_width + high - low + 1), name=f"part_{j}",
+                          reset_less=True)
+            m.d.sync += part.eq(value)
+            parts.append((part, low))
+        p = Signal.like(self.p, reset_less=True)
+        m.d.sync += p.eq(sum((part << low for part, low in parts), Const(0)))
+        m.d.comb += self.p.eq(p)
 
     def _elaborate_ecp5(self, m):
         # MULT18X18D: A and B (18 bits, sign-extended here) through the input registers,

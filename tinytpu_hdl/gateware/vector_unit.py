@@ -112,8 +112,9 @@ class VectorUnit(wiring.Component):
     def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._family = family
+        self._logic = cfg.unit_multipliers == "logic"
         if pipelined_multipliers is None:
-            pipelined_multipliers = PipelinedMultiplier.block_fits(
+            pipelined_multipliers = self._logic or PipelinedMultiplier.block_fits(
                 family, cfg.data.width, cfg.scalar.width)
         self._pipelined = bool(pipelined_multipliers)
         row = data.ArrayLayout(cfg.data.shape, cfg.n)
@@ -283,7 +284,8 @@ class VectorUnit(wiring.Component):
         def multipliers(name, operands, scalar):
             mults = []
             for lane in range(n):
-                mult = PipelinedMultiplier(fmt.width, cfg.scalar.width, family=self._family)
+                mult = PipelinedMultiplier(fmt.width, cfg.scalar.width, family=self._family,
+                                           logic=self._logic)
                 m.submodules[f"{name}_mult_{lane}"] = mult
                 m.d.comb += [mult.a.eq(operands[lane]), mult.b.eq(scalar)]
                 mults.append(mult)
