@@ -111,5 +111,6 @@ def replay(path):
 
 
 def config_of(cfg):
-    """The integer fields of a :class:`TPUConfig` (what a shard task carries)."""
-    return {k: v for k, v in asdict(cfg).items() if isinstance(v, (int, bool))}
+    """The integer, flag and string fields of a :class:`TPUConfig` (what a shard task
+    carries; the number formats are the defaults)."""
+    return {k: v for k, v in asdict(cfg).items() if isinstance(v, (int, bool, str))}
