@@ -12,7 +12,8 @@ from amaranth.sim import Simulator
 from tinytpu_hdl.config import TPUConfig
 from tinytpu_hdl.numeric import (
     FixedFormat, FormatError, Q8_8, Q16_16, add_sat, dot_chain, hdl_add_sat, hdl_mul_narrow,
-    hdl_narrow, hdl_saturate, mul_narrow, narrow, round_shift, saturate,
+    hdl_narrow, hdl_saturate, mul_narrow, narrow, round_shift, saturate, xorshift32,
+    xorshift32_sequence, xorshift_seed,
 )
 
 
@@ -206,6 +207,23 @@ class TestHdlExpressions:
         vectors = np.random.default_rng(3).integers(-2**31, 2**31, 500)[:, None]
         got = _eval_comb([a], [(out, res)], vectors)
         assert np.array_equal(got[:, 0], narrow(vectors[:, 0], Q16_16, Q8_8))
+
+
+def test_xorshift32_is_marsaglias_and_its_sequence_steps_it():
+    # Marsaglia's xorshift32 (13, 17, 5) from 1: 270369, 67634689, 2647435461.
+    x = np.array([1])
+    seen = []
+    for _ in range(3):
+        x = xorshift32(x)
+        seen.append(int(x[0]))
+    assert seen == [270369, 67634689, 2647435461]
+    start = np.array([xorshift_seed(99, lane) for lane in range(6)])
+    states, after = xorshift32_sequence(start, 50)
+    x = start
+    for row in states:
+        assert np.array_equal(row, x)
+        x = xorshift32(x)
+    assert np.array_equal(after, x)
 
 
 class TestConfig:

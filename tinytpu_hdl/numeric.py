@@ -50,7 +50,7 @@ from amaranth.hdl import Cat, Const, Mux, Value, signed
 __all__ = [
     "FixedFormat", "Q8_8", "Q16_16", "FormatError", "check_accumulator",
     "round_shift", "saturate", "narrow", "add_sat", "mul_narrow", "dot_chain",
-    "stochastic_narrow", "xorshift32", "xorshift_seed",
+    "stochastic_narrow", "xorshift32", "xorshift32_sequence", "xorshift_seed",
     "hdl_saturate", "hdl_round_shift", "hdl_narrow", "hdl_add_sat", "hdl_mul_narrow",
     "hdl_stochastic_round", "hdl_xorshift32",
 ]
@@ -193,6 +193,26 @@ def xorshift32(state):
     x ^= x >> np.uint64(17)
     x ^= (x << np.uint64(5)) & np.uint64(0xFFFFFFFF)
     return x.astype(np.int64)
+
+
+def xorshift32_sequence(state, count):
+    """``count`` successive states of each generator from ``state`` (one per lane): an
+    ``(count, lanes)`` array whose row ``i`` is ``state`` after ``i`` steps, and the state
+    after ``count`` steps (as :func:`xorshift32` applied ``count`` times, in Python
+    integers: one numpy call per step would cost more than the steps)."""
+    out = np.empty((count, len(state)), dtype=np.int64)
+    final = []
+    for lane, x in enumerate(int(v) & 0xFFFFFFFF for v in state):
+        column = out[:, lane]
+        values = [0] * count
+        for i in range(count):
+            values[i] = x
+            x ^= (x << 13) & 0xFFFFFFFF
+            x ^= x >> 17
+            x ^= (x << 5) & 0xFFFFFFFF
+        column[:] = values
+        final.append(x)
+    return out, np.array(final, dtype=np.int64)
 
 
 def xorshift_seed(seed, lane):

@@ -30,8 +30,8 @@ from .isa import (
     DecodeError, ErrorCode, Op, Pathway, decode, vpu_transposed_extent,
 )
 from .numeric import (
-    FixedFormat, add_sat, dot_chain, mul_narrow, narrow, saturate, stochastic_narrow, xorshift32,
-    xorshift_seed,
+    FixedFormat, add_sat, dot_chain, mul_narrow, narrow, saturate, stochastic_narrow,
+    xorshift32_sequence, xorshift_seed,
 )
 from .reference_trace import (
     CONFIG, GD as GD_PASS, LOAD, MATMUL as MATMUL_OP, VECTOR, RunTrace, TraceCache,
@@ -531,12 +531,7 @@ class ReferenceTPU:
         if stochastic:
             prod_fmt = FixedFormat(min(62, cfg.acc.width + cfg.scalar.width),
                                    cfg.acc.frac + cfg.scalar.frac)
-            bits = np.empty((rows, cfg.n), dtype=np.int64)
-            state = self.rng
-            for i in range(rows):
-                bits[i] = state
-                state = xorshift32(state)
-            self.rng = state
+            bits, self.rng = xorshift32_sequence(self.rng, rows)
             update, o1 = stochastic_narrow(grad * lr, prod_fmt, cfg.data, bits,
                                            return_overflow=True)
         else:
