@@ -100,6 +100,23 @@ def test_sweep_rejects_bad_points():
         run_sweep([DesignPoint(n=2)], ["area"])
 
 
+def test_sweep_over_where_the_units_multiply(tmp_path):
+    """``--unit-multipliers blocks logic``: one point each; the cycles are the same (the
+    logic form has the blocks' latency), and a bad value names what is allowed."""
+    assert main(["sweep", "--n", "2", "--unit-multipliers", "blocks", "logic", "--metrics",
+                 "gemm", "--gemm-size", "16", "--no-cache", "--workers", "1",
+                 "--out", str(tmp_path)]) == 0
+    header, *rows = [line.split(",") for line in
+                     (tmp_path / "sweep.csv").read_text().splitlines()]
+    column = header.index("unit_multipliers")
+    cycles = header.index("gemm_cycles")
+    assert [r[column] for r in rows] == ["blocks", "logic"]
+    assert rows[0][cycles] == rows[1][cycles] != ""
+    assert DesignPoint(n=2, unit_multipliers="logic").cfg().unit_multipliers == "logic"
+    with pytest.raises(ValueError, match="unit_multipliers must be 'blocks' or 'logic'"):
+        DesignPoint(n=2, unit_multipliers="dsp")
+
+
 def test_sweep_command_writes_its_tables(tmp_path, capsys):
     assert main(["sweep", "--n", "2", "--metrics", "gemm", "--gemm-size", "16", "--no-cache",
                  "--workers", "1", "--out", str(tmp_path)]) == 0

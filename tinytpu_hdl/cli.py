@@ -212,7 +212,7 @@ def _cmd_sweep(args):
     points = [p for width, frac in formats for p in grid(
         n=args.n, width=[width], frac=[frac], ub_depth=args.ub_depth or [None],
         acc_depth=args.acc_depth or [None], imem_depth=args.imem_depth or [None],
-        device=args.device)]
+        device=args.device, unit_multipliers=args.unit_multipliers)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(points)} design points x {len(args.metrics)} metrics on the {args.engine} "
@@ -346,6 +346,10 @@ def main(argv=None):
     p.add_argument("--device", nargs="+", choices=DEVICES, default=["ecp5-85f"],
                    help="ecp5-85f (out of context on the LFE5U-85F, default) and/or "
                         "ice40-up5k (the iCEBreaker's configuration and board build)")
+    p.add_argument("--unit-multipliers", nargs="+", choices=("blocks", "logic"),
+                   default=["blocks"], help="where the vector and gradient-descent units "
+                   "multiply: multiplier blocks (default) and/or logic "
+                   "(TPUConfig.unit_multipliers)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["resources", "gemm"],
                    help="resources (synthesis), fmax (place and route: slow), gemm, training "
                         "(cycles on the reference model); default resources gemm")

@@ -60,6 +60,7 @@ class DesignPoint:
     acc_depth: int = None
     imem_depth: int = None
     device: str = "ecp5-85f"
+    unit_multipliers: str = "blocks"
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -74,20 +75,22 @@ class DesignPoint:
         if self.device == "ice40-up5k":
             from .boards import get_board
             base = get_board("icebreaker").cfg
-            return replace(base, n=self.n, data=data, acc=None, scalar=None, **memories)
-        return TPUConfig(n=self.n, data=data, **memories)
+            return replace(base, n=self.n, data=data, acc=None, scalar=None,
+                           unit_multipliers=self.unit_multipliers, **memories)
+        return TPUConfig(n=self.n, data=data, unit_multipliers=self.unit_multipliers, **memories)
 
     def label(self):
         cfg = self.cfg()
+        logic = ", unit multipliers in logic" if self.unit_multipliers == "logic" else ""
         return (f"{self.device} {self.n}x{self.n} Q{self.width - self.frac}.{self.frac} "
-                f"ub {cfg.ub_depth} acc {cfg.acc_depth} imem {cfg.imem_depth}")
+                f"ub {cfg.ub_depth} acc {cfg.acc_depth} imem {cfg.imem_depth}{logic}")
 
 
 def grid(*, n, width=(16,), frac=(8,), ub_depth=(None,), acc_depth=(None,),
-         imem_depth=(None,), device=("ecp5-85f",)):
+         imem_depth=(None,), device=("ecp5-85f",), unit_multipliers=("blocks",)):
     """Every combination of the given values, as :class:`DesignPoint` s (in order)."""
     return [DesignPoint(*values) for values in itertools.product(
-        n, width, frac, ub_depth, acc_depth, imem_depth, device)]
+        n, width, frac, ub_depth, acc_depth, imem_depth, device, unit_multipliers)]
 
 
 def _tool_versions():
@@ -213,7 +216,8 @@ def evaluate(task):
 
 
 #: Columns of a sweep's table, in order (those a sweep did not measure stay empty).
-COLUMNS = ["device", "n", "format", "ub_depth", "acc_depth", "imem_depth", "LUT4", "FF", "DSP",
+COLUMNS = ["device", "n", "format", "ub_depth", "acc_depth", "imem_depth", "unit_multipliers",
+           "LUT4", "FF", "DSP",
            "BRAM", "fmax_mhz", "path_start", "peak_gmacs", "gemm_cycles", "gemm_utilization",
            "gemm_runs", "training_cycles", "training_utilization", "error",
            "synthesis_seconds", "pnr_seconds"]
@@ -252,7 +256,8 @@ def run_sweep(points, metrics, *, gemm_size=256, engine="local", workers=None, a
         cfg = point.cfg()
         row = dict.fromkeys(COLUMNS)
         row.update(device=point.device, n=point.n, format=f"Q{point.width - point.frac}.{point.frac}",
-                   ub_depth=cfg.ub_depth, acc_depth=cfg.acc_depth, imem_depth=cfg.imem_depth)
+                   ub_depth=cfg.ub_depth, acc_depth=cfg.acc_depth, imem_depth=cfg.imem_depth,
+                   unit_multipliers=point.unit_multipliers)
         errors = []
         for result in results[k * len(metrics):(k + 1) * len(metrics)]:
             result = dict(result)
