@@ -135,8 +135,10 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
 
 
 @pytest.mark.parametrize("isolated", [False, True])
-@pytest.mark.parametrize("pathway", [Pathway.BIAS | Pathway.ACT | Pathway.LOSS | Pathway.DERIV,
-                                     Pathway.ACT | Pathway.DERIV, Pathway.LOSS])
+@pytest.mark.parametrize("pathway", [
+    Pathway.BIAS | Pathway.ACT | Pathway.LOSS | Pathway.DERIV,
+    pytest.param(Pathway.ACT | Pathway.DERIV, marks=pytest.mark.extended),
+    pytest.param(Pathway.LOSS, marks=pytest.mark.extended)])
 def test_vector_unit_with_multipliers_in_logic(pathway, isolated):
     """``unit_multipliers="logic"``: the same values in the same cycles."""
     test_vector_unit_every_pathway(int(pathway), "logic", isolated)
