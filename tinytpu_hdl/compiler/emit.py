@@ -26,6 +26,7 @@ from ..asm import assemble
 from ..isa import NUM_REGS, ConfigReg
 from .layout import ceil_div
 from .memory import CompileError
+from .schedule import hoist_weight_loads
 
 __all__ = ["Addr", "Emitter"]
 
@@ -79,7 +80,10 @@ class Emitter:
         self.lines.append(f"    # {text}")
 
     def program(self, origin=0):
-        return assemble(self.text, scalar=self.cfg.scalar, origin=origin)
+        """The assembled program, weight loads moved ahead of the passes they do not
+        depend on (:func:`.schedule.hoist_weight_loads`)."""
+        return hoist_weight_loads(assemble(self.text, scalar=self.cfg.scalar, origin=origin),
+                                  self.n)
 
     @property
     def text(self):
