@@ -131,9 +131,10 @@ def step_anatomy(png):
             "the end of their work, over the step's span (from the first decode to the last "
             "end). The loader's weight loads overlap the matmuls (double-buffered weights); a "
             "vector or gradient-descent pass starts while the array drains the last matmul's "
-            "rows (`chase_matmul`), but the next weight load and matmul wait until the pass "
-            "is over (the units' buffer writes and the loader's reads share a block-RAM "
-            "port): see the timeline.", "",
+            "rows (`chase_matmul`); the compiler issues the next layer's weight load before "
+            "a pass it does not depend on, but the next matmul waits until the pass is over "
+            "(the units' buffer writes and the loader's reads share a block-RAM port): see "
+            "the timeline.", "",
             "| engine | instructions | busy cycles | share of the step |", "| --- | --- | --- | --- |"]
     counts = {}
     for ev in events:
