@@ -127,3 +127,22 @@ def test_index_registers_are_part_of_the_start_state():
         assert (model.state, model.error_code, model.cycles) == \
             (plain.state, plain.error_code, plain.cycles)
     assert (model.traces.hits, model.traces.misses) == (2, 3)
+
+
+@pytest.mark.parametrize("start_pc, watchdog", [(40, 0), (0, 2)])
+def test_runs_that_stop_before_their_first_fetch_are_replayed_too(start_pc, watchdog):
+    """A start address past the instruction memory (PC_RANGE) or a watchdog that expires
+    before the first instruction: nothing fetched, the same error every time."""
+    from tinytpu_hdl.gateware.control import CSR
+    cfg = TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=16)
+    model, plain = ReferenceTPU(cfg), ReferenceTPU(cfg, trace_cache=0)
+    for _ in range(2):
+        for m in (model, plain):
+            m.clear()
+            m.write_csr(CSR.START_PC, start_pc)
+            m.write_csr(CSR.WATCHDOG_LO, watchdog)
+            m.start()
+        assert (model.state, model.error_code, model.error_pc, model.cycles) == \
+            (plain.state, plain.error_code, plain.error_pc, plain.cycles)
+        assert model.error_code.name == ("PC_RANGE" if start_pc >= 16 else "WATCHDOG")
+    assert model.traces.hits == 1

@@ -140,9 +140,11 @@ class RunTrace:
     """What one run did, replayable on a model in the same start state."""
 
     def __init__(self, cfg, fetched, actions, final):
+        # The words fetched, compared in one call (a run that stopped before its first
+        # fetch, e.g. a start address past the memory, fetched none).
         pcs = sorted(fetched)
-        self._pcs = itemgetter(*pcs) if len(pcs) > 1 else (lambda imem, p=pcs[0]: imem[p])
-        self._words = tuple(fetched[p] for p in pcs) if len(pcs) > 1 else fetched[pcs[0]]
+        self._pcs = itemgetter(*pcs) if pcs else (lambda imem: ())
+        self._words = tuple(fetched[p] for p in pcs) if len(pcs) != 1 else fetched[pcs[0]]
         self.cfg = cfg
         self.actions = actions
         self.final = final
