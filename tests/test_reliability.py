@@ -221,6 +221,28 @@ def test_ctrl_c_stops_a_reference_run_and_the_next_call_works(monkeypatch):
     works(acc)
 
 
+def test_ctrl_c_during_a_replayed_reference_run_and_the_next_call_works(monkeypatch):
+    """The model replays a run it has recorded (from the third identical call on: the
+    first leaves the loop registers as the second starts with): an interrupt there stops
+    it the same way."""
+    from tinytpu_hdl.reference_trace import MatmulBlock
+    acc = Accelerator(CFG)
+    a, b = np.ones((4, 9)), np.ones((9, 4))
+    acc.matmul(a, b)
+    acc.matmul(a, b)
+    assert acc.transport.model.traces.misses == 2
+
+    def interrupted(self, model):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(MatmulBlock, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        acc.matmul(a, b)
+    assert acc.driver.status()[:2] == (State.ERROR, ErrorCode.STOPPED)
+    monkeypatch.undo()
+    works(acc)
+    assert np.allclose(acc.matmul(a, b), a @ b)
+
+
 def test_ctrl_c_stops_a_simulated_run_and_the_next_call_works(monkeypatch):
     with Accelerator(CFG, backend="pysim") as acc:
         real = acc.transport.idle

@@ -195,16 +195,17 @@ class ReferenceTPU:
         self.error_code = ErrorCode.NONE
         self.error_pc = 0
         self.state = State.RUNNING
-        key = recording = fetched = None
+        key = recording = fetched = trace = None
         if self.traces is not None and self.events is None:
             key = (self.start_pc, tuple(self.regs), self.watchdog)
             trace = self.traces.lookup(key, self.imem)
+            if trace is None:
+                recording, fetched = [], {}
+        try:
             if trace is not None:
                 trace.replay(self)
                 self.runs += 1
                 return
-            recording, fetched = [], {}
-        try:
             self._run(recording, fetched)
             self._flush()
             self.runs += 1
