@@ -54,6 +54,9 @@ class Accelerator:
     ``"icarus"`` (its Verilog under Icarus Verilog), ``"uart"`` (a board) or
     ``"serial-sim"`` (the board's serial link, simulated). All backends run the same plans
     through the same host protocol and give bit-identical results and cycle counts.
+    Backend options go to the backend's transport, e.g. ``backdoor=True`` (verilator:
+    buffer and accumulator rows copied straight into the simulated memories, see
+    :mod:`~tinytpu_hdl.runtime.driver`) or ``random_seed=S`` (verilator).
 
     ``watchdog``: the cycle budget of every program run; a run that reaches it stops with
     the ``WATCHDOG`` error. By default raw programs (:meth:`run`) get
