@@ -48,6 +48,23 @@ def test_tpu_verilog_lints_clean(tmp_path, n):
     _lint(out, *LINT_WAIVERS)
 
 
+def test_verilog_with_unit_multipliers_in_logic(tmp_path):
+    """``--family ecp5 --unit-multipliers logic``: multiplier blocks for the PEs only (the
+    vector unit's and gradient-descent unit's multiplies in logic); the generic form
+    lints clean."""
+    counts = {}
+    for where in ("blocks", "logic"):
+        out = tmp_path / f"tpu_{where}.v"
+        assert main(["verilog", "--n", "1", "--family", "ecp5", "--unit-multipliers", where,
+                     "-o", str(out)]) == 0
+        counts[where] = out.read_text().count("MULT18X18D ")
+    # The PE: 1 block; the units: 3 per vector lane and 2 per gradient lane.
+    assert counts == {"blocks": 1 + 5, "logic": 1}
+    out = tmp_path / "tpu_generic.v"
+    assert main(["verilog", "--n", "1", "--unit-multipliers", "logic", "-o", str(out)]) == 0
+    _lint(out, *LINT_WAIVERS)
+
+
 def test_verilog_custom_format(tmp_path):
     out = tmp_path / "tpu.v"
     assert main(["verilog", "--top", "array", "--n", "2", "--width", "8", "--frac", "4",

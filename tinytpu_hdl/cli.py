@@ -17,7 +17,8 @@ __all__ = ["main"]
 
 def _config(args):
     data = FixedFormat(args.width, args.frac)
-    extra = {k: getattr(args, k) for k in ("ub_depth", "acc_depth", "imem_depth")
+    extra = {k: getattr(args, k) for k in ("ub_depth", "acc_depth", "imem_depth",
+                                            "unit_multipliers")
              if getattr(args, k, None) is not None}
     return TPUConfig(n=args.n, data=data, **extra)
 
@@ -253,6 +254,10 @@ def main(argv=None):
     p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 4096)")
     p.add_argument("--acc-depth", type=int, help="accumulator rows (default 512)")
     p.add_argument("--imem-depth", type=int, help="instruction memory words (default 256)")
+    p.add_argument("--unit-multipliers", choices=("blocks", "logic"),
+                   help="where the vector and gradient-descent units multiply: blocks "
+                        "(default; MULT18X18D with --family ecp5) or logic (adders, leaving "
+                        "every multiplier block to the array)")
     p.set_defaults(func=_cmd_verilog)
 
     p = sub.add_parser("demo", help="run a demonstration on the simulated hardware")
