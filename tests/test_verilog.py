@@ -61,7 +61,7 @@ def test_verilog_with_unit_multipliers_in_logic(tmp_path):
     # The PE: 1 block; the units: 3 per vector lane and 2 per gradient lane.
     assert counts == {"blocks": 1 + 5, "logic": 1}
     out = tmp_path / "tpu_generic.v"
-    assert main(["verilog", "--n", "1", "--unit-multipliers", "logic", "-o", str(out)]) == 0
+    assert main(["verilog", "--n", "2", "--unit-multipliers", "logic", "-o", str(out)]) == 0
     _lint(out, *LINT_WAIVERS)
 
 
