@@ -48,6 +48,7 @@ def test_tpu_verilog_lints_clean(tmp_path, n):
     _lint(out, *LINT_WAIVERS)
 
 
+@pytest.mark.extended
 def test_verilog_with_unit_multipliers_in_logic(tmp_path):
     """``--family ecp5 --unit-multipliers logic``: multiplier blocks for the PEs only (the
     vector unit's and gradient-descent unit's multiplies in logic); the generic form
