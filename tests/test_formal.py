@@ -171,14 +171,21 @@ def test_weight_loader_reads_only_the_tile():
     check(m, "bmc", 16, "loader")
 
 
-def control_spec(cfg, *, watchdog_bound=None, cover_op=None):
-    """The control unit with an arbitrary instruction memory and idle engines."""
+def control_with_any_program(cfg):
+    """A module with the control unit, whose instruction memory answers every fetch with
+    an arbitrary word."""
     m = Module()
     m.submodules.cu = cu = ControlUnit(cfg)
     word = Signal(128)
     with m.If(cu.imem.en):
         m.d.sync += word.eq(AnySeq(128))
     m.d.comb += cu.imem.data.eq(word)
+    return m, cu
+
+
+def control_spec(cfg, *, watchdog_bound=None, cover_op=None):
+    """The control unit with an arbitrary instruction memory and idle engines."""
+    m, cu = control_with_any_program(cfg)
     m.d.comb += [cu.load_ready.eq(1), cu.matmul_ready.eq(1), cu.load_busy.eq(0),
                  cu.matmul_busy.eq(0), cu.vpu_busy.eq(0), cu.gd_busy.eq(0), cu.stop.eq(0),
                  cu.host_conflict.eq(0)]
@@ -240,12 +247,7 @@ def test_control_keeps_the_engines_off_each_others_ports():
     issued and from a source row at or below its destination; a LOADW or MATMUL only with
     both units idle."""
     cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
-    m = Module()
-    m.submodules.cu = cu = ControlUnit(cfg)
-    word = Signal(128)
-    with m.If(cu.imem.en):
-        m.d.sync += word.eq(AnySeq(128))
-    m.d.comb += cu.imem.data.eq(word)
+    m, cu = control_with_any_program(cfg)
     drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
                  cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
                  cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we)

@@ -233,11 +233,11 @@ def unpack_rows(cfg, space, words):
 def unpack_items(cfg, space, words):
     """Inverse of :func:`pack_items`: a list of items (UB/ACC rows as int64 arrays)."""
     space = Space(space)
+    if space in (Space.UB, Space.ACC):
+        return list(unpack_rows(cfg, space, words))
     words_per = item_words(cfg, space)
     if len(words) % words_per:
         raise ProtocolError(f"{len(words)} words do not make whole {space.name} items")
-    if space in (Space.UB, Space.ACC):
-        return list(unpack_rows(cfg, space, words))
     items = []
     for start in range(0, len(words), words_per):
         value = 0

@@ -50,6 +50,8 @@ GD_IDLE = GradientDescentUnit.idle_after
 # Instructions whose operands the control unit checks in cycles of their own
 # (``CHECK_CYCLES``) before they may issue.
 ENGINE_OPS = frozenset(CHECK_CYCLES)
+#: Check cycles of every opcode (0 for those without), looked up per instruction.
+_CHECKS = {op: CHECK_CYCLES.get(op, 0) for op in Op}
 #: Instructions that wait until every engine is idle.
 WAIT_ALL = frozenset((Op.VPU, Op.GD, Op.SYNC, Op.HALT))
 
@@ -239,7 +241,7 @@ class ReferenceTPU:
         # enum's == and hash are Python calls, a good part of this loop's time.)
         LOADW, MATMUL, VPU, GD, HALT = Op.LOADW, Op.MATMUL, Op.VPU, Op.GD, Op.HALT
         SETR, ADDI, DJNZ, CFG = Op.SETR, Op.ADDI, Op.DJNZ, Op.CFG
-        checks = {op: CHECK_CYCLES.get(op, 0) for op in Op}
+        checks = _CHECKS
 
         def stop(code, cycle):
             self.error_code = ErrorCode(code)
@@ -603,12 +605,8 @@ class ReferenceTransport:
         return reply(Status.BAD_COMMAND)
 
     def _write_item(self, space, addr, item):
-        model = self.model
-        if space == Space.UB:
-            model.ub[addr] = item
-        elif space == Space.ACC:
-            model.acc[addr] = item
-        elif space == Space.IMEM:
-            model.imem[addr] = item
+        """An instruction word or a CSR (buffer and accumulator rows are written whole)."""
+        if space == Space.IMEM:
+            self.model.imem[addr] = item
         else:
-            model.write_csr(addr, item)
+            self.model.write_csr(addr, item)

@@ -44,7 +44,6 @@ class MatmulBlock:
 
     def __init__(self, cfg, loads, matmuls):
         n = self.n = cfg.n
-        self.cfg = cfg
         self.limit = min(cfg.acc.max_int, -cfg.acc.min_int)
         self.loads = len(loads)
         k = np.arange(n)

@@ -238,12 +238,6 @@ class Plan:
                 images.extend(step.programs)
         return images
 
-    def program(self, name):
-        for p in self.all_programs():
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
     @property
     def runs(self):
         return sum(isinstance(s, Run) for s in self.steps)
