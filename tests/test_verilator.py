@@ -83,6 +83,28 @@ def test_missing_compiler_is_reported(monkeypatch):
         v.build_library(FUZZ_CFG)
 
 
+def test_profile_guided_must_be_a_flag():
+    import tinytpu_hdl.runtime.verilator as v
+    with pytest.raises(ValueError, match="profile_guided must be True or False, not 'yes'"):
+        v.build_library(FUZZ_CFG, profile_guided="yes")
+
+
+@pytest.mark.extended
+def test_profile_guided_build_matches_reference():
+    """The profile-guided build (the C++ compiled again for the counts of a workload run on
+    an instrumented first build) runs random programs exactly as the reference model, and
+    is a library of its own."""
+    from tinytpu_hdl.runtime.verilator import VerilatorTransport, build_library
+    cfg = TPUConfig(n=3, ub_depth=64, acc_depth=16, imem_depth=32)
+    assert build_library(cfg, profile_guided=True) != build_library(cfg)
+    vt, ref = VerilatorTransport(cfg, profile_guided=True), ReferenceTransport(cfg)
+    for seed in range(150):
+        case = random_case(cfg, seed)
+        (ro, re_), (vo, ve) = run_case(ref, case), run_case(vt, case)
+        assert not compare(ro, vo), f"seed {seed}: {compare(ro, vo)}"
+        assert re_ == ve, f"seed {seed}: {re_} vs {ve}"
+
+
 BACKDOOR_CFGS = [FUZZ_CFG, TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32),
                  TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32)]
 

@@ -48,6 +48,22 @@ def test_tpu_verilog_lints_clean(tmp_path, n):
     _lint(out, *LINT_WAIVERS)
 
 
+def test_optimized_verilog_for_simulation(tmp_path):
+    """``--optimize`` (what the Verilator backend builds): the same blocks and memories in
+    fewer signals, and it lints clean with no combinational loop Verilator would have to
+    iterate (UNOPTFLAT is not among the waivers). That it computes the same is what every
+    differential test of the Verilator backend checks."""
+    plain, fast = tmp_path / "plain.v", tmp_path / "fast.v"
+    assert main(["verilog", "--n", "2", "-o", str(plain)]) == 0
+    assert main(["verilog", "--n", "2", "--optimize", "-o", str(fast)]) == 0
+    text = fast.read_text()
+    for block in ("control", "loader", "matmul", "vector", "gd", "host", "array", "ub", "acc"):
+        assert f"module \\tinytpu.{block} (" in text, block
+    assert text.count(" mem [") == plain.read_text().count(" mem [") >= 3
+    assert len(text.splitlines()) < 0.8 * len(plain.read_text().splitlines())
+    _lint(fast, *LINT_WAIVERS)
+
+
 @pytest.mark.extended
 def test_verilog_with_unit_multipliers_in_logic(tmp_path):
     """``--family ecp5 --unit-multipliers logic``: multiplier blocks for the PEs only (the

@@ -32,7 +32,8 @@ def _add_format_args(parser):
 def _cmd_verilog(args):
     from .export import to_verilog
     cfg = _config(args)
-    text = to_verilog(cfg, top=args.top, name=args.name, family=args.family)
+    text = to_verilog(cfg, top=args.top, name=args.name, family=args.family,
+                      optimize=args.optimize)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -258,6 +259,10 @@ def main(argv=None):
                    help="where the vector and gradient-descent units multiply: blocks "
                         "(default; MULT18X18D with --family ecp5) or logic (adders, leaving "
                         "every multiplier block to the array)")
+    p.add_argument("--optimize", action="store_true",
+                   help="fold and narrow the logic for fast cycle-based simulation "
+                        "(Verilator): the same circuit in fewer signals, most internal names "
+                        "dropped")
     p.set_defaults(func=_cmd_verilog)
 
     p = sub.add_parser("demo", help="run a demonstration on the simulated hardware")

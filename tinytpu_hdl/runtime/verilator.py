@@ -1,7 +1,9 @@
 """Backend: the TPU's Verilog compiled by Verilator, driven through the same host protocol.
 
-The Verilog of ``tinytpu verilog`` and a small C++ harness (``verilator_harness.cpp``) are
-built into a shared library once per configuration and cached under
+The Verilog of ``tinytpu verilog --optimize`` (the exported circuit in fewer signals, see
+:data:`~tinytpu_hdl.export.SIMULATION_PASSES`) and a small C++ harness
+(``verilator_harness.cpp``) are built into a shared library once per configuration (and
+build option: profile-guided, randomized start, waveforms) and cached under
 ``~/.cache/tinytpu_hdl/verilator/<hash>`` (the hash covers the configuration, the package's
 source files, the harness and the Verilator version, so a cached library is found without
 exporting the Verilog again). Python calls the library with ctypes once per host command, passing whole
@@ -11,6 +13,7 @@ packets, so the interface is not the bottleneck.
 import ctypes
 import hashlib
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -60,25 +63,78 @@ def _strip_zero_memory_init(verilog):
     return _ZERO_MEMORY_INIT.sub("\n", verilog)
 
 
-def build_library(cfg, *, progress=None, randomized=False, traced=False):
+def _compile(build, x_options, cflags, ldflags):
+    """Verilate ``build/tinytpu.v`` with the harness into ``build/obj_dir/libtinytpu.so``;
+    returns the Verilator/compiler output, raises :class:`VerilatorUnavailable` on failure."""
+    jobs = str(max(1, min(4, os.cpu_count() or 1)))
+    command = [_verilator(), "--cc", "tinytpu.v", "--top-module", "tinytpu", "--build",
+               "--exe", "harness.cpp", "-O3", *x_options, "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
+               # Some Verilator builds leave the precompiled-header flag empty; name it.
+               "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+               "-CFLAGS", " ".join(["-fPIC -O2", *cflags]),
+               "-LDFLAGS", " ".join(["-shared", *ldflags]), "-o", "libtinytpu.so"]
+    proc = subprocess.run(command, cwd=build, capture_output=True, text=True)
+    if proc.returncode != 0 or not (build / "obj_dir" / "libtinytpu.so").exists():
+        raise VerilatorUnavailable("verilator build failed:\n" + (proc.stdout + proc.stderr)[-4000:])
+    return proc.stdout + proc.stderr
+
+
+#: The C++ compiler options of a profile-guided build: first instrumented, then optimized
+#: with the counts of :func:`~.verilator_profile.run_profile_workload`.
+PROFILE_GENERATE = ["-fprofile-generate", "-fprofile-update=single"]
+PROFILE_USE = ["-fprofile-use", "-fprofile-partial-training", "-Wno-missing-profile"]
+
+
+def _train_profile(cfg, build):
+    """Run the instrumented library in a process of its own (the counts are written when
+    it exits) on :func:`~.verilator_profile.run_profile_workload`."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    (build / "config.pickle").write_bytes(pickle.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "tinytpu_hdl.runtime.verilator_profile",
+                           str(build / "obj_dir" / "libtinytpu.so"), str(build / "config.pickle")],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise VerilatorUnavailable("the profiling run of the instrumented build failed:\n"
+                                   + (proc.stdout + proc.stderr)[-4000:])
+    if not list((build / "obj_dir").glob("*.gcda")):
+        raise VerilatorUnavailable("the instrumented build wrote no profile (the C++ compiler "
+                                   "is not GCC?); build without profile_guided")
+
+
+def build_library(cfg, *, progress=None, randomized=False, traced=False, profile_guided=False,
+                  optimize=True):
     """Build (or find in the cache) the shared library for ``cfg``; returns its path.
-    ``randomized``: the Verilog without initial values, built so that every register and
-    memory without a reset starts from a value drawn at run time (``--x-initial unique``,
-    ``--x-assign unique``), for checking that nothing depends on initial values.
-    ``traced``: built with ``--trace`` (VCD waveforms; slower)."""
+    The Verilog is :func:`~tinytpu_hdl.export.to_verilog`'s with ``optimize=True`` (the same
+    circuit in fewer signals; ``optimize=False``: as exported, for comparing), except for
+    the two builds below, which always take it as exported.
+    ``randomized``: the exported Verilog without initial values, built so that every
+    register and memory without a reset starts from a value drawn at run time
+    (``--x-initial unique``, ``--x-assign unique``), for checking that nothing depends on
+    initial values.
+    ``traced``: the exported Verilog (every signal under its source name) built with
+    ``--trace`` (VCD waveforms; slower).
+    ``profile_guided``: the C++ compiled twice, the second time with the branch and call
+    counts of a short workload run on the first (GCC's profile-guided optimization): the
+    build takes about twice as long (once; cached), the simulation runs about 1.5 times
+    as fast (docs/benchmarks.md). Needs GCC as the C++ compiler."""
     missing = verilator_missing()
     if missing:
         raise VerilatorUnavailable(f"the verilator backend needs {missing}")
+    for name, value in (("profile_guided", profile_guided), ("optimize", optimize)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
     say = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     version = subprocess.run([_verilator(), "--version"], capture_output=True,
                              text=True).stdout.strip()
-    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), str(traced), source_digest(HARNESS),
+    optimize = optimize and not randomized and not traced
+    key = hashlib.sha256("\0".join([repr(cfg), str(randomized), str(traced), str(optimize),
+                                    str(profile_guided), source_digest(HARNESS),
                                     version]).encode()).hexdigest()
     out = cache_root("verilator") / key[:20]
     lib = out / "libtinytpu.so"
     if lib.exists():
         return lib
-    verilog = to_verilog(cfg, name="tinytpu", initial_values=not randomized)
+    verilog = to_verilog(cfg, name="tinytpu", initial_values=not randomized, optimize=optimize)
     if not randomized:
         verilog = _strip_zero_memory_init(verilog)
     x_options = (["--x-assign", "unique", "--x-initial", "unique"] if randomized else
@@ -88,20 +144,21 @@ def build_library(cfg, *, progress=None, randomized=False, traced=False):
     build.mkdir(parents=True)
     (build / "tinytpu.v").write_text(verilog)
     shutil.copy(HARNESS, build / "harness.cpp")
-    say(f"building the verilator backend for N={cfg.n} (once; cached in {out}) ...")
+    kind = " (profile-guided: built, run, built again)" if profile_guided else ""
+    say(f"building the verilator backend for N={cfg.n}{kind} (once; cached in {out}) ...")
     start = time.monotonic()
-    jobs = str(max(1, min(4, os.cpu_count() or 1)))
-    command = [_verilator(), "--cc", "tinytpu.v", "--top-module", "tinytpu", "--build",
-               "--exe", "harness.cpp", "-O3", *x_options, "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
-               # Some Verilator builds leave the precompiled-header flag empty; name it.
-               "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
-               "-CFLAGS", "-fPIC -O2", "-LDFLAGS", "-shared", "-o", "libtinytpu.so"]
-    proc = subprocess.run(command, cwd=build, capture_output=True, text=True)
-    built = build / "obj_dir" / "libtinytpu.so"
-    if proc.returncode != 0 or not built.exists():
-        raise VerilatorUnavailable("verilator build failed:\n" + (proc.stdout + proc.stderr)[-4000:])
+    if profile_guided:
+        _compile(build, x_options, PROFILE_GENERATE, ["-fprofile-generate"])
+        _train_profile(cfg, build)
+        for item in (build / "obj_dir").iterdir():
+            if item.suffix in (".o", ".a", ".so"):
+                item.unlink()
+        (build / "libtinytpu.so").unlink(missing_ok=True)
+        _compile(build, x_options, PROFILE_USE, [])
+    else:
+        _compile(build, x_options, [], [])
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(built, build / "libtinytpu.so")
+    shutil.copy(build / "obj_dir" / "libtinytpu.so", build / "libtinytpu.so")
     os.replace(build / "libtinytpu.so", lib)
     shutil.rmtree(build, ignore_errors=True)
     say(f"built in {time.monotonic() - start:.0f} s")
@@ -112,7 +169,7 @@ class VerilatorTransport:
     """A transport (see :mod:`.driver`) to the Verilated TPU."""
 
     def __init__(self, cfg, *, progress=None, timeout_cycles=1 << 40, random_seed=None,
-                 waveform=None, backdoor=False):
+                 waveform=None, backdoor=False, profile_guided=False, library=None):
         """``random_seed``: start every register and memory without a reset from values
         drawn from this seed (a build of its own, see :func:`build_library`).
         ``waveform``: a VCD file of the whole simulation (complete after :meth:`close`) and
@@ -121,7 +178,10 @@ class VerilatorTransport:
         into and out of the simulated memories (see :mod:`.driver`), in no clock cycle,
         instead of one 32-bit word per cycle through the host interface; results and
         every run's counters are the same (the differential tests check it), only the
-        simulated time of the transfers is gone."""
+        simulated time of the transfers is gone.
+        ``profile_guided=True``: the profile-guided build (see :func:`build_library`).
+        ``library``: the path of a library :func:`build_library` made for ``cfg``, used
+        instead of finding or building one (the profiling run of a profile-guided build)."""
         if not isinstance(backdoor, bool):
             raise ValueError(f"backdoor must be True or False, not {backdoor!r}")
         if random_seed is not None and (not isinstance(random_seed, int) or
@@ -129,9 +189,10 @@ class VerilatorTransport:
             raise ValueError(f"random_seed must be an integer from 0 to 2**31 - 1 or None, "
                              f"not {random_seed!r}")
         self.cfg = cfg
-        self._lib = ctypes.CDLL(str(build_library(cfg, progress=progress,
-                                                  randomized=random_seed is not None,
-                                                  traced=waveform is not None)))
+        if library is None:
+            library = build_library(cfg, progress=progress, randomized=random_seed is not None,
+                                    traced=waveform is not None, profile_guided=profile_guided)
+        self._lib = ctypes.CDLL(str(library))
         lib = self._lib
         lib.tpu_create.restype = ctypes.c_void_p
         lib.tpu_create.argtypes = [ctypes.c_int] * 5
