@@ -146,3 +146,34 @@ def test_runs_that_stop_before_their_first_fetch_are_replayed_too(start_pc, watc
             (plain.state, plain.error_code, plain.error_pc, plain.cycles)
         assert model.error_code.name == ("PC_RANGE" if start_pc >= 16 else "WATCHDOG")
     assert model.traces.hits == 1
+
+
+def test_only_registers_read_before_written_select_a_recording():
+    """A loop that sets its own counter replays from its second call on, although the
+    first left the counter changed; a register the run reads first (r3) selects among
+    recordings; a register it never touches (r5) may hold anything and keeps its value
+    through a replay."""
+    cfg = TPUConfig(n=2, ub_depth=32, acc_depth=16)
+    model, plain = ReferenceTPU(cfg), ReferenceTPU(cfg, trace_cache=0)
+    program = assemble("""
+        loadw ub[0], rows=2
+        setr r1, 3
+        addi r2, r3, 4
+    loop:
+        matmul ub[r2], acc[r2], rows=2
+        addi r2, r2, 2
+        djnz r1, loop
+        halt
+    """)
+    rng = np.random.default_rng(4)
+    for r3, r5 in ((0, 0), (0, 7), (1, 9), (0, 11), (1, 0)):
+        data = rng.integers(-100, 100, (cfg.ub_depth, cfg.n))
+        for m in (model, plain):
+            m.ub[:] = data
+            m.regs[3], m.regs[5] = r3, r5
+            m.imem[:len(program.words)] = program.words
+            m.start()
+        assert np.array_equal(model.acc, plain.acc)
+        assert model.regs == plain.regs and model.regs[5] == r5
+        assert (model.state, model.cycles) == (plain.state, plain.cycles)
+    assert (model.traces.hits, model.traces.misses) == (3, 2)

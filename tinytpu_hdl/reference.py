@@ -35,6 +35,7 @@ from .numeric import (
 )
 from .reference_trace import (
     CONFIG, GD as GD_PASS, LOAD, MATMUL as MATMUL_OP, VECTOR, RunTrace, TraceCache,
+    TrackedRegisters,
 )
 
 __all__ = ["ReferenceTPU", "ReferenceTransport", "Event"]
@@ -95,7 +96,8 @@ class ReferenceTPU:
     """The architectural state of one TPU and an interpreter for its programs.
 
     ``trace_cache`` runs (distinct start states) are remembered and replayed when a run
-    starts from the same program, index registers and watchdog again (see
+    starts from the same program, watchdog and values of the index registers it reads
+    before writing them again (see
     :mod:`tinytpu_hdl.reference_trace`); 0 interprets every run."""
 
     def __init__(self, cfg: TPUConfig, *, trace_cache=64):
@@ -197,12 +199,13 @@ class ReferenceTPU:
         self.error_code = ErrorCode.NONE
         self.error_pc = 0
         self.state = State.RUNNING
-        key = recording = fetched = trace = None
+        key = recording = fetched = trace = tracked = None
         if self.traces is not None and self.events is None:
-            key = (self.start_pc, tuple(self.regs), self.watchdog)
-            trace = self.traces.lookup(key, self.imem)
+            key = (self.start_pc, self.watchdog)
+            trace = self.traces.lookup(key, self.imem, self.regs)
             if trace is None:
                 recording, fetched = [], {}
+                tracked = self.regs = TrackedRegisters(self.regs)
         try:
             if trace is not None:
                 trace.replay(self)
@@ -218,12 +221,16 @@ class ReferenceTPU:
             self.error_pc = self.pc
             self.state = State.ERROR
             raise
+        finally:
+            if tracked is not None:
+                self.regs = list(tracked)
         if key is not None:
             final = {name: getattr(self, name) for name in (
                 "pc", "state", "error_code", "error_pc", "cycles", "instructions",
                 "array_busy", "macs")}
-            final["regs"] = list(self.regs)
-            self.traces.store(key, RunTrace(self.cfg, fetched, recording, final))
+            final["regs"] = {i: self.regs[i] for i in tracked.written}
+            self.traces.store(key, RunTrace(self.cfg, fetched, recording, final,
+                                            sorted(tracked.read_first.items())))
 
     def _run(self, rec=None, fetched=None):
         """Interpret the program from ``pc``; with ``rec`` a list and ``fetched`` a dict,

@@ -1,8 +1,8 @@
 """Recorded runs of the reference model, replayed with whole-block numpy operations.
 
 Which instructions a run issues, their effective addresses, every fault and every cycle
-count depend only on the program words fetched, the index registers and the watchdog at
-the start: never on the data in the memories. :class:`~tinytpu_hdl.reference.ReferenceTPU`
+count depend only on the program words fetched, the index registers it reads before
+writing them and the watchdog at the start: never on the data in the memories. :class:`~tinytpu_hdl.reference.ReferenceTPU`
 therefore records, on its first run from a given start state, what the run did to the
 memories (a *trace*: weight loads, matmuls, vector and gradient-descent passes,
 configuration writes) and the state it ended in. A later run from the same state (same
@@ -28,7 +28,7 @@ from operator import itemgetter
 
 import numpy as np
 
-__all__ = ["MatmulBlock", "RunTrace", "TraceCache"]
+__all__ = ["MatmulBlock", "RunTrace", "TraceCache", "TrackedRegisters"]
 
 # Actions a recording holds, as tuples tagged by their first item.
 LOAD, MATMUL, VECTOR, GD, CONFIG = "L", "M", "V", "G", "C"
@@ -135,10 +135,33 @@ class MatmulBlock:
         return True
 
 
-class RunTrace:
-    """What one run did, replayable on a model in the same start state."""
+class TrackedRegisters(list):
+    """The index registers of a run being recorded: remembers which ones it wrote and the
+    start value of each one it read before writing it."""
 
-    def __init__(self, cfg, fetched, actions, final):
+    def __init__(self, values):
+        super().__init__(values)
+        self.read_first = {}
+        self.written = set()
+
+    def __getitem__(self, i):
+        if i not in self.written and i not in self.read_first:
+            self.read_first[i] = list.__getitem__(self, i)
+        return list.__getitem__(self, i)
+
+    def __setitem__(self, i, value):
+        self.written.add(i)
+        list.__setitem__(self, i, value)
+
+
+class RunTrace:
+    """What one run did, replayable on a model in the same start state.
+
+    ``reads``: ``(register, value)`` of every index register the run read before writing
+    it; ``final``: the model's attributes after the run, ``final["regs"]`` only the
+    registers it wrote (``{register: value}``)."""
+
+    def __init__(self, cfg, fetched, actions, final, reads=()):
         # The words fetched, compared in one call (a run that stopped before its first
         # fetch, e.g. a start address past the memory, fetched none).
         pcs = sorted(fetched)
@@ -146,12 +169,15 @@ class RunTrace:
         self._words = tuple(fetched[p] for p in pcs) if len(pcs) != 1 else fetched[pcs[0]]
         self.cfg = cfg
         self.actions = actions
-        self.final = final
+        self.final = dict(final)
+        self.written = self.final.pop("regs", {})
+        self.reads = tuple(reads)
         self.steps = None            # compiled at the first replay
 
-    def matches(self, imem):
-        """The program words this run fetched are still there."""
-        return self._pcs(imem) == self._words
+    def matches(self, imem, regs):
+        """The registers this run read first hold what they held, and the program words it
+        fetched are still there."""
+        return all(regs[i] == v for i, v in self.reads) and self._pcs(imem) == self._words
 
     def _compile(self):
         steps, loads, matmuls = [], [], []
@@ -188,32 +214,43 @@ class RunTrace:
             else:
                 model.cfgs[step[1]] = step[2]
         for name, value in self.final.items():
-            setattr(model, name, list(value) if isinstance(value, list) else value)
+            setattr(model, name, value)
+        for i, value in self.written.items():
+            model.regs[i] = value
 
 
 class TraceCache:
-    """The traces of the last ``size`` distinct start states, least recently used out."""
+    """The last ``size`` traces, least recently used out, found by their start address and
+    watchdog (``key``) and then by the registers they read (:meth:`RunTrace.matches`)."""
 
     def __init__(self, size):
         self.size = size
-        self._traces = OrderedDict()
+        self._traces = OrderedDict()       # (key, reads) -> RunTrace
+        self._by_key = {}                  # key -> {reads: RunTrace}
         #: Runs replayed, and runs interpreted (and recorded).
         self.hits = self.misses = 0
 
-    def lookup(self, key, imem):
-        trace = self._traces.get(key)
-        if trace is None or not trace.matches(imem):
-            self.misses += 1
-            return None
-        self._traces.move_to_end(key)
-        self.hits += 1
-        return trace
+    def lookup(self, key, imem, regs):
+        for reads, trace in self._by_key.get(key, {}).items():
+            if trace.matches(imem, regs):
+                self._traces.move_to_end((key, reads))
+                self.hits += 1
+                return trace
+        self.misses += 1
+        return None
 
     def store(self, key, trace):
-        self._traces[key] = trace
-        self._traces.move_to_end(key)
+        entry = (key, trace.reads)
+        self._traces[entry] = trace
+        self._traces.move_to_end(entry)
+        self._by_key.setdefault(key, {})[trace.reads] = trace
         while len(self._traces) > self.size:
-            self._traces.popitem(last=False)
+            (old_key, old_reads), _ = self._traces.popitem(last=False)
+            bucket = self._by_key[old_key]
+            del bucket[old_reads]
+            if not bucket:
+                del self._by_key[old_key]
 
     def clear(self):
         self._traces.clear()
+        self._by_key.clear()
