@@ -36,7 +36,7 @@ def test_array_verilog_lints_clean_without_waivers(tmp_path, n):
     _lint(out)
 
 
-@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("n", [1, 2, 4])
 def test_tpu_verilog_lints_clean(tmp_path, n):
     out = tmp_path / f"tpu{n}.v"
     assert main(["verilog", "--n", str(n), "-o", str(out)]) == 0

@@ -305,8 +305,13 @@ class ControlUnit(wiring.Component):
         load_free = Signal(init=1)
         switch_free = Signal(init=1)
         chase_free = Signal(init=1)
-        m.d.sync += [load_free.eq(load_hold <= 1), switch_free.eq(switch_hold <= 1),
-                     chase_free.eq(chase_hold <= 1)]
+        def at_most_one(hold):
+            # A one-bit counter is always <= 1 (written as a constant: a comparison that
+            # cannot fail is a lint warning in the Verilog at N = 1).
+            return hold[1:] == 0 if len(hold) > 1 else Const(1)
+        m.d.sync += [load_free.eq(at_most_one(load_hold)),
+                     switch_free.eq(at_most_one(switch_hold)),
+                     chase_free.eq(at_most_one(chase_hold))]
         with m.If(chase_hold != 0):
             m.d.sync += chase_hold.eq(chase_hold - 1)
 
