@@ -67,11 +67,14 @@ class WeightLoader(wiring.Component):
 
         # ``active`` (``remaining != 0``), ``is_row`` (``vector < rows``: the tile row pushed
         # next is a stored row, not padding) and the row's address (``addr + vector``) are
-        # registers, each loaded with its next value, so that only an AND and a multiplexer
-        # lie between them and the block RAM's address.
+        # registers, each loaded with its next value; so are the read request itself
+        # (``read`` = ``active & is_row``, and the address gated by it), so that the buffer
+        # port's address multiplexer reads registers only.
         active = Signal()
         is_row = Signal()
         addr = Signal.like(self.cmd.payload.addr)
+        read = Signal()
+        read_addr = Signal.like(self.cmd.payload.addr)
         # ``ready`` (``remaining <= 1``) and ``busy`` (``remaining != 0`` or a vector still
         # to push) are registers too, their next values selected by ``cmd.valid`` (the
         # control unit's issue decision, which they feed) from registers.
@@ -81,19 +84,18 @@ class WeightLoader(wiring.Component):
                      busy.eq(self.cmd.valid | active)]
         m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
 
-        m.d.comb += [
-            self.ub.addr.eq(Mux(active & is_row, addr, 0)),
-            self.ub.en.eq(active & is_row),
-        ]
+        m.d.comb += [self.ub.addr.eq(read_addr), self.ub.en.eq(read)]
         m.d.sync += [
             push_valid.eq(active),
             push_zero.eq(~is_row),
             push_transpose.eq(transpose),
         ]
         with m.If(active):
+            next_read = (remaining != 1) & (vector - 1 < rows)
             m.d.sync += [remaining.eq(remaining - 1), vector.eq(vector - 1),
                          active.eq(remaining != 1), is_row.eq(vector - 1 < rows),
-                         addr.eq(addr - 1)]
+                         addr.eq(addr - 1),
+                         read.eq(next_read), read_addr.eq(Mux(next_read, addr - 1, 0))]
 
         with m.If(self.cmd.valid):
             m.d.sync += [
@@ -104,6 +106,9 @@ class WeightLoader(wiring.Component):
                 active.eq(1),
                 is_row.eq(n - 1 < self.cmd.payload.rows),
                 addr.eq(self.cmd.payload.addr + n - 1),
+                read.eq(n - 1 < self.cmd.payload.rows),
+                read_addr.eq(Mux(n - 1 < self.cmd.payload.rows,
+                                 self.cmd.payload.addr + n - 1, 0)),
             ]
 
         m.d.comb += [
