@@ -1,6 +1,6 @@
 """Weight loader: reads a weight tile from the unified buffer into the array's shadow registers."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -58,15 +58,18 @@ class WeightLoader(wiring.Component):
         n = self._cfg.n
 
         remaining = Signal(range(n + 1))
-        vector = Signal(range(n))          # row of the tile pushed in this address phase
-        rows = Signal(16)
+        # Bit j: the (j+1)-th tile row after the one in this address phase is a stored row
+        # (not padding), the rows running from the tile's last to its first; shifted down
+        # once per row, so that the next ``is_row`` is one bit, not a comparison of the row
+        # index with the 16-bit row count.
+        upcoming = Signal(n)
         transpose = Signal()
         push_valid = Signal()
         push_zero = Signal()
         push_transpose = Signal()
 
-        # ``active`` (``remaining != 0``), ``is_row`` (``vector < rows``: the tile row pushed
-        # next is a stored row, not padding) and the row's address (``addr + vector``) are
+        # ``active`` (``remaining != 0``), ``is_row`` (the tile row pushed next is a stored
+        # row, not padding) and the row's address are
         # registers, each loaded with its next value; so are the read request itself
         # (``read`` = ``active & is_row``, and the address gated by it), so that the buffer
         # port's address multiplexer reads registers only.
@@ -91,17 +94,16 @@ class WeightLoader(wiring.Component):
             push_transpose.eq(transpose),
         ]
         with m.If(active):
-            next_read = (remaining != 1) & (vector - 1 < rows)
-            m.d.sync += [remaining.eq(remaining - 1), vector.eq(vector - 1),
-                         active.eq(remaining != 1), is_row.eq(vector - 1 < rows),
+            next_read = (remaining != 1) & upcoming[0]
+            m.d.sync += [remaining.eq(remaining - 1), upcoming.eq(upcoming >> 1),
+                         active.eq(remaining != 1), is_row.eq(upcoming[0]),
                          addr.eq(addr - 1),
                          read.eq(next_read), read_addr.eq(Mux(next_read, addr - 1, 0))]
 
         with m.If(self.cmd.valid):
             m.d.sync += [
                 remaining.eq(n),
-                vector.eq(n - 1),
-                rows.eq(self.cmd.payload.rows),
+                upcoming.eq(Cat(*(n - 2 - j < self.cmd.payload.rows for j in range(n - 1)))),
                 transpose.eq(self.cmd.payload.transpose),
                 active.eq(1),
                 is_row.eq(n - 1 < self.cmd.payload.rows),
