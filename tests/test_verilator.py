@@ -83,6 +83,23 @@ def test_missing_compiler_is_reported(monkeypatch):
         v.build_library(FUZZ_CFG)
 
 
+@pytest.mark.extended
+@pytest.mark.parametrize("n", [1, 2])
+def test_unregistered_requests_match_reference(n):
+    """``registered_requests=False`` (the iCEBreaker's: the loader's and vector unit's
+    buffer requests gated in the cycle they are used) runs random programs with the same
+    results and cycles as the reference model, with the iCEBreaker's other options."""
+    from tinytpu_hdl.runtime.verilator import VerilatorTransport
+    cfg = TPUConfig(n=n, ub_depth=32, acc_depth=16, imem_depth=32, registered_requests=False,
+                    chase_matmul=False, isolated_multipliers=False)
+    vt, ref = VerilatorTransport(cfg), ReferenceTransport(cfg)
+    for seed in range(200):
+        case = random_case(cfg, seed)
+        (ro, re_), (vo, ve) = run_case(ref, case), run_case(vt, case)
+        assert not compare(ro, vo), f"seed {seed}: {compare(ro, vo)}"
+        assert re_ == ve, f"seed {seed}: {re_} vs {ve}"
+
+
 def test_profile_guided_must_be_a_flag():
     import tinytpu_hdl.runtime.verilator as v
     with pytest.raises(ValueError, match="profile_guided must be True or False, not 'yes'"):

@@ -69,10 +69,10 @@ class WeightLoader(wiring.Component):
         push_transpose = Signal()
 
         # ``active`` (``remaining != 0``), ``is_row`` (the tile row pushed next is a stored
-        # row, not padding) and the row's address are
-        # registers, each loaded with its next value; so are the read request itself
-        # (``read`` = ``active & is_row``, and the address gated by it), so that the buffer
-        # port's address multiplexer reads registers only.
+        # row, not padding) and the row's address are registers loaded with their next values;
+        # so are the read request (``read`` = ``active & is_row``, and the address gated by it),
+        # which the port takes with ``cfg.registered_requests`` (its address multiplexer then
+        # reads registers only; without, synthesis drops them as unused).
         active = Signal()
         is_row = Signal()
         addr = Signal.like(self.cmd.payload.addr)
@@ -87,7 +87,11 @@ class WeightLoader(wiring.Component):
                      busy.eq(self.cmd.valid | active)]
         m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
 
-        m.d.comb += [self.ub.addr.eq(read_addr), self.ub.en.eq(read)]
+        if self._cfg.registered_requests:
+            m.d.comb += [self.ub.addr.eq(read_addr), self.ub.en.eq(read)]
+        else:
+            m.d.comb += [self.ub.addr.eq(Mux(active & is_row, addr, 0)),
+                         self.ub.en.eq(active & is_row)]
         m.d.sync += [
             push_valid.eq(active),
             push_zero.eq(~is_row),

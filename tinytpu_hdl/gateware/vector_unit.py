@@ -163,21 +163,28 @@ class VectorUnit(wiring.Component):
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
-        # The bias read request (``active & first & use_bias``, in the cycle of the first
-        # row's accumulator read) and its gated address are registers loaded with their next
-        # values, so that the unified buffer's port arbitration reads registers only.
-        bias_req = Signal()
-        bias_req_addr = Signal.like(bias_addr)
-        payload_bias = self.cmd.payload.pathway[Pathway.BIAS.bit_length() - 1]
-        next_bias_req = (next_active & (self.cmd.valid | (~active & first)) &
-                         Mux(self.cmd.valid, payload_bias, use_bias))
-        m.d.sync += [bias_req.eq(next_bias_req),
-                     bias_req_addr.eq(Mux(next_bias_req,
-                                          Mux(self.cmd.valid, self.cmd.payload.bias, bias_addr),
-                                          0))]
-        m.d.comb += [self.ub_bias.addr.eq(bias_req_addr), self.ub_bias.en.eq(bias_req)]
-        bias_read = Signal()
-        m.d.sync += bias_read.eq(bias_req)
+        # With ``cfg.registered_requests``, the bias read request (``active & first &
+        # use_bias``, in the cycle of the first row's accumulator read) and its gated address
+        # are registers loaded with their next values, so that the unified buffer's port
+        # arbitration reads registers only.
+        if cfg.registered_requests:
+            bias_read = Signal()
+            bias_req = Signal()
+            bias_req_addr = Signal.like(bias_addr)
+            payload_bias = self.cmd.payload.pathway[Pathway.BIAS.bit_length() - 1]
+            next_bias_req = (next_active & (self.cmd.valid | (~active & first)) &
+                             Mux(self.cmd.valid, payload_bias, use_bias))
+            m.d.sync += [bias_req.eq(next_bias_req),
+                         bias_req_addr.eq(Mux(next_bias_req,
+                                              Mux(self.cmd.valid, self.cmd.payload.bias,
+                                                  bias_addr), 0)),
+                         bias_read.eq(bias_req)]
+            m.d.comb += [self.ub_bias.addr.eq(bias_req_addr), self.ub_bias.en.eq(bias_req)]
+        else:
+            with m.If(active & first & use_bias):
+                m.d.comb += [self.ub_bias.addr.eq(bias_addr), self.ub_bias.en.eq(1)]
+            bias_read = Signal()
+            m.d.sync += bias_read.eq(active & first & use_bias)
         with m.If(bias_read):
             m.d.sync += bias.eq(self.ub_bias.data)
 
