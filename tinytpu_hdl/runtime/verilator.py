@@ -65,7 +65,7 @@ def _strip_zero_memory_init(verilog):
 
 def _compile(build, x_options, cflags, ldflags):
     """Verilate ``build/tinytpu.v`` with the harness into ``build/obj_dir/libtinytpu.so``;
-    returns the Verilator/compiler output, raises :class:`VerilatorUnavailable` on failure."""
+    raises :class:`VerilatorUnavailable` on failure."""
     jobs = str(max(1, min(4, os.cpu_count() or 1)))
     command = [_verilator(), "--cc", "tinytpu.v", "--top-module", "tinytpu", "--build",
                "--exe", "harness.cpp", "-O3", *x_options, "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-j", jobs,
@@ -76,7 +76,6 @@ def _compile(build, x_options, cflags, ldflags):
     proc = subprocess.run(command, cwd=build, capture_output=True, text=True)
     if proc.returncode != 0 or not (build / "obj_dir" / "libtinytpu.so").exists():
         raise VerilatorUnavailable("verilator build failed:\n" + (proc.stdout + proc.stderr)[-4000:])
-    return proc.stdout + proc.stderr
 
 
 #: The C++ compiler options of a profile-guided build: first instrumented, then optimized
@@ -153,7 +152,6 @@ def build_library(cfg, *, progress=None, randomized=False, traced=False, profile
         for item in (build / "obj_dir").iterdir():
             if item.suffix in (".o", ".a", ".so"):
                 item.unlink()
-        (build / "libtinytpu.so").unlink(missing_ok=True)
         _compile(build, x_options, PROFILE_USE, [])
     else:
         _compile(build, x_options, [], [])

@@ -44,8 +44,9 @@ static void half(Harness *h, int level) {
 // One eval() per cycle where the model lets it: Verilator 5 finds a rising edge by
 // comparing the clock with the value it saw at the previous eval(), so setting that value
 // low makes the next eval() with the clock high one posedge; inputs set before it settle
-// first (its input phase), outputs are read after it. 4 % faster than two half cycles at
-// N = 8. Waveform builds keep two evals per cycle (the trace shows the clock low).
+// first (its input phase), outputs are read after it. 2 to 3 % faster than two half
+// cycles at N = 8 (docs/benchmarks.md). Waveform builds keep two evals per cycle (the
+// trace shows the clock low).
 #define CLK_PREV __Vtrigprevexpr___TOP__clk__0
 template <typename R, typename = void> struct has_clk_prev : std::false_type {};
 template <typename R>
