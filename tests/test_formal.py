@@ -17,7 +17,7 @@ from tinytpu_hdl.gateware.loader import WeightLoader
 from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
 from tinytpu_hdl.gateware.pe import ProcessingElement
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
-from tinytpu_hdl.isa import Op
+from tinytpu_hdl.isa import Op, Pathway
 from tinytpu_hdl.numeric import FixedFormat
 from tinytpu_hdl.testing.formal import formal_tools_missing, run_formal
 
@@ -245,12 +245,14 @@ def test_control_keeps_the_engines_off_each_others_ports():
     the loader and both units idle and the matmul engine's rows streamed, and while the
     matmul engine is still busy only ``chase_after`` cycles or more after the last MATMUL
     issued and from a source row at or below its destination; a LOADW or MATMUL only with
-    both units idle."""
-    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8)
+    both units idle (without ``overlap_units``)."""
+    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8,
+                    overlap_units=False)
     m, cu = control_with_any_program(cfg)
     drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
                  cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
-                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we)
+                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we,
+                 cu.unit_reading)
     m.d.comb += [cu.stop.eq(0), cu.host_conflict.eq(0)]
     delay = MatmulEngine.chase_after(cfg)
     since = Signal(range(delay + 1), init=delay)       # cycles since the last MATMUL issued
@@ -270,6 +272,58 @@ def test_control_keeps_the_engines_off_each_others_ports():
         m.d.comb += Assert(~cu.vpu_busy & ~cu.gd_busy)
     m.d.comb += Cover(cu.vpu_cmd.valid & cu.matmul_busy)
     check(m, "bmc", 20, "control_ports")
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_control_overlaps_units_only_where_nothing_conflicts(wrong):
+    """With ``overlap_units``, whatever the program and whatever the engines report: a
+    LOADW issues while a unit is busy only if the unit's pass reads no aux or parameter
+    rows (the loader's port) and writes none of the rows loaded; a MATMUL only if the pass
+    writes none of the rows it streams, and its accumulator destination does not start
+    past the first of the rows the pass reads while it still reads them. The ranges here
+    are taken from the commands (independently of the control unit's registers). With
+    ``wrong`` the spec also demands that a MATMUL never issues beside a busy unit: that
+    must fail (the overlap happens)."""
+    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8,
+                    overlap_units=True)
+    m, cu = control_with_any_program(cfg)
+    drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
+                 cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
+                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we,
+                 cu.unit_reading)
+    m.d.comb += [cu.stop.eq(0), cu.host_conflict.eq(0)]
+    lo, hi, acc_lo, acc_hi = (Signal(24, name=name) for name in ("lo", "hi", "acc_lo", "acc_hi"))
+    reads_r1 = Signal()
+    vpu, gd = cu.vpu_cmd.payload, cu.gd_cmd.payload
+    aux = (vpu.pathway & (Pathway.LOSS | Pathway.DERIV)) != 0
+    # A transposed VPU at n = 2 writes rows up to (rows - 1) // 2 + stride past dst.
+    vpu_last = Mux(vpu.transpose, ((vpu.rows - 1) >> 1) + vpu.stride,
+                   (vpu.rows - 1) * vpu.stride)
+    with m.If(cu.vpu_cmd.valid):
+        m.d.sync += [lo.eq(vpu.dst), hi.eq(vpu.dst + vpu_last), reads_r1.eq(aux),
+                     acc_lo.eq(vpu.src), acc_hi.eq(vpu.src + vpu.rows - 1)]
+    with m.If(cu.gd_cmd.valid):
+        m.d.sync += [lo.eq(gd.param), hi.eq(gd.param + gd.rows - 1), reads_r1.eq(1),
+                     acc_lo.eq(gd.src), acc_hi.eq(gd.src + gd.rows - 1)]
+    busy = cu.vpu_busy | cu.gd_busy
+
+    def disjoint(first, last):
+        return (last < lo) | (hi < first)
+    load, mm = cu.load_cmd.payload, cu.matmul_cmd.payload
+    with m.If(cu.load_cmd.valid & busy):
+        m.d.comb += Assert(~reads_r1 & disjoint(load.addr, load.addr + load.rows - 1))
+    with m.If(cu.matmul_cmd.valid & busy):
+        m.d.comb += Assert(disjoint(mm.src, mm.src + (mm.rows - 1) * mm.stride) &
+                           ~((acc_lo < mm.dst) & (mm.dst <= acc_hi) & cu.unit_reading))
+        if wrong:
+            m.d.comb += Assert(0)
+    if wrong:
+        result = run_formal(m, mode="bmc", depth=12, name="control_overlap_wrong")
+        assert not result.passed
+    else:
+        m.d.comb += [Cover(cu.matmul_cmd.valid & cu.vpu_busy),
+                     Cover(cu.load_cmd.valid & cu.gd_busy)]
+        check(m, "bmc", 12, "control_overlap")
 
 
 @pytest.mark.parametrize("op", [Op.LOADW, Op.MATMUL, Op.VPU, Op.GD])

@@ -12,15 +12,18 @@ from tinytpu_hdl.demos.xor import XOR_X, XOR_Y, xor_model
 from tinytpu_hdl.isa import ConfigReg, Op
 from tinytpu_hdl.reference import ReferenceTPU
 
-CFG = TPUConfig(n=2, ub_depth=64, acc_depth=16)
+# Without ``overlap_units`` every load waits for the passes before it (with it, the
+# control unit overlaps those that cannot conflict by itself: see the last test).
+CFG = TPUConfig(n=2, ub_depth=64, acc_depth=16, overlap_units=False)
+OVERLAP = TPUConfig(n=2, ub_depth=64, acc_depth=16, overlap_units=True)
 
 
 def _ops(program):
     return [ins.op for ins in program.instructions]
 
 
-def _run(program, seed=0):
-    model = ReferenceTPU(CFG, trace_cache=0)
+def _run(program, seed=0, cfg=CFG):
+    model = ReferenceTPU(cfg, trace_cache=0)
     rng = np.random.default_rng(seed)
     model.ub[:] = rng.integers(-300, 300, model.ub.shape)
     model.acc[:] = rng.integers(-3000, 3000, model.acc.shape)
@@ -69,6 +72,14 @@ def test_a_load_moves_ahead_of_a_pass_that_cannot_write_its_rows(pass_line, load
         assert np.array_equal(before.ub, after.ub) and np.array_equal(before.acc, after.acc)
         assert before.flags == after.flags and before.macs == after.macs
         assert after.cycles < before.cycles
+    # With overlap_units the load issues beside the pass where it does not conflict (a
+    # pass without aux or parameter reads): as early as moved, in the program as written.
+    overlapped = _run(program, cfg=OVERLAP)
+    assert np.array_equal(overlapped.ub, _run(program).ub)
+    if moves and unit == Op.VPU:
+        assert overlapped.cycles <= _run(moved, cfg=OVERLAP).cycles < _run(program).cycles
+    elif not moves and "r1" not in pass_line:
+        assert overlapped.cycles == _run(program).cycles
 
 
 def test_a_load_named_by_a_label_stays():
@@ -100,7 +111,7 @@ def test_compiled_training_is_the_same_and_faster(monkeypatch):
         if not hoist:
             monkeypatch.setattr(emit, "hoist_weight_loads", lambda program, n: program)
         model = xor_model()
-        acc = Accelerator(TPUConfig(n=2))
+        acc = Accelerator(TPUConfig(n=2, overlap_units=False))
         losses = acc.train(model, XOR_X, XOR_Y, lr=0.5, epochs=3, batch_size=4)
         results[hoist] = (losses, model.weights + model.biases, acc.stats.cycles)
     assert results[True][0] == results[False][0]

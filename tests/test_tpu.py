@@ -386,3 +386,57 @@ def test_vector_and_gd_units_chase_the_matmul(offset):
         assert vpu.issue < mm.end
     else:
         assert vpu.issue == max(vpu.ready, mm.end)
+
+
+@pytest.mark.parametrize("case", ["beside", "reads_result", "acc_inside", "acc_at_first",
+                                  "aux", "load_reads_result", "without"])
+def test_loads_and_matmuls_overlap_vector_passes(case):
+    """With ``overlap_units`` a LOADW and a MATMUL after a VPU issue while it runs unless
+    they conflict with it: a MATMUL streaming rows the pass writes, or a LOADW loading
+    them, waits until it is idle; a MATMUL whose destination starts inside the accumulator
+    rows the pass reads (past the first) waits until it has read them (``rows + 1`` cycles
+    after its issue); at or below the first it does not wait (it writes each row after the
+    pass read it); a LOADW after a pass with aux rows (read through the loader's port)
+    waits until it is idle. Results against numpy, cycles against the rule, both
+    backends."""
+    from tinytpu_hdl.reference import ReferenceTPU
+    n, m = 2, 8
+    cfg = TPUConfig(n=n, **SMALL, overlap_units=case != "without")
+    rng = np.random.default_rng(3)
+    a = rng.integers(-300, 300, (m, n))
+    x = rng.integers(-300, 300, (4, n))
+    w0, w1 = rng.integers(-300, 300, (n, n)), rng.integers(-300, 300, (n, n))
+    load = 20 if case == "load_reads_result" else 42
+    src = 20 if case == "reads_result" else 10
+    dst = {"acc_inside": 2, "acc_at_first": 0}.get(case, 16)
+    vpu = ("vpu acc[0], ub[20], rows=8, aux=ub[50], path=deriv" if case == "aux"
+           else "vpu acc[0], ub[20], rows=8")
+    program = assemble(f"loadw ub[40], rows=2\nmatmul ub[0], acc[0], rows={m}\n{vpu}\n"
+                       f"loadw ub[{load}], rows=2\nmatmul ub[{src}], acc[{dst}], rows=4\nhalt")
+    ub = {0: a, 10: x, 40: w0, 42: w1, 50: rng.integers(-300, 300, (m, n))}
+    state, error = run_both(cfg, program, ub=ub)
+    assert error is None
+    narrowed = np.clip((a @ w0 + (1 << 7)) >> 8, -32768, 32767)
+    if case != "aux":
+        # The pass read every accumulator row before the second matmul overwrote it.
+        assert np.array_equal(state["ub"][20:28], narrowed)
+        weights = narrowed[:2] if case == "load_reads_result" else w1
+        stream = narrowed[:4] if case == "reads_result" else x
+        assert np.array_equal(state["acc"][dst:dst + 4], stream @ weights)
+    model = ReferenceTPU(cfg)
+    for addr, rows in ub.items():
+        model.ub[addr:addr + len(rows)] = rows
+    model.events = []
+    model.imem[:len(program.words)] = program.words
+    model.start()
+    _, _, unit, ld, mm, _ = model.events
+    waits_for_load = case in ("load_reads_result", "aux", "without")
+    assert (ld.issue >= unit.end) == waits_for_load
+    if not waits_for_load:
+        assert ld.issue == ld.ready
+    if case in ("reads_result", "without") or waits_for_load:
+        assert mm.issue >= unit.end
+    elif case == "acc_inside":
+        assert mm.issue == max(mm.ready, unit.issue + 8 + 1) < unit.end
+    else:
+        assert mm.issue == mm.ready < unit.end

@@ -47,6 +47,16 @@ class TPUConfig:
     ECP5); off, they are gated from the engines' state in the cycle they are used, which
     saves about 30 logic cells (the iCEBreaker's 1x1 TPU). The cycles are the same.
 
+    ``overlap_units`` lets ``loadw`` and ``matmul`` issue while a vector or
+    gradient-descent pass runs, unless they touch the buffer rows it writes, or, for a
+    ``loadw``, the pass reads the buffer after its first cycle (aux rows, parameters), or,
+    for a ``matmul``, its accumulator destination starts inside the rows the pass has still
+    to read (see :class:`~tinytpu_hdl.gateware.control.ControlUnit`). The buffer port that
+    streams into the array is then the array's alone, and the weight loader and the units
+    read a second copy of the unified buffer, which doubles its block RAM. The next weight
+    tile's load and matmul run beside a vector or gradient-descent pass over the last
+    results. Needs ``chase_matmul``; by default on where ``chase_matmul`` is.
+
     ``unit_multipliers`` is where the vector and gradient-descent units multiply:
     ``"blocks"`` (default) in the FPGA's multiplier blocks, ``"logic"`` in adders and
     carry chains (:class:`~tinytpu_hdl.gateware.multiplier.PipelinedMultiplier`'s logic
@@ -66,6 +76,7 @@ class TPUConfig:
     isolated_multipliers: bool = True
     chase_matmul: bool = True
     registered_requests: bool = True
+    overlap_units: bool = None
     unit_multipliers: str = "blocks"
 
     def __post_init__(self):
@@ -90,9 +101,15 @@ class TPUConfig:
                 or not 8 <= self.counter_width <= 64):
             raise ValueError(f"counter_width must be an integer from 8 to 64, "
                              f"not {self.counter_width!r}")
-        for name in ("isolated_multipliers", "chase_matmul", "registered_requests"):
+        if self.overlap_units is None:
+            object.__setattr__(self, "overlap_units", self.chase_matmul)
+        for name in ("isolated_multipliers", "chase_matmul", "registered_requests",
+                     "overlap_units"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        if self.overlap_units and not self.chase_matmul:
+            raise ValueError("overlap_units needs chase_matmul (the units' accumulator read "
+                             "port of their own)")
         if self.unit_multipliers not in ("blocks", "logic"):
             raise ValueError(f"unit_multipliers must be 'blocks' or 'logic', not "
                              f"{self.unit_multipliers!r}")

@@ -242,6 +242,13 @@ class ReferenceTPU:
         load_allowed = switch_allowed = 0
         # The last matmul's issue cycle and accumulator destination (for the chase rule).
         mm_issue, mm_dst = 0, 0
+        # The last vector or gradient-descent pass (``cfg.overlap_units``): the cycle it is
+        # idle from, whether it reads the buffer's port r1 after its first cycle, the buffer
+        # rows it writes, the accumulator rows it reads and the cycle from which it has
+        # read them.
+        overlap = cfg.overlap_units
+        unit_idle, unit_r1, unit_lo, unit_hi = 0, False, 0, -1
+        uacc_lo, uacc_hi, uacc_done = 0, -1, 0
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
         # (Opcodes compared by identity: decode gives the Op members themselves, and an
@@ -286,7 +293,27 @@ class ReferenceTPU:
                 operands = self._check(ins)
             except _Fault as fault:
                 return stop(fault.code, e)
-            if op is MATMUL:
+            rows = ins.count
+            if op is MATMUL and overlap:
+                # Beside a busy unit unless it writes rows this matmul streams; beside a
+                # unit reading accumulator rows from below this one's destination on, once
+                # they are read (from the destination's first row down the matmul writes
+                # each row after the unit has read it).
+                src, dst = operands["src"], operands["dst"]
+                if src <= unit_hi and unit_lo <= src + (rows - 1) * ins.stride:
+                    wait = unit_idle
+                elif uacc_lo < dst <= uacc_hi:
+                    wait = uacc_done
+                else:
+                    wait = 0
+                ready = max(matmul_ready, switch_allowed, wait)
+            elif op is LOADW and overlap:
+                # Beside a busy unit unless it reads the loader's port or writes rows this
+                # load reads.
+                src = operands["src"]
+                conflict = unit_r1 or (src <= unit_hi and unit_lo <= src + rows - 1)
+                ready = max(load_ready, load_allowed, unit_idle if conflict else 0)
+            elif op is MATMUL:
                 ready = max(matmul_ready, switch_allowed, vpu_idle, gd_idle)
             elif op is LOADW:
                 ready = max(load_ready, load_allowed, vpu_idle, gd_idle)
@@ -311,7 +338,6 @@ class ReferenceTPU:
             # Issue in cycle c.
             self.instructions += 1
             next_pc = self.pc + 1
-            rows = ins.count
             if op is HALT:
                 self.cycles = c + 1
                 if self.events is not None:
@@ -354,7 +380,16 @@ class ReferenceTPU:
                 self._vpu(ins, operands)
                 if rec is not None:
                     rec.append((VECTOR, ins, operands))
-                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
+                transposed = bool(ins.flags & FLAG_TRANSPOSE_OUT)
+                vpu_idle = c + VPU_IDLE(cfg, rows, transposed)
+                span = (vpu_transposed_extent(n, rows, ins.stride) if transposed
+                        else (rows - 1) * ins.stride)
+                unit_idle = vpu_idle
+                unit_r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
+                unit_lo, unit_hi = operands["dst"], operands["dst"] + span
+                # Accumulator row i is read in cycle c + 1 + i.
+                uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
+                uacc_done = c + rows + 1
             elif op is GD:
                 self._flush()
                 stochastic = bool(ins.flags & FLAG_STOCHASTIC)
@@ -362,6 +397,11 @@ class ReferenceTPU:
                 if rec is not None:
                     rec.append((GD_PASS, operands["src"], operands["param"], rows, stochastic))
                 gd_idle = c + GD_IDLE(cfg, rows)
+                unit_idle, unit_r1 = gd_idle, True
+                unit_lo, unit_hi = operands["param"], operands["param"] + rows - 1
+                # Gradient row i is read in cycle c + 1 + i.
+                uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
+                uacc_done = c + rows + 1
             if self.events is not None:
                 end = {Op.LOADW: load_idle, Op.MATMUL: matmul_idle, Op.VPU: vpu_idle,
                        Op.GD: gd_idle}.get(op, c + 1)

@@ -4,7 +4,10 @@ gradient-descent passes.
 The control unit issues in order, and a ``loadw`` waits until the vector and
 gradient-descent units are idle (their buffer writes and the loader's reads share a
 block-RAM port). A ``loadw`` that follows a pass therefore starts only when the pass has
-written its last row, and the next ``matmul`` waits for the load. Issued before the pass,
+written its last row, and the next ``matmul`` waits for the load. (With
+``TPUConfig.overlap_units`` the control unit itself lets a ``loadw`` issue beside a pass
+that does not write its rows, unless the pass reads aux rows or parameters, which it
+reads through the loader's port: the move still pays before those.) Issued before the pass,
 the same load runs while the previous ``matmul`` streams (the weights are double
 buffered) and is over before the pass may issue (a pass waits for the loader to be idle,
 ``n + 2`` cycles after the load, earlier than the array has drained the ``matmul``'s

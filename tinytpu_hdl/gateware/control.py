@@ -157,13 +157,19 @@ class ControlUnit(wiring.Component):
     enters the done state. ``CYCLES`` counts the cycles from the first fetch
     to the halt (or the end of draining) inclusive.
 
-    Issue conditions (in-order issue, engine-level hazards):
+    Issue conditions (in-order issue, engine-level hazards; with ``cfg.overlap_units``
+    region hazards between the loads and matmuls and the last VPU or GD pass):
 
     ========  ============================================================
     LOADW     loader ready; ``n`` cycles since the last MATMUL issued;
-              vector and gradient units idle
+              vector and gradient units idle; with ``cfg.overlap_units``: or the
+              last pass reads no aux rows or parameters (VPU without LOSS or
+              DERIV) and writes none of the rows loaded
     MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
-              issued; vector and gradient units idle
+              issued; vector and gradient units idle; with ``cfg.overlap_units``:
+              or the last pass writes none of the rows streamed, and the
+              destination row is at or below the first accumulator row the pass
+              reads, or past its last, or the pass has read its rows
     VPU, GD   loader, matmul engine, vector and gradient units all idle; with
               ``cfg.chase_matmul``: loader, vector and gradient units idle, and the
               matmul engine idle, or ready (its rows streamed) with
@@ -191,7 +197,7 @@ class ControlUnit(wiring.Component):
             "matmul_cmd": Out(valid_stream(MatmulCommandLayout(cfg))),
             "matmul_ready": In(1), "matmul_busy": In(1),
             "vpu_cmd": Out(valid_stream(VectorCommandLayout(cfg))),
-            "vpu_busy": In(1),
+            "vpu_busy": In(1), "unit_reading": In(1),
             "gd_cmd": Out(valid_stream(GradientCommandLayout(cfg))),
             "gd_busy": In(1),
             "row_fed": In(1),
@@ -576,6 +582,39 @@ class ControlUnit(wiring.Component):
 
         all_idle = ~(self.load_busy | self.matmul_busy | self.vpu_busy | self.gd_busy)
         units_idle = ~(self.vpu_busy | self.gd_busy)
+        # With ``cfg.overlap_units`` the buffer's port r0 streams into the array only, and
+        # LOADW and MATMUL wait for a busy unit only if they conflict with its pass: the
+        # rows it writes in the buffer (``u_lo .. u_hi``); for a LOADW, whether the pass
+        # reads the loader's port r1 after its first cycle (a VPU's aux rows, a GD's
+        # parameters: ``u_r1``); for a MATMUL, whether its accumulator destination starts
+        # inside the rows the pass reads, past their first (``ua_lo < dst <= ua_hi``), until
+        # the pass has read them (``unit_reading`` falls). (Both read and write accumulator
+        # rows in order, one per cycle, and the matmul writes its first row more than a
+        # cycle after it issues, so a destination at or below the pass's first row is
+        # written behind the pass's reads.) Set when a VPU or GD issues; the comparisons
+        # with a LOADW's or MATMUL's operands take its check cycle and are registered like
+        # the checks.
+        load_units_ok = units_idle
+        matmul_units_ok = units_idle
+        if cfg.overlap_units:
+            u_lo, u_hi, ua_lo, ua_hi = (Signal(17, name=name)
+                                        for name in ("u_lo", "u_hi", "ua_lo", "ua_hi"))
+            u_r1 = Signal()
+            with m.If(self.vpu_cmd.valid | self.gd_cmd.valid):
+                m.d.sync += [u_lo.eq(e_q[1]), ua_lo.eq(e_q[0]),
+                             ua_hi.eq((e_q[0] + d_count - 1)[:17])]
+            with m.If(self.vpu_cmd.valid):
+                m.d.sync += [u_hi.eq((e_q[1] + vpu_span)[:17]), u_r1.eq(d_vpu_aux)]
+            with m.If(self.gd_cmd.valid):
+                m.d.sync += [u_hi.eq((e_q[1] + d_count - 1)[:17]), u_r1.eq(1)]
+            # [first, last] overlaps [u_lo, u_hi] unless last < u_lo or u_hi < first.
+            ub_conflict = ((is_loadw & ~below([*ta, d_count], [u_lo, Const(1)]) |
+                            is_matmul & ~below([*ta, *spans], [u_lo])) & ~below([u_hi], ta))
+            acc_conflict = below([ua_lo], tb) & ~below([ua_hi], tb)
+            ub_conflict_q, acc_conflict_q = Signal(), Signal()
+            m.d.sync += [ub_conflict_q.eq(ub_conflict), acc_conflict_q.eq(acc_conflict)]
+            load_units_ok = units_idle | ~(u_r1 | ub_conflict_q)
+            matmul_units_ok = units_idle | ~(ub_conflict_q | (acc_conflict_q & self.unit_reading))
         # LOADW and MATMUL wait for their engine and the vector and gradient-descent units;
         # VPU, GD, SYNC and HALT for every engine; CFG for the two units (whose scalars it
         # may change); the other instructions issue at once.
@@ -586,8 +625,8 @@ class ControlUnit(wiring.Component):
         waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units | d_chases
         drained = ~self.matmul_busy | (chase_free & src_below_q)
         m.d.comb += can_issue.eq(
-            (is_loadw & self.load_ready & load_free & units_idle) |
-            (is_matmul & self.matmul_ready & switch_free & units_idle) |
+            (is_loadw & self.load_ready & load_free & load_units_ok) |
+            (is_matmul & self.matmul_ready & switch_free & matmul_units_ok) |
             (d_chases & ~self.load_busy & units_idle & self.matmul_ready & drained) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 

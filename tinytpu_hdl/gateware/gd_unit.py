@@ -97,6 +97,7 @@ class GradientDescentUnit(wiring.Component):
             "lr": In(cfg.scalar.shape),
             "seed": In(32), "reseed": In(1),
             "busy": Out(1),
+            "reading": Out(1),
             "overflow": Out(1),
         })
 
@@ -117,6 +118,7 @@ class GradientDescentUnit(wiring.Component):
         busy = Signal()
         next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
         m.d.sync += active.eq(next_active)
+        m.d.comb += self.reading.eq(active)
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1)]

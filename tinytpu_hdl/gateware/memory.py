@@ -128,19 +128,23 @@ class RowMemory(wiring.Component):
 class UnifiedBuffer(RowMemory):
     """The unified buffer: ``depth`` rows of ``n`` data-format words.
 
-    Two read ports (``r0``: input streams, vector-unit operands, host reads;
-    ``r1``: weight loads and the bias row) and one write port ``w`` (vector
-    unit, gradient-descent unit, host), so that a matrix streams into the
-    array while the next weight tile loads. ``r1`` shares its address with ``w``
+    Two read ports (``r0``: input streams, vector-unit aux rows, gradient-descent
+    parameters, host reads; ``r1``: weight loads and the bias row) and one write port ``w``
+    (vector unit, gradient-descent unit, host), so that a matrix streams into the array
+    while the next weight tile loads. ``r1`` shares its address with ``w``
     (``shared_port``): a block RAM with two ports holds the buffer once. The control
     unit's issue rules keep them apart: a weight load waits until the vector and
     gradient-descent units are idle, the vector unit reads its bias row before its first
     write, and the host writes only while no program runs.
+
+    With ``cfg.overlap_units`` ``r1`` has an address of its own: the buffer is held twice
+    (each copy written by ``w``, one read by ``r0``, the other by ``r1``), so that weight
+    loads run while a vector or gradient-descent pass writes other rows.
     """
 
     def __init__(self, cfg, depth):
         super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2,
-                         shared_port=1)
+                         shared_port=None if cfg.overlap_units else 1)
 
 
 class AccumulatorMemory(RowMemory):

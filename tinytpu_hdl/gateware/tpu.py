@@ -132,8 +132,13 @@ class TPU(wiring.Component):
         wiring.connect(m, array.result, matmul.result)
 
         # Memory ports (engines sharing a port never use it in the same cycle).
-        share_read(m, ub.r0, [matmul.ub, vector.ub_aux, gd.ub_rd, host.ub_rd])
-        share_read(m, ub.r1, [loader.ub, vector.ub_bias])
+        if cfg.overlap_units:
+            # r0 streams into the array only; the loader and the units read through r1.
+            share_read(m, ub.r0, [matmul.ub, host.ub_rd])
+            share_read(m, ub.r1, [loader.ub, vector.ub_bias, vector.ub_aux, gd.ub_rd])
+        else:
+            share_read(m, ub.r0, [matmul.ub, vector.ub_aux, gd.ub_rd, host.ub_rd])
+            share_read(m, ub.r1, [loader.ub, vector.ub_bias])
         share_write(m, ub.w, [vector.ub_wr, gd.ub_wr, host.ub_wr])
         if cfg.chase_matmul:
             share_read(m, acc.r0, [matmul.acc_rd, host.acc_rd])
@@ -157,6 +162,7 @@ class TPU(wiring.Component):
             vector.cmd.valid.eq(control.vpu_cmd.valid),
             vector.cmd.payload.eq(control.vpu_cmd.payload),
             control.vpu_busy.eq(vector.busy),
+            control.unit_reading.eq(vector.reading | gd.reading),
             gd.cmd.valid.eq(control.gd_cmd.valid),
             gd.cmd.payload.eq(control.gd_cmd.payload),
             control.gd_busy.eq(gd.busy),

@@ -127,6 +127,7 @@ class VectorUnit(wiring.Component):
             "leak": In(cfg.scalar.shape),
             "loss_scale": In(cfg.scalar.shape),
             "busy": Out(1),
+            "reading": Out(1),
             "overflow": Out(1),
         })
 
@@ -160,6 +161,7 @@ class VectorUnit(wiring.Component):
         busy = Signal()
         next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
         m.d.sync += active.eq(next_active)
+        m.d.comb += self.reading.eq(active)
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
