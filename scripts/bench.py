@@ -104,11 +104,22 @@ def training_table(sizes):
                                 f"{str(exc).split(';')[0]} | | | |")
                     print(rows[-1], flush=True)
                     continue
-            s = acc.stats
-            rows.append(f"| {name} | {batch} | {n}x{n} | {where} ({cfg.ub_depth:,} rows) | "
-                        f"{s.cycles:,} | {macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "
-                        f"{s.instructions:,} |")
-            print(rows[-1], flush=True)
+            runs = [(acc.stats, f"{where} ({cfg.ub_depth:,} rows)")]
+            if n == 8 or not cfg.overlap_units:
+                # The same memories with overlap_units toggled, for comparison (on where
+                # it is off: the ULX3S's buffer held twice, which the 85F cannot hold).
+                other = replace(cfg, overlap_units=not cfg.overlap_units)
+                acc = Accelerator(other)
+                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
+                          record_loss=False)
+                label = ("overlap_units off" if cfg.overlap_units else
+                         "overlap_units on: the buffer twice, more block RAM than the 85F has")
+                runs.append((acc.stats, f"{where} ({cfg.ub_depth:,} rows), {label}"))
+            for s, memories in runs:
+                rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "
+                            f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "
+                            f"{s.instructions:,} |")
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -131,10 +142,11 @@ def step_anatomy(png):
             "the end of their work, over the step's span (from the first decode to the last "
             "end). The loader's weight loads overlap the matmuls (double-buffered weights); a "
             "vector or gradient-descent pass starts while the array drains the last matmul's "
-            "rows (`chase_matmul`); the compiler issues the next layer's weight load before "
-            "a pass it does not depend on, but the next matmul waits until the pass is over "
-            "(the units' buffer writes and the loader's reads share a block-RAM port): see "
-            "the timeline.", "",
+            "rows (`chase_matmul`), and before they have all streamed when it writes none "
+            "of them; the next weight loads and matmuls run beside a pass unless they "
+            "touch its rows (`overlap_units`), but a load waits for a pass that reads aux "
+            "rows or parameters (the loader's port), and a pass waits for the one before "
+            "it: see the timeline.", "",
             "| engine | instructions | busy cycles | share of the step |", "| --- | --- | --- | --- |"]
     counts = {}
     for ev in events:

@@ -357,11 +357,13 @@ def test_vector_and_gd_units_chase_the_matmul(offset):
     matmul's destination issues once the matmul has streamed its rows and
     ``MatmulEngine.chase_after`` cycles have passed, and still reads every row after the
     array wrote it; a source above the destination waits for the matmul engine to be
-    idle. Results against numpy; cycles against the rule, on both backends."""
+    idle. Results against numpy; cycles against the rule, on both backends. (Without
+    ``overlap_units``, under which the pass need not wait for the rows to stream: see
+    ``test_passes_chase_a_matmul_before_its_rows_have_streamed``.)"""
     from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
     from tinytpu_hdl.reference import ReferenceTPU
     n, m = 2, 20
-    cfg = TPUConfig(n=n, **SMALL)
+    cfg = TPUConfig(n=n, **SMALL, overlap_units=False)
     rng = np.random.default_rng(7)
     x = rng.integers(-300, 300, (m, n))
     w = rng.integers(-300, 300, (n, n))
@@ -440,3 +442,36 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
         assert mm.issue == max(mm.ready, unit.issue + 8 + 1) < unit.end
     else:
         assert mm.issue == mm.ready < unit.end
+
+
+@pytest.mark.parametrize("dst, overlap", [(30, True), (8, True), (30, False)])
+def test_passes_chase_a_matmul_before_its_rows_have_streamed(dst, overlap):
+    """With ``overlap_units`` a VPU chasing a MATMUL (its source at the matmul's
+    destination) issues once the chase delay is over even if the matmul still streams,
+    unless it writes rows the matmul streams: then, as without ``overlap_units``, it waits
+    until they have streamed. The matmul streams the rows as they were before the pass."""
+    from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
+    from tinytpu_hdl.reference import ReferenceTPU
+    n, m = 2, 16
+    cfg = TPUConfig(n=n, **SMALL, overlap_units=overlap)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-300, 300, (m, n))
+    w = rng.integers(-300, 300, (n, n))
+    program = assemble(f"loadw ub[40], rows={n}\nmatmul ub[0], acc[0], rows={m}\n"
+                       f"vpu acc[0], ub[{dst}], rows=4\nhalt")
+    state, error = run_both(cfg, program, ub={0: x, 40: w})
+    assert error is None
+    assert np.array_equal(state["acc"][:m], x @ w)
+    narrowed = np.clip((x @ w + (1 << 7)) >> 8, -32768, 32767)
+    assert np.array_equal(state["ub"][dst:dst + 4], narrowed[:4])
+    model = ReferenceTPU(cfg)
+    model.ub[0:m], model.ub[40:42] = x, w
+    model.events = []
+    model.imem[:len(program.words)] = program.words
+    model.start()
+    mm, vpu = model.events[1], model.events[2]
+    chased = max(vpu.ready, mm.issue + MatmulEngine.chase_after(cfg))
+    if overlap and dst >= m:
+        assert vpu.issue == chased < mm.issue + m
+    else:
+        assert vpu.issue == max(chased, mm.issue + m)

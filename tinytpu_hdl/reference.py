@@ -240,8 +240,10 @@ class ReferenceTPU:
         wd = self.watchdog
         load_ready = load_idle = matmul_ready = matmul_idle = vpu_idle = gd_idle = 0
         load_allowed = switch_allowed = 0
-        # The last matmul's issue cycle and accumulator destination (for the chase rule).
+        # The last matmul's issue cycle and accumulator destination (for the chase rule),
+        # and the buffer rows it streams (for overlap_units).
         mm_issue, mm_dst = 0, 0
+        mm_src, mm_hi = 0, -1
         # The last vector or gradient-descent pass (``cfg.overlap_units``): the cycle it is
         # idle from, whether it reads the buffer's port r1 after its first cycle, the buffer
         # rows it writes, the accumulator rows it reads and the cycle from which it has
@@ -322,10 +324,22 @@ class ReferenceTPU:
                 # accumulator row read after it is written: from its issue plus the chase
                 # delay when the source starts at or below the matmul's destination
                 # (row r then is read no earlier than the matmul writes it), else idle.
+                # With overlap_units the rows need not have streamed unless the pass
+                # writes one of them.
                 drained = matmul_idle
                 if operands["src"] <= mm_dst:
                     drained = min(matmul_idle, mm_issue + MATMUL_CHASE(cfg))
-                ready = max(load_idle, vpu_idle, gd_idle, matmul_ready, drained)
+                streamed = matmul_ready
+                if overlap:
+                    if op is VPU:
+                        span = (vpu_transposed_extent(n, rows, ins.stride)
+                                if ins.flags & FLAG_TRANSPOSE_OUT else (rows - 1) * ins.stride)
+                        lo = operands["dst"]
+                    else:
+                        span, lo = rows - 1, operands["param"]
+                    if not (lo <= mm_hi and mm_src <= lo + span):
+                        streamed = 0
+                ready = max(load_idle, vpu_idle, gd_idle, streamed, drained)
             elif op in WAIT_ALL:
                 ready = max(load_idle, matmul_idle, vpu_idle, gd_idle)
             elif op is CFG:
@@ -374,6 +388,7 @@ class ReferenceTPU:
                                 accumulate))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 mm_issue, mm_dst = c, operands["dst"]
+                mm_src, mm_hi = operands["src"], operands["src"] + (rows - 1) * ins.stride
                 load_allowed = c + n
             elif op is VPU:
                 self._flush()

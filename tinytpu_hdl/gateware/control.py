@@ -174,7 +174,9 @@ class ControlUnit(wiring.Component):
               ``cfg.chase_matmul``: loader, vector and gradient units idle, and the
               matmul engine idle, or ready (its rows streamed) with
               ``MatmulEngine.chase_after`` cycles since the last MATMUL issued and the
-              source row at or below that MATMUL's destination row
+              source row at or below that MATMUL's destination row; with
+              ``cfg.overlap_units`` the rows need not have streamed unless the pass
+              writes one of them
     CFG       vector and gradient units idle
     SYNC      every engine idle (HALT likewise)
     others    none
@@ -615,6 +617,22 @@ class ControlUnit(wiring.Component):
             m.d.sync += [ub_conflict_q.eq(ub_conflict), acc_conflict_q.eq(acc_conflict)]
             load_units_ok = units_idle | ~(u_r1 | ub_conflict_q)
             matmul_units_ok = units_idle | ~(ub_conflict_q | (acc_conflict_q & self.unit_reading))
+            # A VPU or GD that chases the last MATMUL need not wait for its rows to stream
+            # (the units no longer read port r0) unless it writes rows the MATMUL streams
+            # (``mm_src .. mm_hi``, set when it issues). Compared in the pass's last check
+            # cycle (a VPU's second, with its write span), registered.
+            mm_src, mm_hi = Signal(17), Signal(17)
+            with m.If(self.matmul_cmd.valid):
+                m.d.sync += [mm_src.eq(e_q[0]), mm_hi.eq((e_q[0] + vpu_span)[:17])]
+            vpu_writes_streamed = ~below([eb, vpu_span], [mm_src]) & ~below([mm_hi], [eb])
+            gd_writes_streamed = (~below([*tb, d_count], [mm_src, Const(1)]) &
+                                  ~below([mm_hi], tb))
+            stream_conflict_q = Signal()
+            m.d.sync += stream_conflict_q.eq((is_vpu & vpu_writes_streamed) |
+                                             (is_gd & gd_writes_streamed))
+            streamed = self.matmul_ready | ~stream_conflict_q
+        else:
+            streamed = self.matmul_ready
         # LOADW and MATMUL wait for their engine and the vector and gradient-descent units;
         # VPU, GD, SYNC and HALT for every engine; CFG for the two units (whose scalars it
         # may change); the other instructions issue at once.
@@ -627,7 +645,7 @@ class ControlUnit(wiring.Component):
         m.d.comb += can_issue.eq(
             (is_loadw & self.load_ready & load_free & load_units_ok) |
             (is_matmul & self.matmul_ready & switch_free & matmul_units_ok) |
-            (d_chases & ~self.load_busy & units_idle & self.matmul_ready & drained) |
+            (d_chases & ~self.load_busy & units_idle & streamed & drained) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
