@@ -242,7 +242,7 @@ class ReferenceTPU:
         load_allowed = switch_allowed = 0
         # The last matmul's issue cycle and accumulator destination (for the chase rule),
         # and the buffer rows it streams (for overlap_units).
-        mm_issue, mm_dst = 0, 0
+        mm_issue, mm_dst, mm_dst_end = 0, 0, 0
         mm_src, mm_hi = 0, -1
         # The last vector or gradient-descent pass (``cfg.overlap_units``): the cycle it is
         # idle from, whether it reads the buffer's port r1 after its first cycle, the buffer
@@ -326,8 +326,11 @@ class ReferenceTPU:
                 # (row r then is read no earlier than the matmul writes it), else idle.
                 # With overlap_units the rows need not have streamed unless the pass
                 # writes one of them.
+                # (With overlap_units also when it starts past the matmul's last row: the
+                # rows it reads were written by earlier matmuls, which have finished
+                # writing them by then.)
                 drained = matmul_idle
-                if operands["src"] <= mm_dst:
+                if operands["src"] <= mm_dst or (overlap and operands["src"] > mm_dst_end):
                     drained = min(matmul_idle, mm_issue + MATMUL_CHASE(cfg))
                 streamed = matmul_ready
                 if overlap:
@@ -388,6 +391,7 @@ class ReferenceTPU:
                                 accumulate))
                 matmul_ready, matmul_idle = c + MATMUL_READY(n, rows), c + MATMUL_IDLE(cfg, rows)
                 mm_issue, mm_dst = c, operands["dst"]
+                mm_dst_end = mm_dst + rows - 1
                 mm_src, mm_hi = operands["src"], operands["src"] + (rows - 1) * ins.stride
                 load_allowed = c + n
             elif op is VPU:

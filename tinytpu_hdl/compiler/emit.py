@@ -52,11 +52,13 @@ class Emitter:
 
     ``reserved`` registers are never handed out by :meth:`alloc` (the host or the caller
     owns them). ``unroll``: loops of at most this many iterations are emitted
-    straight-line.
+    straight-line. ``pipeline``: whether callers may software-pipeline their work (longer
+    programs, fewer cycles).
     """
 
-    def __init__(self, cfg, *, unroll=2, reserved=()):
+    def __init__(self, cfg, *, unroll=2, reserved=(), pipeline=True):
         self.cfg = cfg
+        self.pipeline = pipeline
         self.n = cfg.n
         self.unroll = unroll
         self.lines = []
@@ -194,12 +196,17 @@ class Emitter:
             body([origin + full * step for origin, step in streams], last)
 
     def reduce(self, count, weights, w_step, inputs, x_step, acc, m, *, rows=None,
-               last_rows=None, stride=1, transpose=False, accumulate_first=False):
+               last_rows=None, stride=1, transpose=False, accumulate_first=False,
+               between=()):
         """``acc[m rows] (+)= sum_t inputs_t @ S_t`` over ``count`` weight tiles: tile ``t``
         is ``rows`` rows (default ``n``; ``last_rows`` for the last) loaded from ``weights +
         t * w_step`` (transposed with ``transpose``), against ``m`` input rows streamed
         from ``inputs + t * x_step`` with ``stride``. The first tile overwrites the
-        accumulators unless ``accumulate_first``."""
+        accumulators unless ``accumulate_first``.
+
+        ``between`` is a list of functions that emit other work (e.g. the vector passes of
+        an earlier result) among the tiles: the ``j``-th after tile ``2 j`` (or after the
+        last), so that each has the streaming of two tiles to run beside."""
         rows = rows or self.n
         last_rows = last_rows or rows
 
@@ -207,11 +214,23 @@ class Emitter:
             self.loadw(w, k, transpose)
             self.matmul(x, acc, m, stride=stride, accumulate=accumulate)
 
-        pair(weights, inputs, rows if count > 1 else last_rows, accumulate_first)
-        if count == 1:
+        def size(t):
+            return last_rows if t == count - 1 else rows
+
+        # The tiles up to the last one followed by other work, one by one.
+        hooks = {}
+        for j, emit in enumerate(between):
+            hooks.setdefault(min(2 * j, count - 1), []).append(emit)
+        done = max(hooks) + 1 if hooks else 1
+        for t in range(done):
+            pair(weights + t * w_step, inputs + t * x_step, size(t), accumulate_first or t > 0)
+            for emit in hooks.get(t, ()):
+                emit()
+        if done == count:
             return
-        middle = count - 2 if last_rows != rows else count - 1
-        self.loop(middle, [(weights + w_step, w_step), (inputs + x_step, x_step)],
+        tail = 1 if last_rows != rows else 0
+        self.loop(count - done - tail, [(weights + done * w_step, w_step),
+                                        (inputs + done * x_step, x_step)],
                   lambda a: pair(a[0], a[1], rows, True))
-        if last_rows != rows:
+        if tail:
             pair(weights + (count - 1) * w_step, inputs + (count - 1) * x_step, last_rows, True)

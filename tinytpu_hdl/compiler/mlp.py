@@ -91,40 +91,83 @@ def _blocks(features, n):
 
 
 def _assemble(cfg, build, what):
-    """Emit with the most unrolling whose program fits the instruction memory."""
-    for unroll in (4, 2, 1):
-        e = build(unroll)
-        program = e.program()
-        if len(program) <= cfg.imem_depth:
-            return e, program
+    """Emit with the most unrolling whose program fits the instruction memory, with the
+    layers' output tiles software-pipelined (``overlap_units``) if that fits, else not."""
+    for pipeline in (True, False):
+        for unroll in (4, 2, 1):
+            e = build(unroll, pipeline)
+            program = e.program()
+            if len(program) <= cfg.imem_depth:
+                return e, program
     raise CompileError(f"the {what} program has {len(program)} instructions even with every "
                        f"dimension looped; the instruction memory holds {cfg.imem_depth} "
                        f"(use a TPUConfig with a larger imem_depth, or fewer layers)")
 
 
 def _forward_layer(e, layer, params, src, batch, acc, *, out):
-    """``out(addrs)`` emits the vector passes of one output tile; ``addrs[0]`` is the
-    tile's parameters (its bias row at ``+ in_features``), the other addresses are the
-    extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile, or
-    ``step`` rows when given as ``(addr, step)``)."""
+    """The forward pass of one layer, output tile by output tile: the tile's matmuls into
+    the accumulators, then ``out.passes(addrs, bias, acc)``, the vector passes that read
+    them (a list of functions that emit one pass each). ``addrs[0]`` is the tile's
+    parameters (its bias row at ``bias = addrs[0] + in_features``), the other addresses are
+    the extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile, or
+    ``step`` rows when given as ``(addr, step)``).
+
+    With ``cfg.overlap_units`` and ``e.pipeline`` (and room for two tiles' rows in the
+    accumulators) the tiles are software-pipelined: tile ``t`` accumulates into one of two regions while the
+    passes of tile ``t - 1``, emitted among its matmuls, read the other, so that the array
+    streams while the vector unit works."""
     n = e.n
+    cfg = e.cfg
     in_pad = pad(layer.in_features, n)
+    tiles = _blocks(layer.out_features, n)
+    k = in_pad // n
     if layer.leaky:
         e.config(ConfigReg.LEAK, layer.leak)
+    streams = [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
+                                        for s in out.streams]
 
-    def tile(a):
-        e.reduce(in_pad // n, a[0], n, src, batch, acc, batch)
-        out.emit(a, a[0] + in_pad)
+    def passes(a, region):
+        return out.passes(a, a[0] + in_pad, region)
 
-    e.loop(_blocks(layer.out_features, n),
-           [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
-                                     for s in out.streams], tile)
+    if not (cfg.overlap_units and e.pipeline and tiles > 1 and
+            acc.base + 2 * batch <= cfg.acc_depth):
+        def tile(a):
+            e.reduce(k, a[0], n, src, batch, acc, batch)
+            for emit in passes(a, acc):
+                emit()
+        e.loop(tiles, streams, tile)
+        return
+
+    regions = (acc, acc + batch)
+
+    def shifted(a, tiles_on):
+        return [x + tiles_on * step for x, (_, step) in zip(a, streams)]
+
+    def step(prev, region):
+        """Tile ``prev + 1`` into ``region``, with the passes of tile ``prev`` (in the
+        other region) among its matmuls."""
+        a = shifted(prev, 1)
+        e.reduce(k, a[0], n, src, batch, regions[region], batch,
+                 between=passes(prev, regions[1 - region]))
+
+    first = [origin for origin, _ in streams]
+    e.reduce(k, first[0], n, src, batch, regions[0], batch)
+    # Tiles 1 .. T-1, two per loop iteration (the regions alternate).
+    loops, odd = divmod(tiles - 1, 2)
+    e.loop(loops, [(origin, 2 * s) for origin, s in streams],
+           lambda a: (step(a, 1), step(shifted(a, 1), 0)))
+    last = shifted(first, 2 * loops)
+    if odd:
+        step(last, 1)
+        last = shifted(last, 1)
+    for emit in passes(last, regions[odd]):
+        emit()
 
 
 class _Out:
-    def __init__(self, streams, emit):
+    def __init__(self, streams, passes):
         self.streams = streams
-        self.emit = emit
+        self.passes = passes
 
 
 # --- inference --------------------------------------------------------------------------
@@ -175,8 +218,8 @@ def _forward_resident(cfg, layers, samples, batch=None):
         buffers, chunk = 2, room // (2 * x_rows + out_rows)
     mem, params, hidden, x, out, lay = _forward_memory(cfg, layers, batch, chunk, buffers)
 
-    def build(unroll):
-        e = Emitter(cfg, unroll=unroll, reserved=RESERVED)
+    def build(unroll, pipeline):
+        e = Emitter(cfg, unroll=unroll, reserved=RESERVED, pipeline=pipeline)
         acc = Addr("acc", 0)
         e.emit(f"addi r{REG_COUNT}, r{REG_BATCHES}, 0", "batches of this run (host)")
         e.emit(f"addi r{REG_REC}, r{REG_BUFFER}, 0", "the inputs' buffer (host)")
@@ -189,8 +232,8 @@ def _forward_resident(cfg, layers, samples, batch=None):
             dst = Addr("ub", out.base, REG_OUT) if i == len(layers) - 1 else \
                 Addr("ub", hidden[i].base)
             _forward_layer(e, layer, Addr("ub", params[i].base), src, batch, acc,
-                           out=_Out([dst], lambda a, bias, path=path: e.vpu(
-                               acc, a[1], batch, bias=bias, path=path)))
+                           out=_Out([dst], lambda a, bias, acc, path=path: [
+                               lambda: e.vpu(acc, a[1], batch, bias=bias, path=path)]))
         e.emit(f"addi r{REG_REC}, r{REG_REC}, {lay.x_stride}")
         e.emit(f"addi r{REG_OUT}, r{REG_OUT}, {lay.out_stride}")
         e.emit(f"djnz r{REG_COUNT}, batch")
@@ -393,11 +436,11 @@ def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
 
 
 def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochastic, log,
-                      unroll):
+                      unroll, pipeline):
     n = cfg.n
     nb = ceil_div(batch, n)
     L = len(layers)
-    e = Emitter(cfg, unroll=unroll, reserved=RESERVED)
+    e = Emitter(cfg, unroll=unroll, reserved=RESERVED, pipeline=pipeline)
     acc = Addr("acc", 0)
     params = [Addr("ub", p.base) for p in regions["params"]]
     hidden = [Addr("ub", h.base) for h in regions["h"]]
@@ -430,18 +473,18 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
         if i < L - 1:
             # h, and its transposed-chunk layout for the weight gradients (a second pass
             # over the same accumulators, written transposed by tiles of n samples).
-            out = _Out([hidden[i], (hidden_t[i], n * nb)], lambda a, bias, act=act: (
-                e.vpu(acc, a[1], batch, bias=bias, path=("bias",) + act),
-                e.vpu(acc, a[2], batch, bias=bias, path=("bias",) + act, stride=nb,
-                      transpose=True)))
+            out = _Out([hidden[i], (hidden_t[i], n * nb)], lambda a, bias, acc, act=act: [
+                lambda: e.vpu(acc, a[1], batch, bias=bias, path=("bias",) + act),
+                lambda: e.vpu(acc, a[2], batch, bias=bias, path=("bias",) + act, stride=nb,
+                              transpose=True)])
         else:
             deriv = ("deriv",) if layer.leaky else ()
 
-            def last(a, bias, act=act, deriv=deriv):
-                if log:
-                    e.vpu(acc, a[3], batch, bias=bias, path=("bias",) + act)
-                e.vpu(acc, a[1], batch, aux=a[2], bias=bias,
-                      path=("bias",) + act + ("loss",) + deriv)
+            def last(a, bias, acc, act=act, deriv=deriv):
+                log_pass = [lambda: e.vpu(acc, a[3], batch, bias=bias, path=("bias",) + act)]
+                return (log_pass if log else []) + [
+                    lambda: e.vpu(acc, a[1], batch, aux=a[2], bias=bias,
+                                  path=("bias",) + act + ("loss",) + deriv)]
             out = _Out([dz_last, y_rec] + ([log_addr] if log else []), last)
         _forward_layer(e, layer, params[i], src, batch, acc, out=out)
 
@@ -564,9 +607,10 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
     mem, regions = _training_memory(cfg, layers, batch, chunk,
                                     chunk * log_epochs if record_loss else 0, buffers)
 
-    def build(unroll):
+    def build(unroll, pipeline):
         return _training_program(cfg, layers, batch, regions, lr_reg=lr_reg, loss_reg=loss_reg,
-                                 stochastic=stochastic, log=record_loss, unroll=unroll)
+                                 stochastic=stochastic, log=record_loss, unroll=unroll,
+                                 pipeline=pipeline)
     _, program = _assemble(cfg, build, "training")
     image = ProgramImage("train", program, 0)
 

@@ -175,8 +175,8 @@ class ControlUnit(wiring.Component):
               matmul engine idle, or ready (its rows streamed) with
               ``MatmulEngine.chase_after`` cycles since the last MATMUL issued and the
               source row at or below that MATMUL's destination row; with
-              ``cfg.overlap_units`` the rows need not have streamed unless the pass
-              writes one of them
+              ``cfg.overlap_units`` also a source row past the MATMUL's last, and the
+              rows need not have streamed unless the pass writes one of them
     CFG       vector and gradient units idle
     SYNC      every engine idle (HALT likewise)
     others    none
@@ -475,7 +475,25 @@ class ControlUnit(wiring.Component):
             extent = (sum(extent_terms[1:], extent_terms[0]), Const(0, CHECK_WIDTH))
         else:
             extent = compress(extent_terms, CHECK_WIDTH)
+        # ``cfg.overlap_units``: the last VPU's or GD's buffer rows written (``u_lo ..
+        # u_hi``), accumulator rows read (``ua_lo .. ua_hi``), whether it reads the loader's
+        # port after its first cycle (``u_r1``), and the last MATMUL's streamed rows
+        # (``mm_src .. mm_hi``), set when they issue (see the issue checks). Decode
+        # subtracts them from the operands' base addresses (immediates), registered, so
+        # that each comparison in the check cycle adds no more terms than a range check.
+        u_lo, u_hi, ua_lo, ua_hi, mm_src, mm_hi, mm_dst_end = (
+            Signal(17, name=name) for name in ("u_lo", "u_hi", "ua_lo", "ua_hi", "mm_src",
+                                               "mm_hi", "mm_dst_end"))
+        u_r1 = Signal()
+        overlap_diffs = {
+            "a_lo": ins.a.addr - u_lo, "hi_a": u_hi - ins.a.addr,
+            "alo_b": ua_lo - ins.b.addr, "ahi_b": ua_hi - ins.b.addr,
+            "b_msrc": ins.b.addr - mm_src, "mhi_b": mm_hi - ins.b.addr,
+            "mde_a": mm_dst_end - ins.a.addr,
+        } if cfg.overlap_units else {}
+        d_diff = {name: Signal(CHECK_WIDTH, name=f"d_{name}") for name in overlap_diffs}
         decode_regs = [
+            *[d_diff[name].eq(value) for name, value in overlap_diffs.items()],   # sign-extended
             d_op.eq(op), d_legal.eq(legal),
             d_bad.eq(engine & ((rows == 0) | ((op == Op.LOADW) & (rows > n)) |
                                (ir_transposed & ir_aux))),
@@ -569,9 +587,18 @@ class ControlUnit(wiring.Component):
         bad_q, ub_q, acc_q = Signal(), Signal(), Signal()
         m.d.sync += [bad_q.eq(bad), ub_q.eq(ub_out), acc_q.eq(acc_out)]
         # Whether a VPU's or GD's accumulator source starts at or below the last MATMUL's
-        # destination (registered with the checks; no MATMUL issues in between).
+        # destination (registered with the checks; no MATMUL issues in between); with
+        # ``cfg.overlap_units`` also whether it starts past the MATMUL's last row (the
+        # rows it reads are then written by earlier MATMULs, which have finished by the
+        # chase delay).
         src_below_q = Signal()
         m.d.sync += src_below_q.eq(below(ta, [mm_dst, Const(1)]))
+        chase_ok = src_below_q
+        if cfg.overlap_units:
+            src_above_q = Signal()
+            m.d.sync += src_above_q.eq(negative([d_diff["mde_a"]], [d_regv[0]],
+                                                width=CHECK_WIDTH))
+            chase_ok = src_below_q | src_above_q
         checked_error = Signal(4)
         acc_first = is_vpu | is_gd
         with m.If(bad_q):
@@ -586,22 +613,18 @@ class ControlUnit(wiring.Component):
         units_idle = ~(self.vpu_busy | self.gd_busy)
         # With ``cfg.overlap_units`` the buffer's port r0 streams into the array only, and
         # LOADW and MATMUL wait for a busy unit only if they conflict with its pass: the
-        # rows it writes in the buffer (``u_lo .. u_hi``); for a LOADW, whether the pass
-        # reads the loader's port r1 after its first cycle (a VPU's aux rows, a GD's
-        # parameters: ``u_r1``); for a MATMUL, whether its accumulator destination starts
-        # inside the rows the pass reads, past their first (``ua_lo < dst <= ua_hi``), until
-        # the pass has read them (``unit_reading`` falls). (Both read and write accumulator
-        # rows in order, one per cycle, and the matmul writes its first row more than a
-        # cycle after it issues, so a destination at or below the pass's first row is
-        # written behind the pass's reads.) Set when a VPU or GD issues; the comparisons
-        # with a LOADW's or MATMUL's operands take its check cycle and are registered like
-        # the checks.
+        # rows it writes in the buffer; for a LOADW, whether the pass reads the loader's
+        # port r1 after its first cycle (a VPU's aux rows, a GD's parameters); for a
+        # MATMUL, whether its accumulator destination starts inside the rows the pass reads,
+        # past their first (``ua_lo < dst <= ua_hi``), until the pass has read them
+        # (``unit_reading`` falls). (Both read and write accumulator rows in order, one per
+        # cycle, and the matmul writes its first row more than a cycle after it issues, so
+        # a destination at or below the pass's first row is written behind the pass's
+        # reads.) The comparisons with a LOADW's or MATMUL's operands take its check cycle
+        # and are registered like the checks.
         load_units_ok = units_idle
         matmul_units_ok = units_idle
         if cfg.overlap_units:
-            u_lo, u_hi, ua_lo, ua_hi = (Signal(17, name=name)
-                                        for name in ("u_lo", "u_hi", "ua_lo", "ua_hi"))
-            u_r1 = Signal()
             with m.If(self.vpu_cmd.valid | self.gd_cmd.valid):
                 m.d.sync += [u_lo.eq(e_q[1]), ua_lo.eq(e_q[0]),
                              ua_hi.eq((e_q[0] + d_count - 1)[:17])]
@@ -609,24 +632,30 @@ class ControlUnit(wiring.Component):
                 m.d.sync += [u_hi.eq((e_q[1] + vpu_span)[:17]), u_r1.eq(d_vpu_aux)]
             with m.If(self.gd_cmd.valid):
                 m.d.sync += [u_hi.eq((e_q[1] + d_count - 1)[:17]), u_r1.eq(1)]
+
+            def neg(plus, minus=()):
+                return negative(plus, minus, width=CHECK_WIDTH)
+            reg_a, reg_b = d_regv[0], d_regv[1]
             # [first, last] overlaps [u_lo, u_hi] unless last < u_lo or u_hi < first.
-            ub_conflict = ((is_loadw & ~below([*ta, d_count], [u_lo, Const(1)]) |
-                            is_matmul & ~below([*ta, *spans], [u_lo])) & ~below([u_hi], ta))
-            acc_conflict = below([ua_lo], tb) & ~below([ua_hi], tb)
+            ub_conflict = (
+                ((is_loadw & ~neg([d_diff["a_lo"], reg_a, d_count], [Const(1)])) |
+                 (is_matmul & ~neg([d_diff["a_lo"], reg_a, *spans]))) &
+                ~neg([d_diff["hi_a"]], [reg_a]))
+            # ua_lo < dst <= ua_hi.
+            acc_conflict = neg([d_diff["alo_b"]], [reg_b]) & ~neg([d_diff["ahi_b"]], [reg_b])
             ub_conflict_q, acc_conflict_q = Signal(), Signal()
             m.d.sync += [ub_conflict_q.eq(ub_conflict), acc_conflict_q.eq(acc_conflict)]
             load_units_ok = units_idle | ~(u_r1 | ub_conflict_q)
             matmul_units_ok = units_idle | ~(ub_conflict_q | (acc_conflict_q & self.unit_reading))
             # A VPU or GD that chases the last MATMUL need not wait for its rows to stream
-            # (the units no longer read port r0) unless it writes rows the MATMUL streams
-            # (``mm_src .. mm_hi``, set when it issues). Compared in the pass's last check
-            # cycle (a VPU's second, with its write span), registered.
-            mm_src, mm_hi = Signal(17), Signal(17)
+            # (the units no longer read port r0) unless it writes rows the MATMUL streams.
+            # Compared in the pass's last check cycle (a VPU's second, with its write span
+            # and destination registered), registered.
             with m.If(self.matmul_cmd.valid):
                 m.d.sync += [mm_src.eq(e_q[0]), mm_hi.eq((e_q[0] + vpu_span)[:17])]
             vpu_writes_streamed = ~below([eb, vpu_span], [mm_src]) & ~below([mm_hi], [eb])
-            gd_writes_streamed = (~below([*tb, d_count], [mm_src, Const(1)]) &
-                                  ~below([mm_hi], tb))
+            gd_writes_streamed = (~neg([d_diff["b_msrc"], reg_b, d_count], [Const(1)]) &
+                                  ~neg([d_diff["mhi_b"]], [reg_b]))
             stream_conflict_q = Signal()
             m.d.sync += stream_conflict_q.eq((is_vpu & vpu_writes_streamed) |
                                              (is_gd & gd_writes_streamed))
@@ -641,7 +670,7 @@ class ControlUnit(wiring.Component):
         # chase delay over and their source at or below its destination.
         can_issue = Signal()
         waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units | d_chases
-        drained = ~self.matmul_busy | (chase_free & src_below_q)
+        drained = ~self.matmul_busy | (chase_free & chase_ok)
         m.d.comb += can_issue.eq(
             (is_loadw & self.load_ready & load_free & load_units_ok) |
             (is_matmul & self.matmul_ready & switch_free & matmul_units_ok) |
@@ -766,7 +795,8 @@ class ControlUnit(wiring.Component):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
                             m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0),
                                          chase_hold.eq(chase_delay - 1), chase_free.eq(0),
-                                         mm_dst.eq(e_q[1])]
+                                         mm_dst.eq(e_q[1]),
+                                         mm_dst_end.eq((e_q[1] + d_count - 1)[:17])]
                         with m.Case(Op.VPU):
                             m.d.comb += self.vpu_cmd.valid.eq(1)
                         with m.Case(Op.GD):
