@@ -107,13 +107,14 @@ def training_table(sizes):
             runs = [(acc.stats, f"{where} ({cfg.ub_depth:,} rows)")]
             if n == 8 or not cfg.overlap_units:
                 # The same memories with overlap_units toggled, for comparison (on where
-                # it is off: the ULX3S's buffer held twice, which the 85F cannot hold).
+                # it is off: the ULX3S's buffer held twice, which the 85F holds only for
+                # N <= 4).
                 other = replace(cfg, overlap_units=not cfg.overlap_units)
                 acc = Accelerator(other)
                 acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
                           record_loss=False)
                 label = ("overlap_units off" if cfg.overlap_units else
-                         "overlap_units on: the buffer twice, more block RAM than the 85F has")
+                         "overlap_units on (the buffer held twice)")
                 runs.append((acc.stats, f"{where} ({cfg.ub_depth:,} rows), {label}"))
             for s, memories in runs:
                 rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "

@@ -251,8 +251,7 @@ def test_control_keeps_the_engines_off_each_others_ports():
     m, cu = control_with_any_program(cfg)
     drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
                  cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
-                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we,
-                 cu.unit_reading)
+                 cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we)
     m.d.comb += [cu.stop.eq(0), cu.host_conflict.eq(0)]
     delay = MatmulEngine.chase_after(cfg)
     since = Signal(range(delay + 1), init=delay)       # cycles since the last MATMUL issued

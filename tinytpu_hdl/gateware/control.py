@@ -115,6 +115,8 @@ class ControlUnit(wiring.Component):
     load_cmd, matmul_cmd, vpu_cmd, gd_cmd : Out(valid_stream)
         Commands to the engines, valid for one cycle when an instruction issues.
     load_ready, load_busy, matmul_ready, matmul_busy, vpu_busy, gd_busy : In(1)
+    unit_reading : In(1)               -- with ``cfg.overlap_units``: the vector or
+                                          gradient-descent unit still reads accumulator rows
     row_fed : In(1)                    -- a row entered the array this cycle (counters)
     array_overflow, vpu_overflow, gd_overflow : In(1)  -- saturation pulses (sticky flags)
     leak, lr, loss_scale : Out         -- configuration registers
@@ -199,9 +201,11 @@ class ControlUnit(wiring.Component):
             "matmul_cmd": Out(valid_stream(MatmulCommandLayout(cfg))),
             "matmul_ready": In(1), "matmul_busy": In(1),
             "vpu_cmd": Out(valid_stream(VectorCommandLayout(cfg))),
-            "vpu_busy": In(1), "unit_reading": In(1),
+            "vpu_busy": In(1),
             "gd_cmd": Out(valid_stream(GradientCommandLayout(cfg))),
             "gd_busy": In(1),
+            # (With ``cfg.overlap_units``: a unit still reads accumulator rows.)
+            **({"unit_reading": In(1)} if cfg.overlap_units else {}),
             "row_fed": In(1),
             "array_overflow": In(1), "vpu_overflow": In(1), "gd_overflow": In(1),
             "leak": Out(cfg.scalar.shape), "lr": Out(cfg.scalar.shape),
@@ -481,16 +485,18 @@ class ControlUnit(wiring.Component):
         # (``mm_src .. mm_hi``), set when they issue (see the issue checks). Decode
         # subtracts them from the operands' base addresses (immediates), registered, so
         # that each comparison in the check cycle adds no more terms than a range check.
-        u_lo, u_hi, ua_lo, ua_hi, mm_src, mm_hi, mm_dst_end = (
-            Signal(17, name=name) for name in ("u_lo", "u_hi", "ua_lo", "ua_hi", "mm_src",
-                                               "mm_hi", "mm_dst_end"))
-        u_r1 = Signal()
-        overlap_diffs = {
-            "a_lo": ins.a.addr - u_lo, "hi_a": u_hi - ins.a.addr,
-            "alo_b": ua_lo - ins.b.addr, "ahi_b": ua_hi - ins.b.addr,
-            "b_msrc": ins.b.addr - mm_src, "mhi_b": mm_hi - ins.b.addr,
-            "mde_a": mm_dst_end - ins.a.addr,
-        } if cfg.overlap_units else {}
+        overlap_diffs = {}
+        if cfg.overlap_units:
+            u_lo, u_hi, ua_lo, ua_hi, mm_src, mm_hi, mm_dst_end = (
+                Signal(17, name=name) for name in ("u_lo", "u_hi", "ua_lo", "ua_hi", "mm_src",
+                                                   "mm_hi", "mm_dst_end"))
+            u_r1 = Signal()
+            overlap_diffs = {
+                "a_lo": ins.a.addr - u_lo, "hi_a": u_hi - ins.a.addr,
+                "alo_b": ua_lo - ins.b.addr, "ahi_b": ua_hi - ins.b.addr,
+                "b_msrc": ins.b.addr - mm_src, "mhi_b": mm_hi - ins.b.addr,
+                "mde_a": mm_dst_end - ins.a.addr,
+            }
         d_diff = {name: Signal(CHECK_WIDTH, name=f"d_{name}") for name in overlap_diffs}
         decode_regs = [
             *[d_diff[name].eq(value) for name, value in overlap_diffs.items()],   # sign-extended
@@ -795,8 +801,9 @@ class ControlUnit(wiring.Component):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
                             m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0),
                                          chase_hold.eq(chase_delay - 1), chase_free.eq(0),
-                                         mm_dst.eq(e_q[1]),
-                                         mm_dst_end.eq((e_q[1] + d_count - 1)[:17])]
+                                         mm_dst.eq(e_q[1])]
+                            if cfg.overlap_units:
+                                m.d.sync += mm_dst_end.eq((e_q[1] + d_count - 1)[:17])
                         with m.Case(Op.VPU):
                             m.d.comb += self.vpu_cmd.valid.eq(1)
                         with m.Case(Op.GD):

@@ -133,6 +133,7 @@ class TPU(wiring.Component):
 
         # Memory ports (engines sharing a port never use it in the same cycle).
         if cfg.overlap_units:
+            m.d.comb += control.unit_reading.eq(vector.reading | gd.reading)
             # r0 streams into the array only; the loader and the units read through r1.
             share_read(m, ub.r0, [matmul.ub, host.ub_rd])
             share_read(m, ub.r1, [loader.ub, vector.ub_bias, vector.ub_aux, gd.ub_rd])
@@ -162,7 +163,6 @@ class TPU(wiring.Component):
             vector.cmd.valid.eq(control.vpu_cmd.valid),
             vector.cmd.payload.eq(control.vpu_cmd.payload),
             control.vpu_busy.eq(vector.busy),
-            control.unit_reading.eq(vector.reading | gd.reading),
             gd.cmd.valid.eq(control.gd_cmd.valid),
             gd.cmd.payload.eq(control.gd_cmd.payload),
             control.gd_busy.eq(gd.busy),

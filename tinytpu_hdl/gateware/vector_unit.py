@@ -127,8 +127,9 @@ class VectorUnit(wiring.Component):
             "leak": In(cfg.scalar.shape),
             "loss_scale": In(cfg.scalar.shape),
             "busy": Out(1),
-            "reading": Out(1),
             "overflow": Out(1),
+            # (With ``cfg.overlap_units``: accumulator rows are still to be read.)
+            **({"reading": Out(1)} if cfg.overlap_units else {}),
         })
 
     def elaborate(self, platform):
@@ -161,7 +162,8 @@ class VectorUnit(wiring.Component):
         busy = Signal()
         next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
         m.d.sync += active.eq(next_active)
-        m.d.comb += self.reading.eq(active)
+        if cfg.overlap_units:
+            m.d.comb += self.reading.eq(active)
         with m.If(active):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
