@@ -399,8 +399,9 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
     rows the pass reads (past the first) waits until it has read them (``rows + 1`` cycles
     after its issue); at or below the first it does not wait (it writes each row after the
     pass read it); a LOADW after a pass with aux rows (read through the loader's port)
-    waits until it is idle. Results against numpy, cycles against the rule, both
-    backends."""
+    waits until the pass has read them. Results against numpy, cycles against the rule,
+    both backends."""
+    from tinytpu_hdl.gateware.vector_unit import VectorUnit
     from tinytpu_hdl.reference import ReferenceTPU
     n, m = 2, 8
     cfg = TPUConfig(n=n, **SMALL, overlap_units=case != "without")
@@ -432,12 +433,17 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
     model.imem[:len(program.words)] = program.words
     model.start()
     _, _, unit, ld, mm, _ = model.events
-    waits_for_load = case in ("load_reads_result", "aux", "without")
+    waits_for_load = case in ("load_reads_result", "without")
     assert (ld.issue >= unit.end) == waits_for_load
-    if not waits_for_load:
+    if case == "aux":
+        # Until the pass has read its aux rows (row i in cycle issue + A + i).
+        assert ld.issue == max(ld.ready, unit.issue + VectorUnit.aux_delay(cfg) + m - 1)
+    elif not waits_for_load:
         assert ld.issue == ld.ready
     if case in ("reads_result", "without") or waits_for_load:
         assert mm.issue >= unit.end
+    elif case == "aux":
+        assert mm.issue == mm.ready < unit.end
     elif case == "acc_inside":
         assert mm.issue == max(mm.ready, unit.issue + 8 + 1) < unit.end
     else:

@@ -245,11 +245,11 @@ class ReferenceTPU:
         mm_issue, mm_dst, mm_dst_end = 0, 0, 0
         mm_src, mm_hi = 0, -1
         # The last vector or gradient-descent pass (``cfg.overlap_units``): the cycle it is
-        # idle from, whether it reads the buffer's port r1 after its first cycle, the buffer
-        # rows it writes, the accumulator rows it reads and the cycle from which it has
-        # read them.
+        # idle from, whether it reads the buffer's port r1 after its first cycle and the
+        # cycle of its last read there, the buffer rows it writes, the accumulator rows it
+        # reads and the cycle from which it has read them.
         overlap = cfg.overlap_units
-        unit_idle, unit_r1, unit_lo, unit_hi = 0, False, 0, -1
+        unit_idle, unit_r1, unit_r1_done, unit_lo, unit_hi = 0, False, 0, 0, -1
         uacc_lo, uacc_hi, uacc_done = 0, -1, 0
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
@@ -310,11 +310,14 @@ class ReferenceTPU:
                     wait = 0
                 ready = max(matmul_ready, switch_allowed, wait)
             elif op is LOADW and overlap:
-                # Beside a busy unit unless it reads the loader's port or writes rows this
-                # load reads.
+                # Beside a busy unit unless it writes rows this load reads, once it has
+                # read its aux rows or parameters (through the loader's port).
                 src = operands["src"]
-                conflict = unit_r1 or (src <= unit_hi and unit_lo <= src + rows - 1)
-                ready = max(load_ready, load_allowed, unit_idle if conflict else 0)
+                if src <= unit_hi and unit_lo <= src + rows - 1:
+                    wait = unit_idle
+                else:
+                    wait = unit_r1_done if unit_r1 else 0
+                ready = max(load_ready, load_allowed, wait)
             elif op is MATMUL:
                 ready = max(matmul_ready, switch_allowed, vpu_idle, gd_idle)
             elif op is LOADW:
@@ -405,6 +408,8 @@ class ReferenceTPU:
                         else (rows - 1) * ins.stride)
                 unit_idle = vpu_idle
                 unit_r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
+                # Aux row i is read in cycle c + A + i.
+                unit_r1_done = c + VectorUnit.aux_delay(cfg) + rows - 1
                 unit_lo, unit_hi = operands["dst"], operands["dst"] + span
                 # Accumulator row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
@@ -417,6 +422,8 @@ class ReferenceTPU:
                     rec.append((GD_PASS, operands["src"], operands["param"], rows, stochastic))
                 gd_idle = c + GD_IDLE(cfg, rows)
                 unit_idle, unit_r1 = gd_idle, True
+                # Parameter row i is read in cycle c + P + i.
+                unit_r1_done = c + GradientDescentUnit.param_delay(cfg) + rows - 1
                 unit_lo, unit_hi = operands["param"], operands["param"] + rows - 1
                 # Gradient row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1

@@ -205,8 +205,10 @@ class Emitter:
         accumulators unless ``accumulate_first``.
 
         ``between`` is a list of functions that emit other work (e.g. the vector passes of
-        an earlier result) among the tiles: the ``j``-th after tile ``2 j`` (or after the
-        last), so that each has the streaming of two tiles to run beside."""
+        an earlier result) among the tiles: the ``j``-th after the weight load of tile
+        ``2 j + 1`` and before its matmul (or after the last tile), so that the load is
+        not held up by a pass that reads through the loader's port and each pass has the
+        streaming of two tiles to run beside."""
         rows = rows or self.n
         last_rows = last_rows or rows
 
@@ -217,15 +219,19 @@ class Emitter:
         def size(t):
             return last_rows if t == count - 1 else rows
 
-        # The tiles up to the last one followed by other work, one by one.
+        # The tiles up to the last one with other work, one by one.
         hooks = {}
         for j, emit in enumerate(between):
-            hooks.setdefault(min(2 * j, count - 1), []).append(emit)
-        done = max(hooks) + 1 if hooks else 1
+            hooks.setdefault(min(2 * j + 1, count), []).append(emit)
+        done = min(max(hooks) + 1, count) if hooks else 1
         for t in range(done):
-            pair(weights + t * w_step, inputs + t * x_step, size(t), accumulate_first or t > 0)
+            self.loadw(weights + t * w_step, size(t), transpose)
             for emit in hooks.get(t, ()):
                 emit()
+            self.matmul(inputs + t * x_step, acc, m, stride=stride,
+                        accumulate=accumulate_first or t > 0)
+        for emit in hooks.get(count, ()):
+            emit()
         if done == count:
             return
         tail = 1 if last_rows != rows else 0

@@ -104,38 +104,25 @@ def _assemble(cfg, build, what):
                        f"(use a TPUConfig with a larger imem_depth, or fewer layers)")
 
 
-def _forward_layer(e, layer, params, src, batch, acc, *, out):
-    """The forward pass of one layer, output tile by output tile: the tile's matmuls into
-    the accumulators, then ``out.passes(addrs, bias, acc)``, the vector passes that read
-    them (a list of functions that emit one pass each). ``addrs[0]`` is the tile's
-    parameters (its bias row at ``bias = addrs[0] + in_features``), the other addresses are
-    the extra streams given in ``out.streams`` (each stepping ``batch`` rows per tile, or
-    ``step`` rows when given as ``(addr, step)``).
+def _tiles(e, count, streams, tile, passes, acc, batch):
+    """``count`` tiles of a layer, each its matmuls into ``batch`` accumulator rows and
+    then vector passes that read them: ``tile(addrs, acc, between)`` emits a tile's
+    matmuls into the rows at ``acc`` with the functions ``between`` among them (see
+    :meth:`Emitter.reduce`), ``passes(addrs, acc)`` lists the functions that emit its
+    passes; ``addrs`` are the addresses of ``streams`` (``(origin, step)``) for the tile.
 
     With ``cfg.overlap_units`` and ``e.pipeline`` (and room for two tiles' rows in the
-    accumulators) the tiles are software-pipelined: tile ``t`` accumulates into one of two regions while the
-    passes of tile ``t - 1``, emitted among its matmuls, read the other, so that the array
-    streams while the vector unit works."""
-    n = e.n
+    accumulators) the tiles are software-pipelined: tile ``t`` accumulates into one of two
+    regions while the passes of tile ``t - 1``, emitted among its matmuls, read the other,
+    so that the array streams while the vector unit works."""
     cfg = e.cfg
-    in_pad = pad(layer.in_features, n)
-    tiles = _blocks(layer.out_features, n)
-    k = in_pad // n
-    if layer.leaky:
-        e.config(ConfigReg.LEAK, layer.leak)
-    streams = [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
-                                        for s in out.streams]
-
-    def passes(a, region):
-        return out.passes(a, a[0] + in_pad, region)
-
-    if not (cfg.overlap_units and e.pipeline and tiles > 1 and
+    if not (cfg.overlap_units and e.pipeline and count > 1 and
             acc.base + 2 * batch <= cfg.acc_depth):
-        def tile(a):
-            e.reduce(k, a[0], n, src, batch, acc, batch)
+        def body(a):
+            tile(a, acc, ())
             for emit in passes(a, acc):
                 emit()
-        e.loop(tiles, streams, tile)
+        e.loop(count, streams, body)
         return
 
     regions = (acc, acc + batch)
@@ -146,14 +133,12 @@ def _forward_layer(e, layer, params, src, batch, acc, *, out):
     def step(prev, region):
         """Tile ``prev + 1`` into ``region``, with the passes of tile ``prev`` (in the
         other region) among its matmuls."""
-        a = shifted(prev, 1)
-        e.reduce(k, a[0], n, src, batch, regions[region], batch,
-                 between=passes(prev, regions[1 - region]))
+        tile(shifted(prev, 1), regions[region], passes(prev, regions[1 - region]))
 
     first = [origin for origin, _ in streams]
-    e.reduce(k, first[0], n, src, batch, regions[0], batch)
-    # Tiles 1 .. T-1, two per loop iteration (the regions alternate).
-    loops, odd = divmod(tiles - 1, 2)
+    tile(first, regions[0], ())
+    # Tiles 1 .. count - 1, two per loop iteration (the regions alternate).
+    loops, odd = divmod(count - 1, 2)
     e.loop(loops, [(origin, 2 * s) for origin, s in streams],
            lambda a: (step(a, 1), step(shifted(a, 1), 0)))
     last = shifted(first, 2 * loops)
@@ -162,6 +147,26 @@ def _forward_layer(e, layer, params, src, batch, acc, *, out):
         last = shifted(last, 1)
     for emit in passes(last, regions[odd]):
         emit()
+
+
+def _forward_layer(e, layer, params, src, batch, acc, *, out):
+    """The forward pass of one layer, output tile by output tile (:func:`_tiles`): the
+    tile's matmuls, then ``out.passes(addrs, bias, acc)``, the vector passes that read its
+    accumulator rows at ``acc`` (a list of functions that emit one pass each).
+    ``addrs[0]`` is the tile's parameters (its bias row at ``bias = addrs[0] +
+    in_features``), the other addresses are the extra streams given in ``out.streams``
+    (each stepping ``batch`` rows per tile, or ``step`` rows when given as ``(addr,
+    step)``)."""
+    n = e.n
+    in_pad = pad(layer.in_features, n)
+    if layer.leaky:
+        e.config(ConfigReg.LEAK, layer.leak)
+    streams = [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
+                                        for s in out.streams]
+    _tiles(e, _blocks(layer.out_features, n), streams,
+           lambda a, region, between: e.reduce(in_pad // n, a[0], n, src, batch, region, batch,
+                                               between=between),
+           lambda a, region: out.passes(a, a[0] + in_pad, region), acc, batch)
 
 
 class _Out:
@@ -500,13 +505,16 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
             if prev.leaky:
                 e.config(ConfigReg.LEAK, prev.leak)
 
-            def input_tile(a, prev=prev, dz=dz, in_pad=in_pad, ot_count=ot_count):
-                e.reduce(ot_count, a[0], in_pad + 1, dz, batch, acc, batch, transpose=True)
+            def input_tile(a, region, between, dz=dz, in_pad=in_pad, ot_count=ot_count):
+                e.reduce(ot_count, a[0], in_pad + 1, dz, batch, region, batch, transpose=True,
+                         between=between)
+
+            def input_passes(a, region, prev=prev):
                 if prev.leaky:
-                    e.vpu(acc, a[1], batch, aux=a[1], path=("deriv",))
-                else:
-                    e.vpu(acc, a[1], batch)
-            e.loop(in_pad // n, [(params[i], n), (hidden[i - 1], batch)], input_tile)
+                    return [lambda: e.vpu(region, a[1], batch, aux=a[1], path=("deriv",))]
+                return [lambda: e.vpu(region, a[1], batch)]
+            _tiles(e, in_pad // n, [(params[i], n), (hidden[i - 1], batch)], input_tile,
+                   input_passes, acc, batch)
         e.comment(f"[dW{i}^T; db{i}] = [h^T; 1] dZ{i}, then SGD")
         src_t = xt_rec if i == 0 else hidden_t[i - 1]
 

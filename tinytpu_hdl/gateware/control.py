@@ -117,6 +117,8 @@ class ControlUnit(wiring.Component):
     load_ready, load_busy, matmul_ready, matmul_busy, vpu_busy, gd_busy : In(1)
     unit_reading : In(1)               -- with ``cfg.overlap_units``: the vector or
                                           gradient-descent unit still reads accumulator rows
+    unit_r1_pending : In(1)            -- with ``cfg.overlap_units``: the unit will read aux
+                                          rows or parameters after this cycle
     row_fed : In(1)                    -- a row entered the array this cycle (counters)
     array_overflow, vpu_overflow, gd_overflow : In(1)  -- saturation pulses (sticky flags)
     leak, lr, loss_scale : Out         -- configuration registers
@@ -165,8 +167,8 @@ class ControlUnit(wiring.Component):
     ========  ============================================================
     LOADW     loader ready; ``n`` cycles since the last MATMUL issued;
               vector and gradient units idle; with ``cfg.overlap_units``: or the
-              last pass reads no aux rows or parameters (VPU without LOSS or
-              DERIV) and writes none of the rows loaded
+              last pass writes none of the rows loaded and has read its aux rows or
+              parameters, if any (a VPU with LOSS or DERIV, a GD), up to this cycle
     MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
               issued; vector and gradient units idle; with ``cfg.overlap_units``:
               or the last pass writes none of the rows streamed, and the
@@ -205,7 +207,8 @@ class ControlUnit(wiring.Component):
             "gd_cmd": Out(valid_stream(GradientCommandLayout(cfg))),
             "gd_busy": In(1),
             # (With ``cfg.overlap_units``: a unit still reads accumulator rows.)
-            **({"unit_reading": In(1)} if cfg.overlap_units else {}),
+            **({"unit_reading": In(1), "unit_r1_pending": In(1)}
+               if cfg.overlap_units else {}),
             "row_fed": In(1),
             "array_overflow": In(1), "vpu_overflow": In(1), "gd_overflow": In(1),
             "leak": Out(cfg.scalar.shape), "lr": Out(cfg.scalar.shape),
@@ -619,8 +622,8 @@ class ControlUnit(wiring.Component):
         units_idle = ~(self.vpu_busy | self.gd_busy)
         # With ``cfg.overlap_units`` the buffer's port r0 streams into the array only, and
         # LOADW and MATMUL wait for a busy unit only if they conflict with its pass: the
-        # rows it writes in the buffer; for a LOADW, whether the pass reads the loader's
-        # port r1 after its first cycle (a VPU's aux rows, a GD's parameters); for a
+        # rows it writes in the buffer; for a LOADW, whether the pass has still to read
+        # through the loader's port r1 (a VPU's aux rows, a GD's parameters); for a
         # MATMUL, whether its accumulator destination starts inside the rows the pass reads,
         # past their first (``ua_lo < dst <= ua_hi``), until the pass has read them
         # (``unit_reading`` falls). (Both read and write accumulator rows in order, one per
@@ -651,7 +654,7 @@ class ControlUnit(wiring.Component):
             acc_conflict = neg([d_diff["alo_b"]], [reg_b]) & ~neg([d_diff["ahi_b"]], [reg_b])
             ub_conflict_q, acc_conflict_q = Signal(), Signal()
             m.d.sync += [ub_conflict_q.eq(ub_conflict), acc_conflict_q.eq(acc_conflict)]
-            load_units_ok = units_idle | ~(u_r1 | ub_conflict_q)
+            load_units_ok = units_idle | ~(ub_conflict_q | (u_r1 & self.unit_r1_pending))
             matmul_units_ok = units_idle | ~(ub_conflict_q | (acc_conflict_q & self.unit_reading))
             # A VPU or GD that chases the last MATMUL need not wait for its rows to stream
             # (the units no longer read port r0) unless it writes rows the MATMUL streams.

@@ -68,6 +68,11 @@ class GradientDescentUnit(wiring.Component):
         return 8 + (2 if cfg.isolated_multipliers else 0)
 
     @staticmethod
+    def param_delay(cfg):
+        """Cycles from a command's acceptance to its first parameter row's read (``P``)."""
+        return GradientDescentUnit.latency(cfg) - 3
+
+    @staticmethod
     def idle_after(cfg, rows):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
         return rows + GradientDescentUnit.latency(cfg)
@@ -98,8 +103,9 @@ class GradientDescentUnit(wiring.Component):
             "seed": In(32), "reseed": In(1),
             "busy": Out(1),
             "overflow": Out(1),
-            # (With ``cfg.overlap_units``: gradient rows are still to be read.)
-            **({"reading": Out(1)} if cfg.overlap_units else {}),
+            # (With ``cfg.overlap_units``: gradient rows are still to be read; parameter
+            # rows are still to be read in a later cycle.)
+            **({"reading": Out(1), "param_pending": Out(1)} if cfg.overlap_units else {}),
         })
 
     def elaborate(self, platform):
@@ -153,6 +159,13 @@ class GradientDescentUnit(wiring.Component):
         with m.If(v_sum):
             m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
             m.d.sync += param_rd.eq(param_rd + 1)
+        if cfg.overlap_units:
+            # Whether a parameter row will be read after this cycle (a row left to read or
+            # in a stage before the sum's), registered like the vector unit's.
+            assert 3 + extra + 2 == self.param_delay(cfg)   # valid[j]: row 0 in cycle c+2+j
+            pending = Signal()
+            m.d.sync += pending.eq(next_active | active | Cat(valid[:2 + extra]).any())
+            m.d.comb += self.param_pending.eq(pending)
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
         m.d.sync += theta_valid.eq(v_sum)

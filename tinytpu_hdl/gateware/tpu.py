@@ -133,7 +133,8 @@ class TPU(wiring.Component):
 
         # Memory ports (engines sharing a port never use it in the same cycle).
         if cfg.overlap_units:
-            m.d.comb += control.unit_reading.eq(vector.reading | gd.reading)
+            m.d.comb += [control.unit_reading.eq(vector.reading | gd.reading),
+                         control.unit_r1_pending.eq(vector.aux_pending | gd.param_pending)]
             # r0 streams into the array only; the loader and the units read through r1.
             share_read(m, ub.r0, [matmul.ub, host.ub_rd])
             share_read(m, ub.r1, [loader.ub, vector.ub_bias, vector.ub_aux, gd.ub_rd])

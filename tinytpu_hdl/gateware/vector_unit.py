@@ -103,6 +103,11 @@ class VectorUnit(wiring.Component):
         return VectorUnit.stages(cfg) + 1
 
     @staticmethod
+    def aux_delay(cfg):
+        """Cycles from a command's acceptance to its first aux row's read (``A``)."""
+        return 7 if cfg.isolated_multipliers else 5
+
+    @staticmethod
     def idle_after(cfg, rows, transpose=False):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
         if transpose and cfg.n > 1:
@@ -128,8 +133,9 @@ class VectorUnit(wiring.Component):
             "loss_scale": In(cfg.scalar.shape),
             "busy": Out(1),
             "overflow": Out(1),
-            # (With ``cfg.overlap_units``: accumulator rows are still to be read.)
-            **({"reading": Out(1)} if cfg.overlap_units else {}),
+            # (With ``cfg.overlap_units``: accumulator rows are still to be read; aux rows
+            # are still to be read in a later cycle.)
+            **({"reading": Out(1), "aux_pending": Out(1)} if cfg.overlap_units else {}),
         })
 
     def elaborate(self, platform):
@@ -325,6 +331,16 @@ class VectorUnit(wiring.Component):
                  ovf=lambda l: neg[l] & leaky[l][1])
 
         aux_read = aux_stage["valid"] & use_aux
+        if cfg.overlap_units:
+            # Whether a row will reach the aux stage after this cycle: a row left to read
+            # or in a stage before it; a register loaded with its next value (the rows of
+            # the stages before the last one before the aux stage, the row read now, and
+            # one read next).
+            k = next(i for i, v in enumerate(valids) if v is aux_stage["valid"])
+            assert k + 2 == self.aux_delay(cfg)      # valids[j] holds row 0 in cycle c+2+j
+            pending = Signal()
+            m.d.sync += pending.eq(next_active | active | Cat(valids[:k - 1]).any())
+            m.d.comb += self.aux_pending.eq(pending)
         aux_valid = Signal()
         s["y"] = Signal(row, name="aux_y")
         m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
