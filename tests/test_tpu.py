@@ -21,6 +21,19 @@ def pad(a, n):
     return out
 
 
+def reference_events(cfg, program, ub):
+    """The reference model's timeline (:class:`~tinytpu_hdl.reference.Event` per issued
+    instruction) of ``program`` run once with the buffer rows ``ub`` ({address: rows})."""
+    from tinytpu_hdl.reference import ReferenceTPU
+    model = ReferenceTPU(cfg)
+    for addr, rows in ub.items():
+        model.ub[addr:addr + len(rows)] = rows
+    model.events = []
+    model.imem[:len(program.words)] = program.words
+    model.start()
+    return model.events
+
+
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
 XOR_W1 = np.array([[0.8, -0.6], [-0.7, 0.9]])       # (out, in) like torch
 XOR_B1 = np.array([0.1, -0.2])
@@ -361,7 +374,6 @@ def test_vector_and_gd_units_chase_the_matmul(offset):
     ``overlap_units``, under which the pass need not wait for the rows to stream: see
     ``test_passes_chase_a_matmul_before_its_rows_have_streamed``.)"""
     from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
-    from tinytpu_hdl.reference import ReferenceTPU
     n, m = 2, 20
     cfg = TPUConfig(n=n, **SMALL, overlap_units=False)
     rng = np.random.default_rng(7)
@@ -377,12 +389,7 @@ def test_vector_and_gd_units_chase_the_matmul(offset):
     # The VPU narrows Q16.16 sums to Q8.8: the rows it read are the matmul's results.
     expect = np.clip((acc[src:src + 3] + (1 << 7)) >> 8, -32768, 32767)
     assert np.array_equal(state["ub"][42:45], expect)
-    model = ReferenceTPU(cfg)
-    model.ub[0:m], model.ub[40:42] = x, w
-    model.events = []
-    model.imem[:len(program.words)] = program.words
-    model.start()
-    mm, vpu = model.events[1], model.events[2]
+    mm, vpu = reference_events(cfg, program, {0: x, 40: w})[1:3]
     if offset <= 0:
         assert vpu.issue == max(vpu.ready, mm.issue + m, mm.issue + MatmulEngine.chase_after(cfg))
         assert vpu.issue < mm.end
@@ -402,7 +409,6 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
     waits until the pass has read them. Results against numpy, cycles against the rule,
     both backends."""
     from tinytpu_hdl.gateware.vector_unit import VectorUnit
-    from tinytpu_hdl.reference import ReferenceTPU
     n, m = 2, 8
     cfg = TPUConfig(n=n, **SMALL, overlap_units=case != "without")
     rng = np.random.default_rng(3)
@@ -426,13 +432,7 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
         weights = narrowed[:2] if case == "load_reads_result" else w1
         stream = narrowed[:4] if case == "reads_result" else x
         assert np.array_equal(state["acc"][dst:dst + 4], stream @ weights)
-    model = ReferenceTPU(cfg)
-    for addr, rows in ub.items():
-        model.ub[addr:addr + len(rows)] = rows
-    model.events = []
-    model.imem[:len(program.words)] = program.words
-    model.start()
-    _, _, unit, ld, mm, _ = model.events
+    _, _, unit, ld, mm, _ = reference_events(cfg, program, ub)
     waits_for_load = case in ("load_reads_result", "without")
     assert (ld.issue >= unit.end) == waits_for_load
     if case == "aux":
@@ -457,7 +457,6 @@ def test_passes_chase_a_matmul_before_its_rows_have_streamed(dst, overlap):
     unless it writes rows the matmul streams: then, as without ``overlap_units``, it waits
     until they have streamed. The matmul streams the rows as they were before the pass."""
     from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
-    from tinytpu_hdl.reference import ReferenceTPU
     n, m = 2, 16
     cfg = TPUConfig(n=n, **SMALL, overlap_units=overlap)
     rng = np.random.default_rng(5)
@@ -470,12 +469,7 @@ def test_passes_chase_a_matmul_before_its_rows_have_streamed(dst, overlap):
     assert np.array_equal(state["acc"][:m], x @ w)
     narrowed = np.clip((x @ w + (1 << 7)) >> 8, -32768, 32767)
     assert np.array_equal(state["ub"][dst:dst + 4], narrowed[:4])
-    model = ReferenceTPU(cfg)
-    model.ub[0:m], model.ub[40:42] = x, w
-    model.events = []
-    model.imem[:len(program.words)] = program.words
-    model.start()
-    mm, vpu = model.events[1], model.events[2]
+    mm, vpu = reference_events(cfg, program, {0: x, 40: w})[1:3]
     chased = max(vpu.ready, mm.issue + MatmulEngine.chase_after(cfg))
     if overlap and dst >= m:
         assert vpu.issue == chased < mm.issue + m

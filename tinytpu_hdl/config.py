@@ -49,9 +49,9 @@ class TPUConfig:
 
     ``overlap_units`` lets ``loadw`` and ``matmul`` issue while a vector or
     gradient-descent pass runs, unless they touch the buffer rows it writes, or, for a
-    ``loadw``, the pass reads the buffer after its first cycle (aux rows, parameters), or,
-    for a ``matmul``, its accumulator destination starts inside the rows the pass has still
-    to read (see :class:`~tinytpu_hdl.gateware.control.ControlUnit`). The buffer port that
+    ``loadw``, the pass has aux rows or parameters still to read (through the loader's
+    port), or, for a ``matmul``, its accumulator destination starts inside the rows the
+    pass has still to read (see :class:`~tinytpu_hdl.gateware.control.ControlUnit`). The buffer port that
     streams into the array is then the array's alone, and the weight loader and the units
     read a second copy of the unified buffer, which doubles its block RAM. The next weight
     tile's load and matmul run beside a vector or gradient-descent pass over the last

@@ -327,23 +327,17 @@ class ReferenceTPU:
                 # accumulator row read after it is written: from its issue plus the chase
                 # delay when the source starts at or below the matmul's destination
                 # (row r then is read no earlier than the matmul writes it), else idle.
-                # With overlap_units the rows need not have streamed unless the pass
-                # writes one of them.
-                # (With overlap_units also when it starts past the matmul's last row: the
-                # rows it reads were written by earlier matmuls, which have finished
-                # writing them by then.)
+                # With overlap_units also when the source starts past the matmul's last
+                # row (the rows it reads were written by earlier matmuls, which have
+                # finished writing them by then), and the rows need not have streamed
+                # unless the pass writes one of them.
                 drained = matmul_idle
                 if operands["src"] <= mm_dst or (overlap and operands["src"] > mm_dst_end):
                     drained = min(matmul_idle, mm_issue + MATMUL_CHASE(cfg))
                 streamed = matmul_ready
                 if overlap:
-                    if op is VPU:
-                        span = (vpu_transposed_extent(n, rows, ins.stride)
-                                if ins.flags & FLAG_TRANSPOSE_OUT else (rows - 1) * ins.stride)
-                        lo = operands["dst"]
-                    else:
-                        span, lo = rows - 1, operands["param"]
-                    if not (lo <= mm_hi and mm_src <= lo + span):
+                    lo, hi = operands["written"]
+                    if not (lo <= mm_hi and mm_src <= hi):
                         streamed = 0
                 ready = max(load_idle, vpu_idle, gd_idle, streamed, drained)
             elif op in WAIT_ALL:
@@ -402,15 +396,12 @@ class ReferenceTPU:
                 self._vpu(ins, operands)
                 if rec is not None:
                     rec.append((VECTOR, ins, operands))
-                transposed = bool(ins.flags & FLAG_TRANSPOSE_OUT)
-                vpu_idle = c + VPU_IDLE(cfg, rows, transposed)
-                span = (vpu_transposed_extent(n, rows, ins.stride) if transposed
-                        else (rows - 1) * ins.stride)
+                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
                 unit_idle = vpu_idle
                 unit_r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
                 # Aux row i is read in cycle c + A + i.
                 unit_r1_done = c + VectorUnit.aux_delay(cfg) + rows - 1
-                unit_lo, unit_hi = operands["dst"], operands["dst"] + span
+                unit_lo, unit_hi = operands["written"]
                 # Accumulator row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
                 uacc_done = c + rows + 1
@@ -424,7 +415,7 @@ class ReferenceTPU:
                 unit_idle, unit_r1 = gd_idle, True
                 # Parameter row i is read in cycle c + P + i.
                 unit_r1_done = c + GradientDescentUnit.param_delay(cfg) + rows - 1
-                unit_lo, unit_hi = operands["param"], operands["param"] + rows - 1
+                unit_lo, unit_hi = operands["written"]
                 # Gradient row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
                 uacc_done = c + rows + 1
@@ -471,7 +462,7 @@ class ReferenceTPU:
                 raise _Fault(ErrorCode.ACC_RANGE)
             if eb + last >= cfg.ub_depth:
                 raise _Fault(ErrorCode.UB_RANGE)
-            return {"src": ea, "param": eb}
+            return {"src": ea, "param": eb, "written": (eb, eb + last)}
         # VPU: overlaps, then the accumulator source, destination, aux and bias rows.
         ec, ed = ins.c[0] + regs[ins.c[1]], ins.d[0] + regs[ins.d[1]]
         path = ins.flags
@@ -493,7 +484,7 @@ class ReferenceTPU:
         if dst_end >= cfg.ub_depth or (use_aux and aux_end >= cfg.ub_depth) or \
                 (use_bias and ed >= cfg.ub_depth):
             raise _Fault(ErrorCode.UB_RANGE)
-        return {"src": ea, "dst": eb, "aux": ec, "bias": ed}
+        return {"src": ea, "dst": eb, "aux": ec, "bias": ed, "written": (eb, dst_end)}
 
     def _loadw(self, src, rows, transpose):
         tile = np.zeros((self.cfg.n, self.cfg.n), dtype=np.int64)

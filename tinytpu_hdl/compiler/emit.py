@@ -212,12 +212,11 @@ class Emitter:
         rows = rows or self.n
         last_rows = last_rows or rows
 
-        def pair(w, x, k, accumulate):
+        def pair(w, x, k, accumulate, work=()):
             self.loadw(w, k, transpose)
+            for emit in work:
+                emit()
             self.matmul(x, acc, m, stride=stride, accumulate=accumulate)
-
-        def size(t):
-            return last_rows if t == count - 1 else rows
 
         # The tiles up to the last one with other work, one by one.
         hooks = {}
@@ -225,11 +224,9 @@ class Emitter:
             hooks.setdefault(min(2 * j + 1, count), []).append(emit)
         done = min(max(hooks) + 1, count) if hooks else 1
         for t in range(done):
-            self.loadw(weights + t * w_step, size(t), transpose)
-            for emit in hooks.get(t, ()):
-                emit()
-            self.matmul(inputs + t * x_step, acc, m, stride=stride,
-                        accumulate=accumulate_first or t > 0)
+            pair(weights + t * w_step, inputs + t * x_step,
+                 last_rows if t == count - 1 else rows, accumulate_first or t > 0,
+                 hooks.get(t, ()))
         for emit in hooks.get(count, ()):
             emit()
         if done == count:

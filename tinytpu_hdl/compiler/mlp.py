@@ -93,7 +93,7 @@ def _blocks(features, n):
 def _assemble(cfg, build, what):
     """Emit with the most unrolling whose program fits the instruction memory, with the
     layers' output tiles software-pipelined (``overlap_units``) if that fits, else not."""
-    for pipeline in (True, False):
+    for pipeline in (True, False) if cfg.overlap_units else (False,):
         for unroll in (4, 2, 1):
             e = build(unroll, pipeline)
             program = e.program()

@@ -139,7 +139,9 @@ class UnifiedBuffer(RowMemory):
 
     With ``cfg.overlap_units`` ``r1`` has an address of its own: the buffer is held twice
     (each copy written by ``w``, one read by ``r0``, the other by ``r1``), so that weight
-    loads run while a vector or gradient-descent pass writes other rows.
+    loads run while a vector or gradient-descent pass writes other rows; ``r0`` then serves
+    the input streams and the host, and the aux rows and parameters are read through
+    ``r1``.
     """
 
     def __init__(self, cfg, depth):
