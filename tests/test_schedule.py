@@ -152,3 +152,32 @@ def test_pipelined_forward_tiles_compute_the_same_in_fewer_cycles(hidden):
             losses = acc.train(model.copy(), x, y, lr=0.25, epochs=1, batch_size=6)
             stats[backend] = (losses, acc.stats)
         assert stats["reference"] == stats["pysim"]
+
+
+@pytest.mark.parametrize("sizes, activations, acc_depth", [
+    ([5, 6, 7, 3], ["leaky_relu", "relu", "none"], 512),   # a leak change between layers
+    ([5, 7, 3], ["leaky_relu", "leaky_relu"], 512),
+    ([5, 6, 3], ["leaky_relu", "leaky_relu"], 512),        # the carried pass reads acc[0]
+    ([5, 7, 3], ["leaky_relu", "leaky_relu"], 16),         # no room above for the gradients
+    ([5, 3, 2], ["leaky_relu", "none"], 512),              # a one-tile next layer
+    ([5, 6, 2], ["leaky_relu", "none"], 512),              # ... writing the carry's rows
+])
+def test_passes_carried_into_the_next_phase_compute_the_same(sizes, activations, acc_depth):
+    """With ``overlap_units`` a hidden layer's last transposed pass runs among the next
+    layer's matmuls, and the last pass of a layer's input gradients among the weight
+    gradients' (which then accumulate above the rows that pass reads, where they fit): the
+    same losses, weights and outputs as the tile-by-tile program, bit for bit, in fewer
+    cycles, whatever leak the next layer sets and wherever the gradients fit."""
+    from tinytpu_hdl.model import MLP
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (6, sizes[0])), rng.uniform(-1, 1, (6, sizes[-1]))
+    results = {}
+    for overlap in (False, True):
+        model = MLP.random(sizes, seed=0, leak=0.25, activations=activations)
+        acc = Accelerator(TPUConfig(n=2, acc_depth=acc_depth, overlap_units=overlap))
+        losses = acc.train(model, x, y, lr=0.25, epochs=2, batch_size=6)
+        results[overlap] = (losses, model.weights + model.biases, acc.stats.cycles)
+    (l0, p0, t0), (l1, p1, t1) = results[False], results[True]
+    assert l0 == l1
+    assert all(np.array_equal(a, b) for a, b in zip(p0, p1))
+    assert t1 < t0

@@ -110,6 +110,10 @@ class Emitter:
         but for the registers in ``keep``, which nothing after this point changes."""
         self._config = {r: v for r, v in self._config.items() if r in keep}
 
+    def config_changes(self, reg: ConfigReg, value: float):
+        """Whether :meth:`config` with these arguments emits an instruction."""
+        return self._config.get(reg) != int(self.cfg.scalar.encode(value)) & 0xFFFF
+
     def config(self, reg: ConfigReg, value: float):
         raw = int(self.cfg.scalar.encode(value)) & 0xFFFF
         if self._config.get(reg) != raw:
@@ -208,7 +212,7 @@ class Emitter:
         an earlier result) among the tiles: the ``j``-th after the weight load of tile
         ``2 j + 1`` and before its matmul (or after the last tile), so that the load is
         not held up by a pass that reads through the loader's port and each pass has the
-        streaming of two tiles to run beside."""
+        streaming of two tiles to run beside. A ``None`` leaves its place empty."""
         rows = rows or self.n
         last_rows = last_rows or rows
 
@@ -221,7 +225,8 @@ class Emitter:
         # The tiles up to the last one with other work, one by one.
         hooks = {}
         for j, emit in enumerate(between):
-            hooks.setdefault(min(2 * j + 1, count), []).append(emit)
+            if emit is not None:
+                hooks.setdefault(min(2 * j + 1, count), []).append(emit)
         done = min(max(hooks) + 1, count) if hooks else 1
         for t in range(done):
             pair(weights + t * w_step, inputs + t * x_step,

@@ -104,7 +104,28 @@ def _assemble(cfg, build, what):
                        f"(use a TPUConfig with a larger imem_depth, or fewer layers)")
 
 
-def _tiles(e, count, streams, tile, passes, acc, batch):
+@dataclass(frozen=True)
+class _Carry:
+    """Vector passes of a phase's last tile left for the next phase to emit among its
+    matmuls (``emits``, functions that emit one pass each, as ``between`` of
+    :meth:`.Emitter.reduce`: ``None`` leaves a place empty), and the accumulator rows
+    they read (``region``)."""
+
+    emits: tuple
+    region: Addr
+
+    def emit(self):
+        for emit in self.emits:
+            if emit is not None:
+                emit()
+
+    def later(self):
+        """The same passes one place later among the matmuls (two tiles' streaming after
+        the pass before them instead of one)."""
+        return _Carry((None,) + self.emits, self.region)
+
+
+def _tiles(e, count, streams, tile, passes, acc, batch, *, carry=None, keep=0):
     """``count`` tiles of a layer, each its matmuls into ``batch`` accumulator rows and
     then vector passes that read them: ``tile(addrs, acc, between)`` emits a tile's
     matmuls into the rows at ``acc`` with the functions ``between`` among them (see
@@ -114,18 +135,34 @@ def _tiles(e, count, streams, tile, passes, acc, batch):
     With ``cfg.overlap_units`` and ``e.pipeline`` (and room for two tiles' rows in the
     accumulators) the tiles are software-pipelined: tile ``t`` accumulates into one of two
     regions while the passes of tile ``t - 1``, emitted among its matmuls, read the other,
-    so that the array streams while the vector unit works."""
+    so that the array streams while the vector unit works.
+
+    ``carry`` (a :class:`_Carry` of the phase before, or None) is emitted among the first
+    tile's matmuls, which then write the region it does not read, or first where that
+    cannot be. When pipelined, the last ``keep`` passes of the last tile are returned as a
+    :class:`_Carry` instead of emitted (the caller guarantees that nothing before the
+    next phase's first matmul reads the rows they write); else None."""
     cfg = e.cfg
-    if not (cfg.overlap_units and e.pipeline and count > 1 and
-            acc.base + 2 * batch <= cfg.acc_depth):
+    pipelined = (cfg.overlap_units and e.pipeline and count > 1 and
+                 acc.base + 2 * batch <= cfg.acc_depth)
+    if not pipelined:
+        first = ()
+        if carry is not None:
+            if count == 1 and carry.region != acc:
+                first = carry.emits
+            else:
+                carry.emit()
+
         def body(a):
-            tile(a, acc, ())
+            tile(a, acc, first)
             for emit in passes(a, acc):
                 emit()
         e.loop(count, streams, body)
-        return
+        return None
 
     regions = (acc, acc + batch)
+    if carry is not None and carry.region == acc:
+        regions = regions[::-1]
 
     def shifted(a, tiles_on):
         return [x + tiles_on * step for x, (_, step) in zip(a, streams)]
@@ -136,7 +173,7 @@ def _tiles(e, count, streams, tile, passes, acc, batch):
         tile(shifted(prev, 1), regions[region], passes(prev, regions[1 - region]))
 
     first = [origin for origin, _ in streams]
-    tile(first, regions[0], ())
+    tile(first, regions[0], carry.emits if carry is not None else ())
     # Tiles 1 .. count - 1, two per loop iteration (the regions alternate).
     loops, odd = divmod(count - 1, 2)
     e.loop(loops, [(origin, 2 * s) for origin, s in streams],
@@ -145,28 +182,35 @@ def _tiles(e, count, streams, tile, passes, acc, batch):
     if odd:
         step(last, 1)
         last = shifted(last, 1)
-    for emit in passes(last, regions[odd]):
+    emits = passes(last, regions[odd])
+    for emit in emits[:len(emits) - keep]:
         emit()
+    return _Carry(tuple(emits[len(emits) - keep:]), regions[odd]) if keep else None
 
 
-def _forward_layer(e, layer, params, src, batch, acc, *, out):
+def _forward_layer(e, layer, params, src, batch, acc, *, out, carry=None, keep=0):
     """The forward pass of one layer, output tile by output tile (:func:`_tiles`): the
     tile's matmuls, then ``out.passes(addrs, bias, acc)``, the vector passes that read its
     accumulator rows at ``acc`` (a list of functions that emit one pass each).
     ``addrs[0]`` is the tile's parameters (its bias row at ``bias = addrs[0] +
     in_features``), the other addresses are the extra streams given in ``out.streams``
     (each stepping ``batch`` rows per tile, or ``step`` rows when given as ``(addr,
-    step)``)."""
+    step)``). ``carry`` and ``keep`` as in :func:`_tiles`; a carry is emitted before a
+    change of the leak it was emitted for. Returns the last tile's kept passes."""
     n = e.n
     in_pad = pad(layer.in_features, n)
     if layer.leaky:
+        if carry is not None and e.config_changes(ConfigReg.LEAK, layer.leak):
+            carry.emit()
+            carry = None
         e.config(ConfigReg.LEAK, layer.leak)
     streams = [(params, in_pad + 1)] + [s if isinstance(s, tuple) else (s, batch)
                                         for s in out.streams]
-    _tiles(e, _blocks(layer.out_features, n), streams,
-           lambda a, region, between: e.reduce(in_pad // n, a[0], n, src, batch, region, batch,
-                                               between=between),
-           lambda a, region: out.passes(a, a[0] + in_pad, region), acc, batch)
+    return _tiles(e, _blocks(layer.out_features, n), streams,
+                  lambda a, region, between: e.reduce(in_pad // n, a[0], n, src, batch,
+                                                      region, batch, between=between),
+                  lambda a, region: out.passes(a, a[0] + in_pad, region), acc, batch,
+                  carry=carry, keep=keep)
 
 
 class _Out:
@@ -459,7 +503,6 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
     record_rows = training_footprint(cfg, layers, batch).record
     y_stride = batch * _blocks(layers[-1].out_features, n)
     log_addr = Addr("ub", regions["log"].base, REG_OUT) if log else None
-    rc_max = cfg.acc_depth                # rows of a weight-gradient chunk
 
     e.comment(f"SGD on MSE: lr register {lr_reg:g} x loss_scale {loss_reg:g}")
     e.config(ConfigReg.LR, lr_reg)
@@ -471,7 +514,9 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
     e.label("batch")
     e.forget_config(keep=(ConfigReg.LR, ConfigReg.LOSS_SCALE))     # only LEAK changes
 
-    # Forward.
+    # Forward. A hidden layer's last transposed pass (read only by the backward pass) is
+    # emitted among the next layer's first matmuls.
+    carry = None
     for i, layer in enumerate(layers):
         src = x_rec if i == 0 else hidden[i - 1]
         act = ("act",) if layer.leaky else ()
@@ -491,7 +536,8 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
                     lambda: e.vpu(acc, a[1], batch, aux=a[2], bias=bias,
                                   path=("bias",) + act + ("loss",) + deriv)]
             out = _Out([dz_last, y_rec] + ([log_addr] if log else []), last)
-        _forward_layer(e, layer, params[i], src, batch, acc, out=out)
+        carry = _forward_layer(e, layer, params[i], src, batch, acc, out=out,
+                               carry=carry and carry.later(), keep=1 if i < L - 1 else 0)
 
     # Backward.
     for i in reversed(range(L)):
@@ -513,49 +559,71 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
                 if prev.leaky:
                     return [lambda: e.vpu(region, a[1], batch, aux=a[1], path=("deriv",))]
                 return [lambda: e.vpu(region, a[1], batch)]
-            _tiles(e, in_pad // n, [(params[i], n), (hidden[i - 1], batch)], input_tile,
-                   input_passes, acc, batch)
+            # The last tile's pass writes dZ{i-1}, which the weight gradients of this layer
+            # do not read: it is emitted among their first matmuls.
+            carry = _tiles(e, in_pad // n, [(params[i], n), (hidden[i - 1], batch)],
+                           input_tile, input_passes, acc, batch, keep=1)
         e.comment(f"[dW{i}^T; db{i}] = [h^T; 1] dZ{i}, then SGD")
         src_t = xt_rec if i == 0 else hidden_t[i - 1]
+        # The weight gradients accumulate from grad_acc on: above the rows the carried pass
+        # reads where they fit there in one chunk (the pass then runs among their first
+        # matmuls), else from acc on, after the pass.
+        grad_acc = acc
+        if carry is not None:
+            if carry.region.base + batch + in_pad + 1 <= cfg.acc_depth:
+                grad_acc = carry.region + batch
+            else:
+                carry.emit()
+                carry = None
+        rc_max = cfg.acc_depth - grad_acc.base     # rows of a weight-gradient chunk
 
         in_f = layer.in_features
 
-        def gradient(param, dz_tile, src, stream):
+        def gradient(param, dz_tile, src, stream, between=()):
             """Stream ``stream`` rows of ``[h^T; 1]`` from ``src`` against the batch's
             ``dZ`` chunks into the accumulators."""
-            e.reduce(nb, dz_tile, n, src, 1, acc, stream, last_rows=batch - (nb - 1) * n,
-                     stride=nb)
+            e.reduce(nb, dz_tile, n, src, 1, grad_acc, stream,
+                     last_rows=batch - (nb - 1) * n, stride=nb, between=between)
 
         def update(param, rows, bias_at=None):
             """SGD on the real rows (the padding rows of the features have no parameters:
             their gradient is zero and they are skipped, so that the random stream of
             stochastic rounding is the same for every array size), then the bias row."""
             if bias_at == rows:
-                e.gd(acc, param, rows + 1, stochastic=stochastic)
+                e.gd(grad_acc, param, rows + 1, stochastic=stochastic)
                 return
             if rows:
-                e.gd(acc, param, rows, stochastic=stochastic)
+                e.gd(grad_acc, param, rows, stochastic=stochastic)
             if bias_at is not None:
-                e.gd(acc + bias_at, param + bias_at, 1, stochastic=stochastic)
+                e.gd(grad_acc + bias_at, param + bias_at, 1, stochastic=stochastic)
 
-        def output_tile(a, in_f=in_f, in_pad=in_pad, src_t=src_t):
+        def output_tile(a, between=(), in_f=in_f, in_pad=in_pad, src_t=src_t):
             # Chunks of the weight rows of at most the accumulator memory's rows; the last
             # chunk also streams the padding rows and the bias row (the row of ones).
+            # ``between``: the carried passes, among the first chunk's matmuls.
             full, last = divmod(in_f, rc_max)
             e.loop(full, [(a[0], rc_max), (a[1], 0), (src_t, rc_max * nb)],
                    lambda c: (gradient(c[0], c[1], c[2], rc_max), update(c[0], rc_max)))
+            assert not (full and between), "a carry goes only to a one-chunk gradient"
             start = full * rc_max
             tail = in_pad + 1 - start                  # rows the last chunk streams
             if tail <= rc_max:
-                gradient(a[0] + start, a[1], src_t + start * nb, tail)
+                gradient(a[0] + start, a[1], src_t + start * nb, tail, between)
                 update(a[0] + start, last, bias_at=tail - 1)
                 return
             # The last rows and the bias row do not fit one chunk: one chunk each.
-            gradient(a[0] + start, a[1], src_t + start * nb, last)
+            gradient(a[0] + start, a[1], src_t + start * nb, last, between)
             update(a[0] + start, last)
             gradient(a[0] + in_pad, a[1], src_t + in_pad * nb, 1)
             update(a[0] + in_pad, 0, bias_at=0)
-        e.loop(ot_count, [(params[i], in_pad + 1), (dz, batch)], output_tile)
+        streams = [(params[i], in_pad + 1), (dz, batch)]
+        if carry is not None:
+            output_tile([origin for origin, _ in streams], carry.emits)
+            e.loop(ot_count - 1, [(origin + step, step) for origin, step in streams],
+                   output_tile)
+            carry = None
+        else:
+            e.loop(ot_count, streams, output_tile)
 
     e.emit(f"addi r{REG_REC}, r{REG_REC}, {record_rows}")
     if log:
