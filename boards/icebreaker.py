@@ -5,8 +5,9 @@ DSPs (one for the PE, three for the vector unit's multiplies, two for the
 gradient-descent unit's 32x16 product, one for the control unit's range check) and 29 of
 the 30 EBR (the index registers live in five of them, see ControlUnit's register_ram), with
 40-bit counters (25 hours at 12 MHz), without ``chase_matmul`` (its second copy of
-the accumulators would need two more EBR) and without ``registered_requests`` (with them
-the 1x1 packs into more logic cells than the UP5K has); 24.7 MHz after routing
+the accumulators would need two more EBR) and without ``registered_requests`` and
+``registered_weight_rows`` (with them the 1x1 packs into more logic cells than the UP5K
+has); 24.7 MHz after routing
 (2026-12-04). At 99.8 % the packed count moves by tens of cells with small netlist
 changes: the bitstream test in CI is the check. The
 buffer has 1,536 rows (two copies of six EBR: iCE40 block RAMs have one read port each).
@@ -27,7 +28,7 @@ BOARD = Board(
     platform=ICEBreakerPlatform,
     cfg=TPUConfig(n=1, ub_depth=1536, acc_depth=256, imem_depth=256, counter_width=40,
                   isolated_multipliers=False, chase_matmul=False,
-                  registered_requests=False),
+                  registered_requests=False, registered_weight_rows=False),
     clock_hz=12e6,
     baud=1_000_000,
     leds={"running": ("led", 2), "done": ("led_g", 0), "error": ("led_r", 0)},

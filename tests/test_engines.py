@@ -330,9 +330,12 @@ def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
     assert (np.abs(update) == 32767).any() or (want[param:param + rows] != ub[param:param + rows]).any()
 
 
+@pytest.mark.parametrize("registered", [False, True])
 @pytest.mark.parametrize("rows, transpose", [(3, False), (2, False), (1, True), (3, True)])
-def test_weight_loader_order_padding_and_timing(rows, transpose):
-    cfg = CFG
+def test_weight_loader_order_padding_and_timing(rows, transpose, registered):
+    """The rows from the last to the first after the padding, in cycles 2 .. n + 1 after
+    the command (3 .. n + 2 with the rows registered), ready from n, idle after the last."""
+    cfg = replace(CFG, registered_weight_rows=registered)
     rng = np.random.default_rng(rows)
     ub, acc = random_memories(rng, cfg)
     h = Harness(cfg, ub, acc)
@@ -361,9 +364,11 @@ def test_weight_loader_order_padding_and_timing(rows, transpose):
     n = cfg.n
     want = [[0] * n] * (n - rows) + [list(ub[17 + r]) for r in reversed(range(rows))]
     assert [p[1] for p in pushes] == want
-    assert [p[0] for p in pushes] == list(range(2, n + 2))
+    first = 3 if registered else 2
+    assert [p[0] for p in pushes] == list(range(first, first + n))
     assert all(p[2] == int(transpose) for p in pushes)
-    assert ready.index(1) + 1 == n and busy.index(0) + 1 == n + 2
+    assert ready.index(1) + 1 == n and busy.index(0) + 1 == n + first
+    assert (WeightLoader.ready_after(cfg), WeightLoader.idle_after(cfg)) == (n, n + first)
 
 
 def matmul_harness(cfg, ub, acc, acc_transparent=True):

@@ -47,6 +47,15 @@ class TPUConfig:
     ECP5); off, they are gated from the engines' state in the cycle they are used, which
     saves about 30 logic cells (the iCEBreaker's 1x1 TPU). The cycles are the same.
 
+    ``registered_weight_rows`` puts a register between the unified buffer's output and the
+    array's weight input: each row the weight loader reads is registered before the PEs'
+    shadow registers take it, so that the block RAM's output and the multiplexer over its
+    blocks drive one register instead of every PE of the array's edge (Fmax on the ECP5).
+    A load then takes a cycle longer (:class:`~tinytpu_hdl.gateware.loader.WeightLoader`),
+    a ``matmul`` after a ``loadw`` waits a cycle longer and a ``loadw`` after a ``matmul``
+    a cycle less. On by default; off it saves a register per weight bit (the iCEBreaker's
+    1x1 TPU).
+
     ``overlap_units`` lets ``loadw`` and ``matmul`` issue while a vector or
     gradient-descent pass runs, unless they touch the buffer rows it writes, or, for a
     ``loadw``, the pass has aux rows or parameters still to read (through the loader's
@@ -76,6 +85,7 @@ class TPUConfig:
     isolated_multipliers: bool = True
     chase_matmul: bool = True
     registered_requests: bool = True
+    registered_weight_rows: bool = True
     overlap_units: bool = None
     unit_multipliers: str = "blocks"
 
@@ -104,7 +114,7 @@ class TPUConfig:
         if self.overlap_units is None:
             object.__setattr__(self, "overlap_units", self.chase_matmul)
         for name in ("isolated_multipliers", "chase_matmul", "registered_requests",
-                     "overlap_units"):
+                     "registered_weight_rows", "overlap_units"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, not {getattr(self, name)!r}")
         if self.overlap_units and not self.chase_matmul:

@@ -19,6 +19,7 @@ import numpy as np
 from .config import TPUConfig
 from .gateware.control import CHECK_CYCLES, CSR, State
 from .gateware.gd_unit import GradientDescentUnit
+from .gateware.loader import WeightLoader, load_after_matmul, matmul_after_load
 from .gateware.matmul_engine import MatmulEngine
 from .gateware.vector_unit import VectorUnit
 from .host_protocol import (
@@ -41,8 +42,8 @@ from .reference_trace import (
 __all__ = ["ReferenceTPU", "ReferenceTransport", "Event"]
 
 # Engine timings (cycles after the issue cycle c), as documented on the engines.
-LOAD_READY = lambda n, rows: n                    # noqa: E731  WeightLoader.ready from c+n
-LOAD_IDLE = lambda n, rows: n + 2                 # noqa: E731  WeightLoader.busy low from c+n+2
+LOAD_READY = WeightLoader.ready_after
+LOAD_IDLE = WeightLoader.idle_after
 MATMUL_READY = lambda n, rows: rows               # noqa: E731
 MATMUL_IDLE = MatmulEngine.idle_after
 MATMUL_CHASE = MatmulEngine.chase_after
@@ -240,6 +241,8 @@ class ReferenceTPU:
         wd = self.watchdog
         load_ready = load_idle = matmul_ready = matmul_idle = vpu_idle = gd_idle = 0
         load_allowed = switch_allowed = 0
+        load_ready_after, load_idle_after = LOAD_READY(cfg), LOAD_IDLE(cfg)
+        switch_after, load_after = matmul_after_load(cfg), load_after_matmul(cfg)
         # The last matmul's issue cycle and accumulator destination (for the chase rule),
         # and the buffer rows it streams (for overlap_units).
         mm_issue, mm_dst, mm_dst_end = 0, 0, 0
@@ -378,8 +381,8 @@ class ReferenceTPU:
                 self._loadw(operands["src"], rows, transpose)
                 if rec is not None:
                     rec.append((LOAD, operands["src"], rows, transpose))
-                load_ready, load_idle = c + LOAD_READY(n, rows), c + LOAD_IDLE(n, rows)
-                switch_allowed = c + 1 + max(n - 2, 0)
+                load_ready, load_idle = c + load_ready_after, c + load_idle_after
+                switch_allowed = c + switch_after
             elif op is MATMUL:
                 accumulate = bool(ins.flags & FLAG_ACCUMULATE)
                 self._matmul(operands["src"], ins.stride, rows, operands["dst"], accumulate)
@@ -390,7 +393,7 @@ class ReferenceTPU:
                 mm_issue, mm_dst = c, operands["dst"]
                 mm_dst_end = mm_dst + rows - 1
                 mm_src, mm_hi = operands["src"], operands["src"] + (rows - 1) * ins.stride
-                load_allowed = c + n
+                load_allowed = c + load_after
             elif op is VPU:
                 self._flush()
                 self._vpu(ins, operands)

@@ -14,7 +14,7 @@ from ..isa import (
 from ..numeric import hdl_mul_const
 from .arith import complement, compress, negative, product_terms, quotient
 from .gd_unit import GradientCommandLayout
-from .loader import LoadCommandLayout
+from .loader import LoadCommandLayout, load_after_matmul, matmul_after_load
 from .matmul_engine import MatmulCommandLayout, MatmulEngine
 from .memory import read_request
 from .signatures import valid_stream
@@ -165,12 +165,13 @@ class ControlUnit(wiring.Component):
     region hazards between the loads and matmuls and the last VPU or GD pass):
 
     ========  ============================================================
-    LOADW     loader ready; ``n`` cycles since the last MATMUL issued;
+    LOADW     loader ready; ``n`` cycles since the last MATMUL issued (``n - 1`` with
+              ``cfg.registered_weight_rows``, at least 1: :func:`.load_after_matmul`);
               vector and gradient units idle; with ``cfg.overlap_units``: or the
               last pass writes none of the rows loaded and has read its aux rows or
               parameters, if any (a VPU with LOSS or DERIV, a GD), up to this cycle
     MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
-              issued; vector and gradient units idle; with ``cfg.overlap_units``:
+              issued (``n`` with ``cfg.registered_weight_rows``: :func:`.matmul_after_load`); vector and gradient units idle; with ``cfg.overlap_units``:
               or the last pass writes none of the rows streamed, and the
               destination row is at or below the first accumulator row the pass
               reads, or past its last, or the pass has read its rows
@@ -264,6 +265,10 @@ class ControlUnit(wiring.Component):
                 m.d.sync += cfgs[r].eq(cfg_wdata)
         load_hold = Signal(range(n + 1))     # cycles until a LOADW may issue
         switch_hold = Signal(range(n + 1))   # cycles until a MATMUL may issue
+        # (Each set at an issue to the cycles to wait after the next: a MATMUL or LOADW
+        # may issue in the cycle after the one in which its hold is at most one.)
+        load_wait = load_after_matmul(cfg) - 1
+        switch_wait = matmul_after_load(cfg) - 1
         # Cycles until a VPU or GD may read the last MATMUL's rows as they are written
         # (``cfg.chase_matmul``), and that MATMUL's accumulator destination.
         chase_delay = MatmulEngine.chase_after(cfg)
@@ -798,11 +803,11 @@ class ControlUnit(wiring.Component):
                             m.d.comb += cfg_we.eq(1 << d_flags[:2])
                         with m.Case(Op.LOADW):
                             m.d.comb += self.load_cmd.valid.eq(1)
-                            m.d.sync += [switch_hold.eq(max(n - 2, 0)),
-                                         switch_free.eq(max(n - 2, 0) == 0)]
+                            m.d.sync += [switch_hold.eq(switch_wait),
+                                         switch_free.eq(switch_wait == 0)]
                         with m.Case(Op.MATMUL):
                             m.d.comb += self.matmul_cmd.valid.eq(1)
-                            m.d.sync += [load_hold.eq(n - 1), load_free.eq(n - 1 == 0),
+                            m.d.sync += [load_hold.eq(load_wait), load_free.eq(load_wait == 0),
                                          chase_hold.eq(chase_delay - 1), chase_free.eq(0),
                                          mm_dst.eq(e_q[1])]
                             if cfg.overlap_units:

@@ -8,7 +8,21 @@ from .memory import addr_width, read_request
 from .signatures import valid_stream
 from .systolic import WeightRowLayout
 
-__all__ = ["WeightLoader", "LoadCommandLayout"]
+__all__ = ["WeightLoader", "LoadCommandLayout", "matmul_after_load", "load_after_matmul"]
+
+
+def matmul_after_load(cfg):
+    """Cycles from a LOADW's issue to the first in which a MATMUL may issue: the
+    MATMUL's switch (its command's third cycle) comes ``n`` cycles after the load's first
+    vector (:class:`.SystolicArray`), and at least one cycle later."""
+    return max(WeightLoader.row_delay(cfg) + cfg.n - 3, 1)
+
+
+def load_after_matmul(cfg):
+    """Cycles from a MATMUL's issue to the first in which a LOADW may issue: the load's
+    first vector comes ``n - 1`` cycles after the MATMUL's switch, and at least one cycle
+    later."""
+    return max(3 + cfg.n - 1 - WeightLoader.row_delay(cfg), 1)
 
 
 class LoadCommandLayout(data.StructLayout):
@@ -38,10 +52,43 @@ class WeightLoader(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads in cycles ``c+1 .. c+n`` and presents
-    its ``n`` vectors to the array in cycles ``c+2 .. c+n+1``. ``ready`` is high
-    from cycle ``c+n`` on (a following command continues without a gap);
-    ``busy`` is low from cycle ``c+n+2`` on.
+    its ``n`` vectors to the array in cycles ``c+d .. c+d+n-1``, ``d`` = 2, or 3 with
+    ``cfg.registered_weight_rows`` (each row registered after the buffer's output:
+    :meth:`row_delay`). ``ready`` is high from cycle ``c+n`` on (a following command
+    continues without a gap); ``busy`` is low from cycle ``c+d+n`` on (:meth:`idle_after`).
+
+    ======  =========  ===============  ==========================================
+    cycle   read       vector (d = 2)   vector (d = 3)
+    ======  =========  ===============  ==========================================
+    c       (command)
+    c+1     row n-1
+    c+2     row n-2    row n-1
+    c+3     ...        row n-2          row n-1
+    c+n     row 0      ...              ...
+    c+n+1              row 0            ...
+    c+n+2              (idle)           row 0
+    ======  =========  ===============  ==========================================
+
+    (Rows past ``rows`` are not read; zero vectors take their places.) With the array's
+    rule (:class:`.SystolicArray`) and the matmul engine's switch in the third cycle after
+    its command (:class:`.MatmulEngine`), a MATMUL may issue :func:`matmul_after_load`
+    cycles after a LOADW and a LOADW :func:`load_after_matmul` cycles after a MATMUL.
     """
+
+    @staticmethod
+    def row_delay(cfg):
+        """Cycles from a command's acceptance to its first vector on ``weights``."""
+        return 3 if cfg.registered_weight_rows else 2
+
+    @staticmethod
+    def ready_after(cfg):
+        """Cycles from a command's acceptance to the first in which ``ready`` is high."""
+        return cfg.n
+
+    @staticmethod
+    def idle_after(cfg):
+        """Cycles from a command's acceptance to the first in which ``busy`` is low."""
+        return cfg.n + WeightLoader.row_delay(cfg)
 
     def __init__(self, cfg):
         self._cfg = cfg
@@ -83,8 +130,12 @@ class WeightLoader(wiring.Component):
         # control unit's issue decision, which they feed) from registers.
         ready = Signal(init=1)
         busy = Signal()
+        registered = self._cfg.registered_weight_rows
+        # (Busy also while the registered last row is presented.)
+        loading = self.cmd.valid | active | push_valid if registered else \
+            self.cmd.valid | active
         m.d.sync += [ready.eq(Mux(self.cmd.valid, n <= 1, remaining <= 2)),
-                     busy.eq(self.cmd.valid | active)]
+                     busy.eq(loading)]
         m.d.comb += [self.ready.eq(ready), self.busy.eq(busy)]
 
         if self._cfg.registered_requests:
@@ -117,6 +168,15 @@ class WeightLoader(wiring.Component):
                                  self.cmd.payload.addr + n - 1, 0)),
             ]
 
+        if registered:
+            # One more stage: the buffer's output drives this register only.
+            m.d.sync += [
+                self.weights.valid.eq(push_valid),
+                self.weights.payload.transpose.eq(push_transpose),
+                self.weights.payload.data.as_value().eq(
+                    Mux(push_valid & ~push_zero, self.ub.data.as_value(), 0)),
+            ]
+            return m
         m.d.comb += [
             self.weights.valid.eq(push_valid),
             self.weights.payload.transpose.eq(push_transpose),
