@@ -4,12 +4,14 @@ on-chip limit (buffer rows, accumulator rows, instruction words, samples), check
 bit against numpy models of the arithmetic and across backends."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError, compile_forward, compile_matmul, compile_training
+from tinytpu_hdl.compiler.memory import MemoryPlan
 from tinytpu_hdl.compiler.mlp import LayerSpec, training_footprint
 from tinytpu_hdl.numeric import add_sat, dot_chain, mul_narrow, narrow
 from tinytpu_hdl.runtime.verilator import verilator_missing
@@ -305,3 +307,76 @@ def test_training_program_one_word_past_the_instruction_memory():
                                            rf"dimension looped; the instruction memory holds "
                                            rf"{looped - 1}"):
         compile_training(TPUConfig(n=8, imem_depth=looped - 1), layers, 256, 32, 0.1)
+
+
+def _loaded_regions_end_below(plan, rows, names):
+    """The plan's buffer regions whose names start with one of ``names`` (those the loader
+    or the units read) end at or below row ``rows``."""
+    loaded = [r for name, r in plan.regions.items() if name.startswith(names)]
+    assert loaded and all(r.end <= rows for r in loaded), loaded
+
+
+def test_a_partial_buffer_copy_holds_what_is_loaded():
+    """With ``ub_copy_depth`` (the loader's and the units' copy of the lower rows only) the
+    compiler puts what they read there (parameters, activations, targets, weight tiles,
+    bias rows) and the rest above: training (fewer records per run where a record's
+    targets would lie above the copy), inference and matrix products give exactly the
+    results they give with a whole copy."""
+    model = _model([3, 4, 2], 9)
+    rng = np.random.default_rng(9)
+    x, y = rng.uniform(-1, 1, (24, 3)), rng.uniform(-1, 1, (24, 2))
+    whole = TPUConfig(n=2, ub_depth=256, acc_depth=8, imem_depth=128)
+    part = TPUConfig(n=2, ub_depth=256, acc_depth=8, imem_depth=128, ub_copy_depth=85)
+    l1, m1, a1 = _train(whole, model, x, y, epochs=2, batch_size=4)
+    l2, m2, a2 = _train(part, model, x, y, epochs=2, batch_size=4)
+    assert a1.last_plan.info["batches per run"] == 6
+    # Fixed regions 37 rows, records of 22 rows starting with 4 rows of targets: the
+    # targets of three records lie below row 85 (two buffers of one).
+    assert a2.last_plan.info["batches per run"] == 1
+    assert a2.last_plan.info["record buffers"] == 2
+    _loaded_regions_end_below(a2.last_plan, 85, ("params", "h", "dz"))
+    assert l1 == l2
+    for a, b in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        assert np.array_equal(a, b)
+
+    model = _model([5, 9, 3], 2, ["leaky_relu", "none"])
+    x = np.random.default_rng(3).uniform(-1, 1, (37, 5))
+    for copy, form in ((57, "resident"), (56, "layer by layer")):
+        # All the parameters take 57 rows; with fewer, layer by layer (matrix products).
+        cfg = TPUConfig(n=2, ub_depth=128, acc_depth=8, imem_depth=96, ub_copy_depth=copy)
+        acc = Accelerator(cfg)
+        assert np.array_equal(acc.forward(model, x), quantized_forward(cfg, model, x))
+        assert acc.last_plan.info["form"] == form
+    _loaded_regions_end_below(acc.last_plan, 56, ("layer0.B", "layer0.bias", "layer1.B",
+                                                  "layer1.bias"))
+
+    rng = np.random.default_rng(10)
+    a_raw, b_raw = random_raw(rng, (9, 7)), random_raw(rng, (7, 11))
+    cfg = TPUConfig(n=2, ub_depth=40, acc_depth=6, imem_depth=64, ub_copy_depth=9)
+    acc = Accelerator(cfg)
+    got = acc.matmul(cfg.data.decode(a_raw), cfg.data.decode(b_raw))
+    assert np.array_equal(cfg.acc.encode(got), chained_matmul(a_raw, b_raw, cfg))
+    _loaded_regions_end_below(acc.last_plan, 9, ("B",))
+
+
+def test_a_partial_buffer_copy_too_small_is_named():
+    layers = [LayerSpec(5, 9, "leaky_relu", 0.25), LayerSpec(9, 3, "none")]
+    cfg = TPUConfig(n=2, ub_depth=300, acc_depth=8, imem_depth=96, ub_copy_depth=100)
+    with pytest.raises(CompileError, match=r"targets in the buffer's first 115 rows, which the "
+                                           r"weight loader and the vector unit must read; this "
+                                           r"TPUConfig has ub_copy_depth=100"):
+        compile_training(cfg, layers, 8, 4, 0.1)
+    compile_training(replace(cfg, ub_copy_depth=115), layers, 8, 4, 0.1)
+    cfg = TPUConfig(n=2, ub_depth=128, acc_depth=8, imem_depth=96, ub_copy_depth=2)
+    with pytest.raises(CompileError, match=r"ub_depth=128 and ub_copy_depth=2 \(the weight "
+                                           r"tile and the bias row must lie below it: 3 rows\)"):
+        compile_forward(cfg, layers, 37)
+    mem = MemoryPlan.of(TPUConfig(n=2, ub_depth=300, ub_copy_depth=30))
+    mem.alloc("A", 20)
+    mem.alloc("B", 10, loaded=True)
+    with pytest.raises(CompileError, match=r"W \(1 rows at row 30\) is loaded as weights or "
+                                           r"read as aux rows, bias rows or parameters, which "
+                                           r"must lie below row 30 \(TPUConfig.ub_copy_depth; "
+                                           r"already used: A 20, B 10\)"):
+        mem.alloc("W", 1, loaded=True)
+    assert mem.alloc("C", 270).end == 300

@@ -165,3 +165,34 @@ def test_issue_check_of_transposed_output_on_three_lanes(family):
                "pysim": HostDriver(PysimTransport(cfg, family=family))}
     for text, expect in CASES_N3:
         _check(drivers, text, expect, cfg)
+
+
+# A buffer whose second copy holds rows 0 .. 39 only: loads, aux and bias rows and GD
+# parameters must lie below row 40; matmul inputs and VPU destinations may use all 64.
+CFG_COPY = TPUConfig(n=2, ub_depth=64, acc_depth=32, imem_depth=16, ub_copy_depth=40)
+CASES_COPY = [
+    ("loadw ub[38], rows=2", OK),
+    ("loadw ub[39], rows=2", UB),
+    ("setr r1, 30\nloadw ub[r1+9], rows=2", UB),
+    ("matmul ub[62], acc[0], rows=2", OK),                    # inputs: every row
+    ("vpu acc[0], ub[53], rows=3, stride=5", OK),             # destination: every row
+    ("vpu acc[0], ub[50], rows=3, stride=5, aux=ub[29], path=deriv", OK),  # last aux 39
+    ("vpu acc[0], ub[50], rows=3, stride=5, aux=ub[30], path=deriv", UB),
+    ("vpu acc[0], ub[50], rows=3, stride=5, aux=ub[20], path=loss", OK),
+    ("vpu acc[0], ub[0], rows=1, bias=ub[39], path=bias", OK),
+    ("vpu acc[0], ub[0], rows=1, bias=ub[40], path=bias", UB),
+    ("vpu acc[0], ub[0], rows=1, bias=ub[40]", OK),           # bias unused: not checked
+    ("gd acc[0], ub[38], rows=2", OK),
+    ("gd acc[0], ub[39], rows=2", UB),
+]
+
+
+@pytest.fixture(scope="module")
+def copy_drivers():
+    return {"reference": HostDriver(ReferenceTransport(CFG_COPY)),
+            "pysim": HostDriver(PysimTransport(CFG_COPY))}
+
+
+@pytest.mark.parametrize("text, expect", CASES_COPY)
+def test_issue_check_of_a_partial_buffer_copy(copy_drivers, text, expect):
+    _check(copy_drivers, text, expect, CFG_COPY)

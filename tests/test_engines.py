@@ -612,13 +612,15 @@ def test_collision_checker_flags_a_shared_port_read_during_any_write():
 def test_unified_buffer_block_ram_copies_on_ecp5(tmp_path):
     """With the shared port, Yosys maps the 8x8 TPU's 4,096-row buffer to one set of
     DP16KD blocks (two ports each), not one per read port; with ``overlap_units`` (a read
-    port of its own for the loader and the units) to two."""
+    port of its own for the loader and the units) to two; with ``ub_copy_depth`` half the
+    rows, to one and a half."""
     import subprocess
     from amaranth.back import rtlil
     from tinytpu_hdl.gateware.memory import SYNTHESIS_SCRIPT, UnifiedBuffer
     counts = {}
-    for overlap in (False, True):
-        cfg = TPUConfig(n=8, ub_depth=4096, overlap_units=overlap)
+    for overlap in (False, True, "half"):
+        cfg = TPUConfig(n=8, ub_depth=4096, overlap_units=bool(overlap),
+                        ub_copy_depth=2048 if overlap == "half" else None)
         ub = UnifiedBuffer(cfg, cfg.ub_depth)
         assert ub.shared_port == (None if overlap else 1)
         (tmp_path / "ub.il").write_text(rtlil.convert(ub, name="ub"))
@@ -630,3 +632,4 @@ def test_unified_buffer_block_ram_copies_on_ecp5(tmp_path):
         counts[overlap] = int(re.search(r"(\d+)\s+DP16KD", text).group(1))
     # 4096 x 128 bits = 512 Kbit: at least 29 blocks of 18 Kbit; twice that for two copies.
     assert 29 <= counts[False] <= 32 and 2 * 29 <= counts[True] <= 2 * counts[False]
+    assert counts[False] + 15 <= counts["half"] <= counts[False] + counts[False] // 2 + 1

@@ -6,6 +6,7 @@ import pytest
 
 from tinytpu_hdl import Accelerator, TPUConfig
 from tinytpu_hdl.demos.xor import XOR_X, XOR_Y, xor_model
+from tinytpu_hdl.isa import ErrorCode
 from tinytpu_hdl.reference import ReferenceTransport
 from tinytpu_hdl.runtime.verilator import VerilatorUnavailable, verilator_missing
 from tinytpu_hdl.testing.differential import compare, run_case
@@ -98,6 +99,25 @@ def test_unregistered_requests_match_reference(n):
         (ro, re_), (vo, ve) = run_case(ref, case), run_case(vt, case)
         assert not compare(ro, vo), f"seed {seed}: {compare(ro, vo)}"
         assert re_ == ve, f"seed {seed}: {re_} vs {ve}"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_partial_buffer_copy_matches_reference(n):
+    """``ub_copy_depth`` below ``ub_depth`` (the loader and the units read a copy of the
+    lower rows only): random programs, some of whose loads, aux and bias rows and
+    parameters lie above the copy (UB_RANGE), run with the same results and cycles as the
+    reference model."""
+    from tinytpu_hdl.runtime.verilator import VerilatorTransport
+    cfg = TPUConfig(n=n, ub_depth=32, acc_depth=16, imem_depth=32, ub_copy_depth=16)
+    vt, ref = VerilatorTransport(cfg), ReferenceTransport(cfg)
+    faults = 0
+    for seed in range(300):
+        case = random_case(cfg, seed)
+        (ro, re_), (vo, ve) = run_case(ref, case), run_case(vt, case)
+        assert not compare(ro, vo), f"seed {seed}: {compare(ro, vo)}"
+        assert re_ == ve, f"seed {seed}: {re_} vs {ve}"
+        faults += re_ is not None and re_[0] == ErrorCode.UB_RANGE
+    assert faults >= 10
 
 
 def test_profile_guided_must_be_a_flag():

@@ -66,6 +66,16 @@ class TPUConfig:
     tile's load and matmul run beside a vector or gradient-descent pass over the last
     results. Needs ``chase_matmul``; by default on where ``chase_matmul`` is.
 
+    ``ub_copy_depth`` (with ``overlap_units``) is how many rows of the unified buffer the
+    second copy holds, from row 0 (default: all ``ub_depth``). The rows the weight loader
+    loads, the vector unit's aux and bias rows and the gradient-descent unit's parameters
+    are read from that copy, so they must lie below ``ub_copy_depth`` (else the instruction
+    stops the run with ``UB_RANGE``); the matmul engine's input rows, the vector unit's
+    destination rows and the host may use every row. A copy of the rows that hold
+    parameters and weights only is what lets a deep buffer overlap its units where two
+    whole copies would not fit (the ULX3S: 16,384 rows, 8,192 of them copied). Without
+    ``overlap_units`` the buffer is held once and every row is readable everywhere.
+
     ``unit_multipliers`` is where the vector and gradient-descent units multiply:
     ``"blocks"`` (default) in the FPGA's multiplier blocks, ``"logic"`` in adders and
     carry chains (:class:`~tinytpu_hdl.gateware.multiplier.PipelinedMultiplier`'s logic
@@ -88,6 +98,13 @@ class TPUConfig:
     registered_weight_rows: bool = True
     overlap_units: bool = None
     unit_multipliers: str = "blocks"
+    ub_copy_depth: int = None
+
+    @property
+    def ub_loadable_rows(self):
+        """The buffer rows the weight loader and the units' aux, bias and parameter reads
+        may use: ``ub_copy_depth``, or every row."""
+        return self.ub_depth if self.ub_copy_depth is None else self.ub_copy_depth
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
@@ -120,6 +137,19 @@ class TPUConfig:
         if self.overlap_units and not self.chase_matmul:
             raise ValueError("overlap_units needs chase_matmul (the units' accumulator read "
                              "port of their own)")
+        if self.ub_copy_depth is None:
+            pass
+        elif (not isinstance(self.ub_copy_depth, int) or isinstance(self.ub_copy_depth, bool)
+              or not 1 <= self.ub_copy_depth <= self.ub_depth):
+            raise ValueError(f"ub_copy_depth must be an integer from 1 to ub_depth "
+                             f"({self.ub_depth}), not {self.ub_copy_depth!r}")
+        elif self.ub_copy_depth != self.ub_depth and not self.overlap_units:
+            raise ValueError(f"ub_copy_depth={self.ub_copy_depth} needs overlap_units (without "
+                             f"it the buffer is held once: leave ub_copy_depth unset)")
+        elif self.ub_copy_depth == self.ub_depth:
+            # Stored as unset, so that a copy of the config with another ub_depth
+            # (dataclasses.replace) still copies every row.
+            object.__setattr__(self, "ub_copy_depth", None)
         if self.unit_multipliers not in ("blocks", "logic"):
             raise ValueError(f"unit_multipliers must be 'blocks' or 'logic', not "
                              f"{self.unit_multipliers!r}")

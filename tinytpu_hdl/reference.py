@@ -449,8 +449,10 @@ class ReferenceTPU:
             raise _Fault(ErrorCode.BAD_OPERAND)
         last = rows - 1
         # (The loads and matmuls of a GEMM first: they are most of what runs.)
+        # (Rows read through the buffer's second copy: below cfg.ub_loadable_rows.)
+        loadable = cfg.ub_loadable_rows
         if op == Op.LOADW:
-            if ea + last >= cfg.ub_depth:
+            if ea + last >= loadable:
                 raise _Fault(ErrorCode.UB_RANGE)
             return {"src": ea}
         eb = b_base + regs[b_reg]
@@ -463,7 +465,7 @@ class ReferenceTPU:
         if op == Op.GD:
             if ea + last >= cfg.acc_depth:
                 raise _Fault(ErrorCode.ACC_RANGE)
-            if eb + last >= cfg.ub_depth:
+            if eb + last >= loadable:
                 raise _Fault(ErrorCode.UB_RANGE)
             return {"src": ea, "param": eb, "written": (eb, eb + last)}
         # VPU: overlaps, then the accumulator source, destination, aux and bias rows.
@@ -484,8 +486,8 @@ class ReferenceTPU:
             raise _Fault(ErrorCode.BAD_OPERAND)
         if ea + last >= cfg.acc_depth:
             raise _Fault(ErrorCode.ACC_RANGE)
-        if dst_end >= cfg.ub_depth or (use_aux and aux_end >= cfg.ub_depth) or \
-                (use_bias and ed >= cfg.ub_depth):
+        if dst_end >= cfg.ub_depth or (use_aux and aux_end >= loadable) or \
+                (use_bias and ed >= loadable):
             raise _Fault(ErrorCode.UB_RANGE)
         return {"src": ea, "dst": eb, "aux": ec, "bias": ed, "written": (eb, dst_end)}
 

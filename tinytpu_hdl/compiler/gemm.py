@@ -126,17 +126,24 @@ def blockings(cfg, m, k, n_out, *, epilogue=None):
         for tiles in _splits(out_tiles, cfg.acc_depth // rows):
             per_block = rows + tiles * n
             spare = cfg.ub_depth - (tiles * rows + tiles if epilogue else 0)
-            k_blocks = min(k_tiles, spare // per_block) if spare > 0 else 0
+            # B's tiles and the bias rows (first in the buffer) below the loadable rows.
+            loadable = cfg.ub_loadable_rows - (tiles if epilogue else 0)
+            k_blocks = min(k_tiles, spare // per_block, loadable // (tiles * n)) \
+                if spare > 0 and loadable > 0 else 0
             if k_blocks < 1:
                 continue
             b = Blocking(rows, tiles, k_blocks)
             found.append((_cost(cfg, m, k_tiles, out_tiles, b, epilogue), b))
     if not found:
         need = 1 + n + (2 if epilogue else 0)
+        loaded = n + (1 if epilogue else 0)
+        copy = (f" and ub_copy_depth={cfg.ub_loadable_rows} (the weight tile"
+                f"{' and the bias row' if epilogue else ''} must lie below it: {loaded} rows)"
+                if cfg.ub_copy_depth is not None else "")
         raise CompileError(
             f"a matrix product needs at least {need} unified-buffer rows (one row of A, one "
             f"weight tile{', one output row and a bias row' if epilogue else ''}); this "
-            f"TPUConfig has ub_depth={cfg.ub_depth}")
+            f"TPUConfig has ub_depth={cfg.ub_depth}{copy}")
     found.sort(key=lambda cb: (cb[0], -cb[1].rows))
     return [b for _, b in found]
 
@@ -231,14 +238,17 @@ class _ProgramsTooLong(CompileError):
 def _gemm_plan(cfg, m, k, n_out, a, b, c, epilogue, bl, kind):
     n = cfg.n
     k_tiles, out_tiles = ceil_div(k, n), ceil_div(n_out, n)
-    mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
-    a_reg = mem.alloc("A", bl.k_blocks * bl.rows)
+    mem = MemoryPlan.of(cfg)
+    # The weight tiles and bias rows first: the loader and the vector unit read them
+    # (below cfg.ub_loadable_rows); A streams into the array.
     b_tile_rows = bl.k_blocks * n
-    b_reg = mem.alloc("B", bl.tiles * b_tile_rows)
+    b_reg = mem.alloc("B", bl.tiles * b_tile_rows, loaded=True)
     out_reg = bias_reg = None
     if epilogue is not None:
+        bias_reg = mem.alloc("bias", bl.tiles, loaded=True)
+    a_reg = mem.alloc("A", bl.k_blocks * bl.rows)
+    if epilogue is not None:
         out_reg = mem.alloc("out", bl.tiles * bl.rows)
-        bias_reg = mem.alloc("bias", bl.tiles)
     mem.alloc_acc("C", bl.tiles * bl.rows)
 
     variants = {}          # (rows, first_blocks or None, epilogue) -> name

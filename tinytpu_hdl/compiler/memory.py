@@ -23,25 +23,40 @@ class Region:
 
 @dataclass
 class MemoryPlan:
-    """Bump allocator over the unified buffer (``ub``) and the accumulators (``acc``)."""
+    """Bump allocator over the unified buffer (``ub``) and the accumulators (``acc``).
+
+    ``loadable`` (default: every row) is the number of buffer rows, from row 0, that the
+    weight loader and the units' aux, bias and parameter reads may use
+    (``TPUConfig.ub_loadable_rows``): a region allocated with ``loaded=True`` must end
+    there, so callers allocate those regions first."""
 
     ub_depth: int
     acc_depth: int
+    loadable: int = None
     ub: dict = field(default_factory=dict)
     acc: dict = field(default_factory=dict)
     _ub_top: int = 0
     _acc_top: int = 0
 
-    def alloc(self, name, rows):
+    @classmethod
+    def of(cls, cfg):
+        return cls(cfg.ub_depth, cfg.acc_depth, cfg.ub_loadable_rows)
+
+    def alloc(self, name, rows, *, loaded=False):
         if name in self.ub:
             raise ValueError(f"region {name!r} allocated twice")
         region = Region(name, self._ub_top, rows, "ub")
+        used = ", ".join(f"{r.name} {r.rows}" for r in self.ub.values()) or "nothing"
         if region.end > self.ub_depth:
-            used = ", ".join(f"{r.name} {r.rows}" for r in self.ub.values())
             raise CompileError(
                 f"the unified buffer is too small: {name} needs {rows} rows at row "
                 f"{region.base}, but the buffer has {self.ub_depth} rows (already used: "
-                f"{used or 'nothing'})")
+                f"{used})")
+        if loaded and self.loadable is not None and region.end > self.loadable:
+            raise CompileError(
+                f"{name} ({rows} rows at row {region.base}) is loaded as weights or read as "
+                f"aux rows, bias rows or parameters, which must lie below row "
+                f"{self.loadable} (TPUConfig.ub_copy_depth; already used: {used})")
         self.ub[name] = region
         self._ub_top = region.end
         return region

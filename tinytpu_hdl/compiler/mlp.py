@@ -231,9 +231,10 @@ class _ForwardLayout:
 
 def _forward_memory(cfg, layers, batch, chunk, buffers=1):
     n = cfg.n
-    mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
+    mem = MemoryPlan.of(cfg)
     mem.alloc_acc("work", batch)
-    params = [mem.alloc(f"params{i}", _param_rows(l, n)) for i, l in enumerate(layers)]
+    params = [mem.alloc(f"params{i}", _param_rows(l, n), loaded=True)
+              for i, l in enumerate(layers)]
     hidden = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n))
               for i, l in enumerate(layers[:-1])]
     x_stride = batch * _blocks(layers[0].in_features, n)
@@ -467,19 +468,29 @@ def _does_not_fit(cfg, layers, batch, fp, record_loss):
 def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
     n = cfg.n
     nb = ceil_div(batch, n)
-    mem = MemoryPlan(cfg.ub_depth, cfg.acc_depth)
+    mem = MemoryPlan.of(cfg)
     mem.alloc_acc("work", cfg.acc_depth)
     regions = {}
-    regions["params"] = [mem.alloc(f"params{i}", _param_rows(l, n))
+    # The regions read through the loader's port first (parameters: loads, bias rows, GD;
+    # h and dZ: loads and aux rows; the records' targets: aux rows), so that they lie
+    # below cfg.ub_loadable_rows; the transposed activations stream into the array.
+    regions["params"] = [mem.alloc(f"params{i}", _param_rows(l, n), loaded=True)
                          for i, l in enumerate(layers)]
-    regions["h"] = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n))
+    regions["h"] = [mem.alloc(f"h{i}", batch * _blocks(l.out_features, n), loaded=True)
                     for i, l in enumerate(layers[:-1])]
+    y_stride = batch * _blocks(layers[-1].out_features, n)
+    regions["dz"] = mem.alloc("dz", y_stride, loaded=True)
     regions["ht"] = [mem.alloc(f"ht{i}", (pad(l.out_features, n) + 1) * nb)
                      for i, l in enumerate(layers[:-1])]
-    y_stride = batch * _blocks(layers[-1].out_features, n)
-    regions["dz"] = mem.alloc("dz", y_stride)
     fp = training_footprint(cfg, layers, batch)
+    # Records ``[y, x, x^T]``: every record's targets below the loadable rows (the caller
+    # chose ``chunk`` so, see _records_below).
     regions["records"] = mem.alloc("records", buffers * chunk * fp.record)
+    last_y = regions["records"].base + (buffers * chunk - 1) * fp.record + y_stride
+    if last_y > cfg.ub_loadable_rows:
+        raise CompileError(f"the targets of the last record end at row {last_y}; the vector "
+                           f"unit reads aux rows below row {cfg.ub_loadable_rows} only "
+                           f"(TPUConfig.ub_copy_depth)")
     regions["log"] = mem.alloc("log", log_batches * y_stride) if log_batches else None
     return mem, regions
 
@@ -497,9 +508,9 @@ def _training_program(cfg, layers, batch, regions, *, lr_reg, loss_reg, stochast
     dz_last = Addr("ub", regions["dz"].base)
     rec = regions["records"].base
     in0 = layers[0].in_features
-    x_rec = Addr("ub", rec, REG_REC)
+    y_rec = Addr("ub", rec, REG_REC)
+    x_rec = y_rec + batch * _blocks(layers[-1].out_features, n)
     xt_rec = x_rec + batch * _blocks(in0, n)
-    y_rec = xt_rec + (pad(in0, n) + 1) * nb
     record_rows = training_footprint(cfg, layers, batch).record
     y_stride = batch * _blocks(layers[-1].out_features, n)
     log_addr = Addr("ub", regions["log"].base, REG_OUT) if log else None
@@ -667,19 +678,27 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
         raise CompileError(_does_not_fit(cfg, layers, batch, fp, record_loss))
     free = cfg.ub_depth - fp.fixed
     log_per_batch = fp.log if record_loss else 0
-    if free >= batches * (fp.record + log_per_batch):
+    # Records whose targets (at the start of each, after the fixed regions) lie below the
+    # rows the vector unit reads aux rows from (cfg.ub_loadable_rows).
+    below = (cfg.ub_loadable_rows - fp.fixed - fp.log) // fp.record + 1
+    if below < 1:
+        raise CompileError(f"training keeps the parameters, the activations and a batch's "
+                           f"targets in the buffer's first {fp.fixed + fp.log:,} rows, which "
+                           f"the weight loader and the vector unit must read; this TPUConfig "
+                           f"has ub_copy_depth={cfg.ub_loadable_rows:,}")
+    if free >= batches * (fp.record + log_per_batch) and batches <= below:
         chunk = batches                                   # the whole data set on chip
         log_epochs = min(epochs, (free - batches * fp.record) // (batches * fp.log)) \
             if record_loss else epochs
         log_epochs = min(log_epochs, epochs_per_run or log_epochs, 0xFFFF)
     else:
-        chunk = free // (fp.record + log_per_batch)
+        chunk = min(free // (fp.record + log_per_batch), below)
         log_epochs = 1
     # Streaming: two record buffers if two fit (the host writes the next chunk while the
     # device trains on the last).
     buffers = 1
-    if chunk < batches and free // (2 * fp.record + log_per_batch) >= 1:
-        buffers, chunk = 2, free // (2 * fp.record + log_per_batch)
+    if chunk < batches and free // (2 * fp.record + log_per_batch) >= 1 and below >= 2:
+        buffers, chunk = 2, min(free // (2 * fp.record + log_per_batch), below // 2)
     mem, regions = _training_memory(cfg, layers, batch, chunk,
                                     chunk * log_epochs if record_loss else 0, buffers)
 
@@ -705,8 +724,8 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
         parts = []
         for j in range(b0, b1):
             s0, s1 = j * batch, (j + 1) * batch
-            parts += [Blocked("x", s0, s1, 0, in_f), TransposedChunks("x", s0, s1, one),
-                      Blocked("y", s0, s1, 0, out_f)]
+            parts += [Blocked("y", s0, s1, 0, out_f), Blocked("x", s0, s1, 0, in_f),
+                      TransposedChunks("x", s0, s1, one)]
         return Concat(tuple(parts))
 
     y_stride = fp.log

@@ -578,12 +578,15 @@ class ControlUnit(wiring.Component):
         # the error code is chosen from these three bits in the following cycles.
         bad = (d_bad | (d_vpu_aux & aux_overlap & ~in_place) | (d_vpu_bias & bias_overlap))
         ta, tb = terms[0], terms[1]
-        ub_out = ((is_loadw & ~rows_fit(ta, cfg.ub_depth)) |
-                  (is_matmul & ~span_fits(ta, cfg.ub_depth, spans)) |
-                  (is_vpu & ~span_fits([eb], cfg.ub_depth, [vpu_span])) |
-                  (d_vpu_aux & ~span_fits([ec], cfg.ub_depth, [vpu_span])) |
-                  (d_vpu_bias & ~below([ed], [Const(cfg.ub_depth)])) |
-                  (is_gd & ~rows_fit(tb, cfg.ub_depth)))
+        # (The rows loaded, aux and bias rows and parameters are read from the buffer's
+        # second copy, which may hold fewer rows: ``cfg.ub_loadable_rows``.)
+        ub_rows, loadable = cfg.ub_depth, cfg.ub_loadable_rows
+        ub_out = ((is_loadw & ~rows_fit(ta, loadable)) |
+                  (is_matmul & ~span_fits(ta, ub_rows, spans)) |
+                  (is_vpu & ~span_fits([eb], ub_rows, [vpu_span])) |
+                  (d_vpu_aux & ~span_fits([ec], loadable, [vpu_span])) |
+                  (d_vpu_bias & ~below([ed], [Const(loadable)])) |
+                  (is_gd & ~rows_fit(tb, loadable)))
         acc_out = (((is_vpu | is_gd) & ~rows_fit(ta, cfg.acc_depth)) |
                    (is_matmul & ~rows_fit(tb, cfg.acc_depth)))
 

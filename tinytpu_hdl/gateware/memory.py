@@ -141,12 +141,32 @@ class UnifiedBuffer(RowMemory):
     (each copy written by ``w``, one read by ``r0``, the other by ``r1``), so that weight
     loads run while a vector or gradient-descent pass writes other rows; ``r0`` then serves
     the input streams and the host, and the aux rows and parameters are read through
-    ``r1``.
+    ``r1``. The second copy holds rows ``0 .. cfg.ub_copy_depth - 1`` only, when set
+    (``r1`` reads only those: the control unit checks the operands read through it; a
+    write above them goes to the first copy alone).
     """
 
     def __init__(self, cfg, depth):
         super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2,
                          shared_port=None if cfg.overlap_units else 1)
+        self._copy_depth = cfg.ub_copy_depth if cfg.overlap_units else None
+
+    def elaborate(self, platform):
+        if self._copy_depth is None:
+            return super().elaborate(platform)
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
+        m.submodules.copy = copy = Memory(shape=self._shape, depth=self._copy_depth,
+                                          init=self._init[:self._copy_depth])
+        wp, wc = mem.write_port(), copy.write_port()
+        in_copy = self.w.addr < self._copy_depth
+        m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
+                     wc.addr.eq(self.w.addr), wc.data.eq(self.w.data),
+                     wc.en.eq(Mux(in_copy, self.w.en, 0))]
+        for req, memory in ((self.r0, mem), (self.r1, copy)):
+            rp = memory.read_port()
+            m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en), req.data.eq(rp.data)]
+        return m
 
 
 class AccumulatorMemory(RowMemory):

@@ -48,10 +48,17 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
             for r in range(1, NUM_REGS)}
     reg_values = {0: 0, **regs}
 
-    def ub_operand(rows, stride=1):
+    # Rows read through the buffer's second copy (loads, aux and bias rows, parameters):
+    # below ``loadable``; with a partial copy, one operand in ten may lie anywhere.
+    loadable = cfg.ub_loadable_rows
+
+    def read_limit():
+        return ub_depth if loadable == ub_depth or rng.random() < 0.1 else loadable
+
+    def ub_operand(rows, stride=1, limit=ub_depth):
         span = (rows - 1) * stride
         reg = rng.choice([0, 0, 1, 2, 3])
-        top = max(0, ub_depth - 1 - span - reg_values[reg])
+        top = max(0, limit - 1 - span - reg_values[reg])
         return (rng.randint(0, top), reg)
 
     def acc_operand(rows):
@@ -76,7 +83,8 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
                          Op.GD, Op.CFG, Op.SETR, Op.NOP, Op.SYNC, Op.ADDI])
         if op == Op.LOADW:
             rows = _rows(rng, n)
-            body.append(Instruction(op, flags=rng.randint(0, 1), count=rows, a=ub_operand(rows)))
+            body.append(Instruction(op, flags=rng.randint(0, 1), count=rows,
+                                    a=ub_operand(rows, limit=read_limit())))
         elif op == Op.MATMUL:
             rows = _rows(rng, 6)
             stride = rng.choice([0, 1, 1, 1, 2])
@@ -100,23 +108,24 @@ def random_case(cfg, seed, *, invalid_rate=0.3, length=(4, 14)):
                 extent = (rows - 1) * stride
             reg = rng.choice([0, 0, 1, 2, 3])
             dst = (rng.randint(0, max(0, ub_depth - 1 - extent - reg_values[reg])), reg)
-            # Aux rows either in place or in the other half of the buffer.
-            half = ub_depth // 2
+            # Aux rows either in place or in the other half of the rows they may lie in.
+            limit = read_limit()
+            half = limit // 2
             dst_abs = dst[0] + reg_values[dst[1]]
             if rng.random() < 0.3:
                 aux = dst
             else:
                 lo = 0 if dst_abs >= half else half
                 aux = (rng.randint(lo, max(lo, lo + half - 1 - (rows - 1) * stride)), 0)
-            bias = (rng.randrange(ub_depth), 0)
+            bias = (rng.randrange(limit), 0)
             if dst_abs <= bias[0] <= dst_abs + extent:
-                bias = ((dst_abs + extent + 1) % ub_depth, 0)
+                bias = ((dst_abs + extent + 1) % limit, 0)
             body.append(Instruction(op, flags=path, count=rows, a=chasing(rows), b=dst,
                                     c=aux, d=bias, stride=stride))
         elif op == Op.GD:
             rows = _rows(rng, 5)
             body.append(Instruction(op, flags=rng.randint(0, 1), count=rows,
-                                    a=chasing(rows), b=ub_operand(rows)))
+                                    a=chasing(rows), b=ub_operand(rows, limit=read_limit())))
         elif op == Op.CFG:
             body.append(Instruction(op, flags=rng.randrange(len(ConfigReg)),
                                     count=rng.randrange(1 << 16)))
