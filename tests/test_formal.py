@@ -171,6 +171,29 @@ def test_weight_loader_reads_only_the_tile():
     check(m, "bmc", 16, "loader")
 
 
+def test_control_issues_reads_of_a_partial_copy_below_it():
+    """With ``ub_copy_depth`` (the buffer's second copy holds its lower rows only), whatever
+    the program, every LOADW the control unit issues loads rows below the copy, every GD's
+    parameters lie below it, and every VPU's bias row and aux rows (when its pathway reads
+    them) too."""
+    from tinytpu_hdl.isa import Pathway
+    cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8,
+                    ub_copy_depth=10)
+    m, cu, _ = control_spec(cfg)
+    copy = cfg.ub_copy_depth
+    ld, gd, vpu = cu.load_cmd, cu.gd_cmd, cu.vpu_cmd
+    with m.If(ld.valid):
+        m.d.comb += Assert(ld.payload.addr + ld.payload.rows <= copy)
+    with m.If(gd.valid):
+        m.d.comb += Assert(gd.payload.param + gd.payload.rows <= copy)
+    p = vpu.payload
+    with m.If(vpu.valid & (p.pathway & Pathway.BIAS).any()):
+        m.d.comb += Assert(p.bias < copy)
+    with m.If(vpu.valid & (p.pathway & (Pathway.LOSS | Pathway.DERIV)).any()):
+        m.d.comb += Assert(p.aux + (p.rows - 1) * p.stride < copy)
+    check(m, "bmc", 10, "control_copy")
+
+
 def control_with_any_program(cfg):
     """A module with the control unit, whose instruction memory answers every fetch with
     an arbitrary word."""
