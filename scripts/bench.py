@@ -104,18 +104,28 @@ def training_table(sizes):
                                 f"{str(exc).split(';')[0]} | | | |")
                     print(rows[-1], flush=True)
                     continue
-            runs = [(acc.stats, f"{where} ({cfg.ub_depth:,} rows)")]
+            def memories(c):
+                copy = f", {c.ub_copy_depth:,} in the second copy" if c.ub_copy_depth else ""
+                return f"{where} ({c.ub_depth:,} rows{copy})"
+            runs = [(acc.stats, memories(cfg))]
             if n == 8 or not cfg.overlap_units:
                 # The same memories with overlap_units toggled, for comparison (on where
-                # it is off: the ULX3S's buffer held twice, which the 85F holds only for
-                # N <= 4).
-                other = replace(cfg, overlap_units=not cfg.overlap_units)
+                # it is off: the buffer held twice).
+                other = replace(cfg, overlap_units=not cfg.overlap_units, ub_copy_depth=None)
                 acc = Accelerator(other)
                 acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
                           record_loss=False)
                 label = ("overlap_units off" if cfg.overlap_units else
                          "overlap_units on (the buffer held twice)")
-                runs.append((acc.stats, f"{where} ({cfg.ub_depth:,} rows), {label}"))
+                runs.append((acc.stats, f"{memories(other)}, {label}"))
+            if n == 8 and not cfg.overlap_units:
+                # overlap_units with the second copy holding the lower half of the buffer
+                # (what the loader and the units read): block RAM the 85F has.
+                other = replace(cfg, overlap_units=True, ub_copy_depth=cfg.ub_depth // 2)
+                acc = Accelerator(other)
+                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
+                          record_loss=False)
+                runs.append((acc.stats, f"{memories(other)}, overlap_units on"))
             for s, memories in runs:
                 rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "
                             f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "
