@@ -2,9 +2,11 @@
 25 MHz oscillator.
 
 An 8x8 array by default, clocked at 62.5 MHz by the ECP5's PLL from the 25 MHz oscillator
-(4.0 GMAC/s peak): its board build routes with nextpnr's static placer and meets 65.2 MHz
-with the clock at 62.5 MHz (builds asked for 50 MHz reached 65.9 to 68.9; docs/benchmarks.md,
-"Board builds"). The
+(4.0 GMAC/s peak): its board build routes with nextpnr's static placer and meets 68.2 MHz
+with the clock at 62.5 MHz (194 of the 208 DP16KD; docs/benchmarks.md, "Board builds").
+The 16,384-row buffer runs with ``overlap_units``: its second copy, read by the weight
+loader and the units, holds the lower 7,168 rows, where the compiler puts what they read
+(a 784-64-10 network's parameters, activations and targets take 7,054). The
 TPU's reset goes on a global network (see ``gateware/clocking.py``). LEDs 0/1/2 =
 running/done/error; fire button 1 resets the TPU.
 """
@@ -17,10 +19,11 @@ from . import Board
 BOARD = Board(
     name="ulx3s-85f",
     platform=ULX3S_85F_Platform,
-    # A 16,384-row buffer (2 Mbit: 128 of the 208 DP16KD, one copy: see UnifiedBuffer) holds
-    # a 784-64-10 network's parameters and training state with a batch of 32 samples; the
-    # second copy of ``overlap_units`` would not fit beside it.
-    cfg=TPUConfig(n=8, ub_depth=16384, overlap_units=False),
+    # A 16,384-row buffer (2 Mbit) holds a 784-64-10 network's parameters and training
+    # state with a batch of 32 samples; a second copy of all of it for ``overlap_units``
+    # would not fit beside it (240 DP16KD for the two), one of its lower 7,168 rows does
+    # (56 DP16KD more).
+    cfg=TPUConfig(n=8, ub_depth=16384, ub_copy_depth=7168),
     clock_hz=62.5e6,
     baud=1_000_000,
     leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},

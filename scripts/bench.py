@@ -118,14 +118,6 @@ def training_table(sizes):
                 label = ("overlap_units off" if cfg.overlap_units else
                          "overlap_units on (the buffer held twice)")
                 runs.append((acc.stats, f"{memories(other)}, {label}"))
-            if n == 8 and not cfg.overlap_units:
-                # overlap_units with the second copy holding the lower half of the buffer
-                # (what the loader and the units read): block RAM the 85F has.
-                other = replace(cfg, overlap_units=True, ub_copy_depth=cfg.ub_depth // 2)
-                acc = Accelerator(other)
-                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
-                          record_loss=False)
-                runs.append((acc.stats, f"{memories(other)}, overlap_units on"))
             for s, memories in runs:
                 rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "
                             f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "

@@ -484,7 +484,7 @@ def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
                      for i, l in enumerate(layers[:-1])]
     fp = training_footprint(cfg, layers, batch)
     # Records ``[y, x, x^T]``: every record's targets below the loadable rows (the caller
-    # chose ``chunk`` so, see _records_below).
+    # chose ``chunk`` so: compile_training).
     regions["records"] = mem.alloc("records", buffers * chunk * fp.record)
     last_y = regions["records"].base + (buffers * chunk - 1) * fp.record + y_stride
     if last_y > cfg.ub_loadable_rows:
