@@ -110,12 +110,15 @@ class Emitter:
         but for the registers in ``keep``, which nothing after this point changes."""
         self._config = {r: v for r, v in self._config.items() if r in keep}
 
+    def _raw(self, value):
+        return int(self.cfg.scalar.encode(value)) & 0xFFFF
+
     def config_changes(self, reg: ConfigReg, value: float):
         """Whether :meth:`config` with these arguments emits an instruction."""
-        return self._config.get(reg) != int(self.cfg.scalar.encode(value)) & 0xFFFF
+        return self._config.get(reg) != self._raw(value)
 
     def config(self, reg: ConfigReg, value: float):
-        raw = int(self.cfg.scalar.encode(value)) & 0xFFFF
+        raw = self._raw(value)
         if self._config.get(reg) != raw:
             self.emit(f"cfg {reg.name.lower()}, {raw:#06x}", f"{reg.name.lower()} = {value:g}")
             self._config[reg] = raw

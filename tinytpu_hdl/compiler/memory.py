@@ -46,17 +46,19 @@ class MemoryPlan:
         if name in self.ub:
             raise ValueError(f"region {name!r} allocated twice")
         region = Region(name, self._ub_top, rows, "ub")
-        used = ", ".join(f"{r.name} {r.rows}" for r in self.ub.values()) or "nothing"
+
+        def used():
+            return ", ".join(f"{r.name} {r.rows}" for r in self.ub.values()) or "nothing"
         if region.end > self.ub_depth:
             raise CompileError(
                 f"the unified buffer is too small: {name} needs {rows} rows at row "
                 f"{region.base}, but the buffer has {self.ub_depth} rows (already used: "
-                f"{used})")
+                f"{used()})")
         if loaded and self.loadable is not None and region.end > self.loadable:
             raise CompileError(
                 f"{name} ({rows} rows at row {region.base}) is loaded as weights or read as "
                 f"aux rows, bias rows or parameters, which must lie below row "
-                f"{self.loadable} (TPUConfig.ub_copy_depth; already used: {used})")
+                f"{self.loadable} (TPUConfig.ub_copy_depth; already used: {used()})")
         self.ub[name] = region
         self._ub_top = region.end
         return region

@@ -409,6 +409,11 @@ class TrainingFootprint:
     def minimum(self, record_loss=True):
         return self.fixed + self.record + (self.log if record_loss else 0)
 
+    def records_below(self, rows):
+        """How many records, laid out after the fixed regions, have their targets (each
+        record's first ``log`` rows) below buffer row ``rows``."""
+        return (rows - self.fixed - self.log) // self.record + 1
+
 
 def training_footprint(cfg, layers, batch):
     n = cfg.n
@@ -483,14 +488,11 @@ def _training_memory(cfg, layers, batch, chunk, log_batches, buffers=1):
     regions["ht"] = [mem.alloc(f"ht{i}", (pad(l.out_features, n) + 1) * nb)
                      for i, l in enumerate(layers[:-1])]
     fp = training_footprint(cfg, layers, batch)
-    # Records ``[y, x, x^T]``: every record's targets below the loadable rows (the caller
-    # chose ``chunk`` so: compile_training).
+    # Records ``[y, x, x^T]`` right after the fixed regions: every record's targets below
+    # the loadable rows (compile_training chose ``chunk`` so).
     regions["records"] = mem.alloc("records", buffers * chunk * fp.record)
-    last_y = regions["records"].base + (buffers * chunk - 1) * fp.record + y_stride
-    if last_y > cfg.ub_loadable_rows:
-        raise CompileError(f"the targets of the last record end at row {last_y}; the vector "
-                           f"unit reads aux rows below row {cfg.ub_loadable_rows} only "
-                           f"(TPUConfig.ub_copy_depth)")
+    assert regions["records"].base == fp.fixed and \
+        buffers * chunk <= fp.records_below(cfg.ub_loadable_rows)
     regions["log"] = mem.alloc("log", log_batches * y_stride) if log_batches else None
     return mem, regions
 
@@ -678,9 +680,8 @@ def compile_training(cfg, layers, samples, batch, lr, *, epochs=1, record_loss=T
         raise CompileError(_does_not_fit(cfg, layers, batch, fp, record_loss))
     free = cfg.ub_depth - fp.fixed
     log_per_batch = fp.log if record_loss else 0
-    # Records whose targets (at the start of each, after the fixed regions) lie below the
-    # rows the vector unit reads aux rows from (cfg.ub_loadable_rows).
-    below = (cfg.ub_loadable_rows - fp.fixed - fp.log) // fp.record + 1
+    # Records whose targets lie below the rows the vector unit reads aux rows from.
+    below = fp.records_below(cfg.ub_loadable_rows)
     if below < 1:
         raise CompileError(f"training keeps the parameters, the activations and a batch's "
                            f"targets in the buffer's first {fp.fixed + fp.log:,} rows, which "

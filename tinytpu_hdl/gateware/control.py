@@ -171,8 +171,9 @@ class ControlUnit(wiring.Component):
               last pass writes none of the rows loaded and has read its aux rows or
               parameters, if any (a VPU with LOSS or DERIV, a GD), up to this cycle
     MATMUL    matmul engine ready; ``max(n - 1, 1)`` cycles since the last LOADW
-              issued (``n`` with ``cfg.registered_weight_rows``: :func:`.matmul_after_load`); vector and gradient units idle; with ``cfg.overlap_units``:
-              or the last pass writes none of the rows streamed, and the
+              issued (``n`` with ``cfg.registered_weight_rows``:
+              :func:`.matmul_after_load`); vector and gradient units idle; with
+              ``cfg.overlap_units``: or the last pass writes none of the rows streamed, and the
               destination row is at or below the first accumulator row the pass
               reads, or past its last, or the pass has read its rows
     VPU, GD   loader, matmul engine, vector and gradient units all idle; with

@@ -4,6 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .matmul_engine import MatmulEngine
 from .memory import addr_width, read_request
 from .signatures import valid_stream
 from .systolic import WeightRowLayout
@@ -13,16 +14,16 @@ __all__ = ["WeightLoader", "LoadCommandLayout", "matmul_after_load", "load_after
 
 def matmul_after_load(cfg):
     """Cycles from a LOADW's issue to the first in which a MATMUL may issue: the
-    MATMUL's switch (its command's third cycle) comes ``n`` cycles after the load's first
-    vector (:class:`.SystolicArray`), and at least one cycle later."""
-    return max(WeightLoader.row_delay(cfg) + cfg.n - 3, 1)
+    MATMUL's switch (:meth:`.MatmulEngine.switch_delay`) comes ``n`` cycles after the
+    load's first vector (:class:`.SystolicArray`), and at least one cycle later."""
+    return max(WeightLoader.row_delay(cfg) + cfg.n - MatmulEngine.switch_delay(cfg), 1)
 
 
 def load_after_matmul(cfg):
     """Cycles from a MATMUL's issue to the first in which a LOADW may issue: the load's
     first vector comes ``n - 1`` cycles after the MATMUL's switch, and at least one cycle
     later."""
-    return max(3 + cfg.n - 1 - WeightLoader.row_delay(cfg), 1)
+    return max(MatmulEngine.switch_delay(cfg) + cfg.n - 1 - WeightLoader.row_delay(cfg), 1)
 
 
 class LoadCommandLayout(data.StructLayout):
@@ -71,7 +72,7 @@ class WeightLoader(wiring.Component):
 
     (Rows past ``rows`` are not read; zero vectors take their places.) With the array's
     rule (:class:`.SystolicArray`) and the matmul engine's switch in the third cycle after
-    its command (:class:`.MatmulEngine`), a MATMUL may issue :func:`matmul_after_load`
+    its command (:meth:`.MatmulEngine.switch_delay`), a MATMUL may issue :func:`matmul_after_load`
     cycles after a LOADW and a LOADW :func:`load_after_matmul` cycles after a MATMUL.
     """
 

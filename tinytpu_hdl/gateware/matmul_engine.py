@@ -67,6 +67,12 @@ class MatmulEngine(wiring.Component):
         return array_latency(cfg.n, cfg.n, cfg.isolated_multipliers)
 
     @staticmethod
+    def switch_delay(cfg):
+        """Cycles from a command's acceptance to its first row (with ``switch``) on
+        ``act``."""
+        return 3
+
+    @staticmethod
     def chase_after(cfg):
         """Cycles from a command's acceptance after which a reader that reads the
         command's destination rows from its first on, one per cycle from the cycle after
