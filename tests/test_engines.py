@@ -15,7 +15,7 @@ from tinytpu_hdl.gateware.gd_unit import GradientDescentUnit
 from tinytpu_hdl.gateware.loader import WeightLoader
 from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
 from tinytpu_hdl.gateware.memory import (
-    RowMemory, collision_checker, read_request, share_read, share_write,
+    RowMemory, UnifiedBuffer, collision_checker, read_request, share_read, share_write,
 )
 from tinytpu_hdl.gateware.systolic import SystolicArray
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
@@ -34,8 +34,12 @@ class Harness:
         self.m = Module()
         ub_row = data.ArrayLayout(cfg.data.shape, cfg.n)
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
-        self.m.submodules.ub = self.ub = RowMemory(cfg.ub_depth, ub_row, read_ports=2,
-                                                   init=[list(r) for r in ub_init])
+        # The buffer as the TPU has it (a second copy read through r1 with overlap_units,
+        # r1's data registered where the TPU registers it); the units read their buffer
+        # rows through ``units_port``, as in the TPU.
+        self.m.submodules.ub = self.ub = UnifiedBuffer(cfg, cfg.ub_depth,
+                                                       init=[list(r) for r in ub_init])
+        self.units_port = self.ub.r1 if cfg.overlap_units else self.ub.r0
         self.m.submodules.acc = self.acc = RowMemory(cfg.acc_depth, acc_row, read_ports=1,
                                                      transparent=acc_transparent,
                                                      init=[list(r) for r in acc_init])
@@ -44,12 +48,16 @@ class Harness:
 
     async def dump(self, ctx):
         ub, acc = [], []
-        for port, depth, out in ((self.tb_ub, self.cfg.ub_depth, ub),
-                                 (self.tb_acc, self.cfg.acc_depth, acc)):
+        ub_wait = 1 if UnifiedBuffer.registered_reads(self.cfg) else 0
+        for port, depth, out, wait in ((self.tb_ub, self.cfg.ub_depth, ub, ub_wait),
+                                       (self.tb_acc, self.cfg.acc_depth, acc, 0)):
             for addr in range(depth):
                 ctx.set(port.addr, addr)
                 ctx.set(port.en, 1)
                 await ctx.tick()
+                if wait:
+                    ctx.set(port.en, 0)
+                    await ctx.tick()
                 out.append([int(v) for v in ctx.get(port.data)])
             ctx.set(port.en, 0)
             ctx.set(port.addr, 0)
@@ -101,8 +109,12 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     vpu = VectorUnit(cfg, pipelined_multipliers=None if logic else pipelined)
     h.m.submodules.vpu = vpu
     share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
-    share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
-    share_read(h.m, h.ub.r1, [vpu.ub_bias])
+    if h.units_port is h.ub.r1:
+        share_read(h.m, h.ub.r0, [h.tb_ub])
+        share_read(h.m, h.ub.r1, [vpu.ub_aux, vpu.ub_bias])
+    else:
+        share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
+        share_read(h.m, h.ub.r1, [vpu.ub_bias])
     share_write(h.m, h.ub.w, [vpu.ub_wr])
     writes, busy = [], []
     result = {}
@@ -160,8 +172,12 @@ def test_vector_unit_transposed_output(n, rows, stride):
     vpu = VectorUnit(cfg)
     h.m.submodules.vpu = vpu
     share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
-    share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
-    share_read(h.m, h.ub.r1, [vpu.ub_bias])
+    if h.units_port is h.ub.r1:
+        share_read(h.m, h.ub.r0, [h.tb_ub])
+        share_read(h.m, h.ub.r1, [vpu.ub_aux, vpu.ub_bias])
+    else:
+        share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
+        share_read(h.m, h.ub.r1, [vpu.ub_bias])
     share_write(h.m, h.ub.w, [vpu.ub_wr])
     writes, busy, result = [], [], {}
     idle = VectorUnit.idle_after(cfg, rows, transpose=True)
@@ -240,8 +256,12 @@ def gd_harness(cfg, ub, acc, **options):
     gd = GradientDescentUnit(cfg, **options)
     h.m.submodules.gd = gd
     share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
-    share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
-    share_read(h.m, h.ub.r1, [])
+    if h.units_port is h.ub.r1:
+        share_read(h.m, h.ub.r0, [h.tb_ub])
+        share_read(h.m, h.ub.r1, [gd.ub_rd])
+    else:
+        share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
+        share_read(h.m, h.ub.r1, [])
     share_write(h.m, h.ub.w, [gd.ub_wr])
     return h, gd
 
@@ -633,3 +653,40 @@ def test_unified_buffer_block_ram_copies_on_ecp5(tmp_path):
     # 4096 x 128 bits = 512 Kbit: at least 29 blocks of 18 Kbit; twice that for two copies.
     assert 29 <= counts[False] <= 32 and 2 * 29 <= counts[True] <= 2 * counts[False]
     assert counts[False] + 15 <= counts["half"] <= counts[False] + counts[False] // 2 + 1
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_unified_buffer_read_latency(registered):
+    """With ``overlap_units`` each of the buffer's read ports answers a request in the next
+    cycle, or, where :meth:`UnifiedBuffer.registered_reads`, in the one after (its data
+    holding until the next registered row); every write lands in both copies."""
+    cfg = TPUConfig(n=2, ub_depth=16, registered_weight_rows=registered)
+    assert UnifiedBuffer.registered_reads(cfg) == registered
+    ub = UnifiedBuffer(cfg, cfg.ub_depth)
+    sim = Simulator(ub)
+    sim.add_clock(1e-8)
+    seen = []
+
+    async def tb(ctx):
+        for row in range(16):
+            ctx.set(ub.w.addr, row)
+            ctx.set(ub.w.data, [row, -row])
+            ctx.set(ub.w.en, 1)
+            await ctx.tick()
+        ctx.set(ub.w.en, 0)
+        for cycle in range(6):
+            for port, row in ((ub.r0, 3 + cycle), (ub.r1, 9 - cycle)):
+                ctx.set(port.addr, row)
+                ctx.set(port.en, cycle < 4)
+            await ctx.tick()
+            seen.append(([int(v) for v in ctx.get(ub.r0.data)],
+                         [int(v) for v in ctx.get(ub.r1.data)]))
+
+    sim.add_testbench(tb)
+    sim.run()
+    r0, r1 = [3, 4, 5, 6, 6, 6], [9, 8, 7, 6, 6, 6]
+    if registered:
+        # (In the first cycle the registers hold what the ports gave before: row 0.)
+        r0, r1 = [0] + r0[:-1], [0] + r1[:-1]
+    assert [s[0] for s in seen] == [[r, -r] for r in r0]
+    assert [s[1] for s in seen] == [[r, -r] for r in r1]

@@ -390,13 +390,15 @@ def test_every_engine_instruction_can_issue(op):
     check(m, "cover", 8, f"cover_{op.name}")
 
 
-def test_host_interface_never_writes_outside_a_memory():
+@pytest.mark.parametrize("buffered", [False, True])
+def test_host_interface_never_writes_outside_a_memory(buffered):
     """Whatever the command stream, a memory write address is inside the memory; while a
     program runs only the unified buffer is written, and only in cycles in which no engine
-    uses its shared port."""
+    uses its shared port (also when the host writes buffer rows from a register of its
+    own, ``buffered_ub_write``)."""
     cfg = SMALL
     m = Module()
-    m.submodules.host = host = HostInterface(cfg)
+    m.submodules.host = host = HostInterface(cfg, buffered_ub_write=buffered)
     drive_anyseq(m, host.cmd.valid, host.cmd.payload, host.resp.ready, host.ub_rd.data,
                  host.acc_rd.data, host.imem_rd.data, host.csr_rdata, host.faulted,
                  host.ub_busy)
@@ -419,7 +421,7 @@ def test_host_interface_never_writes_outside_a_memory():
     check(m, "bmc", 14, "host_ranges")
 
 
-def host_response_spec(bound, *, drop_word=False):
+def host_response_spec(bound, *, drop_word=False, buffered=False):
     """Every command packet (as the UART bridge forwards them: whole, see
     ``host_protocol.packet_words``) is taken without stalling for more than ``bound``
     cycles per word and answered within ``bound`` cycles of its last word, whatever the
@@ -429,7 +431,7 @@ def host_response_spec(bound, *, drop_word=False):
     from tinytpu_hdl.host_protocol import Command, Space, item_words
     cfg = SMALL
     m = Module()
-    m.submodules.host = host = HostInterface(cfg)
+    m.submodules.host = host = HostInterface(cfg, buffered_ub_write=buffered)
     drive_anyseq(m, host.ub_rd.data, host.acc_rd.data, host.imem_rd.data, host.csr_rdata,
                  host.faulted, host.running, host.cmd.payload)
     m.d.comb += host.resp.ready.eq(1)
@@ -475,8 +477,10 @@ def host_response_spec(bound, *, drop_word=False):
     return m
 
 
-def test_host_interface_answers_every_packet_within_a_bound():
-    check(host_response_spec(6), "bmc", 24, "host_response")
+@pytest.mark.parametrize("buffered", [False, True])
+def test_host_interface_answers_every_packet_within_a_bound(buffered):
+    check(host_response_spec(6, buffered=buffered), "bmc", 24,
+          f"host_response{'_buffered' if buffered else ''}")
 
 
 def test_host_response_property_catches_a_short_packet():

@@ -43,9 +43,16 @@ class TPUConfig:
 
     ``registered_requests`` makes the weight loader's and the vector unit's read requests
     on the unified buffer (enable and address) registers loaded with their next values,
-    so that the buffer port's address multiplexer reads registers only (Fmax on the
-    ECP5); off, they are gated from the engines' state in the cycle they are used, which
-    saves about 30 logic cells (the iCEBreaker's 1x1 TPU). The cycles are the same.
+    so that the buffer port's address multiplexer reads registers only, and registers the
+    rows the vector unit (bias, aux) and the gradient-descent unit (parameters) read twice
+    on their way from the block RAM, once where they leave it and once beside the lanes
+    (Fmax on the ECP5). The aux and parameter rows are then read a cycle earlier
+    (:meth:`~tinytpu_hdl.gateware.vector_unit.VectorUnit.aux_delay`,
+    :meth:`~tinytpu_hdl.gateware.gd_unit.GradientDescentUnit.param_delay`), so a weight
+    load waiting for them may issue a cycle earlier; with ``overlap_units`` the host's
+    buffer writes wait on a register (the units say a cycle ahead that they will write).
+    Off, the requests are gated from the engines' state in the cycle they are used, which
+    saves about 30 logic cells (the iCEBreaker's 1x1 TPU).
 
     ``registered_weight_rows`` puts a register between the unified buffer's output and the
     array's weight input: each row the weight loader reads is registered before the PEs'

@@ -87,6 +87,9 @@ CHECK_CYCLES = {Op.LOADW: 1, Op.MATMUL: 1, Op.VPU: 2, Op.GD: 1}
 #: Width of the issue checks' arithmetic: a 17-bit effective address plus a span of up to
 #: 24 bits (``(rows - 1) * stride``), with a sign bit.
 CHECK_WIDTH = 26
+#: Width of a range check without a span: an address, a register value and a count (each
+#: below 2 ** 16) less a depth, which lies in [-2 ** 18, 2 ** 18).
+ROWS_CHECK_WIDTH = (3 * 0xFFFF).bit_length() + 1
 
 
 class ControlUnit(wiring.Component):
@@ -439,6 +442,14 @@ class ControlUnit(wiring.Component):
         m.d.sync += [e.eq(b + r) for e, b, r in zip(e_q, d_base, d_regv)]
         terms = [[b, r] for b, r in zip(d_base, d_regv)]
         d_count = Signal(16)             # the count field: rows, or the value of a CFG
+        # ``rows - k`` for the constants ``k`` the range checks subtract from an address
+        # range's end (a memory's depth + 1) and the overlap checks (1), sign-extended to
+        # ``CHECK_WIDTH`` (the range checks take the low ``ROWS_CHECK_WIDTH`` bits).
+        past = set() if self._span_multiplier else {cfg.acc_depth + 1,
+                                                      cfg.ub_loadable_rows + 1}
+        if cfg.overlap_units:
+            past.add(1)
+        d_rows_past = {k: Signal(CHECK_WIDTH, name=f"d_rows_past_{k}") for k in sorted(past)}
         # (rows - 1) * stride in carry-save form (two terms whose sum is the span modulo
         # 2 ** CHECK_WIDTH): rows * stride as the stride's partial products of rows, minus
         # the stride, through 3:2 compressors, no carry chain and no multiplier block
@@ -506,6 +517,10 @@ class ControlUnit(wiring.Component):
                 "b_msrc": ins.b.addr - mm_src, "mhi_b": mm_hi - ins.b.addr,
                 "mde_a": mm_dst_end - ins.a.addr,
             }
+        if not self._span_multiplier:
+            # A MATMUL's source range check, ``a + span - ub_depth < 0``: the immediate less
+            # the depth from decode, so that the check adds four terms, not five.
+            overlap_diffs["a_ub"] = ins.a.addr - cfg.ub_depth
         d_diff = {name: Signal(CHECK_WIDTH, name=f"d_{name}") for name in overlap_diffs}
         decode_regs = [
             *[d_diff[name].eq(value) for name, value in overlap_diffs.items()],   # sign-extended
@@ -515,6 +530,7 @@ class ControlUnit(wiring.Component):
             *[b.eq(slot.addr) for b, slot in zip(d_base, (ins.a, ins.b, ins.c, ins.d))],
             *[r.eq(v) for r, v in zip(d_regv, (reg_a, reg_b, reg_c, reg_d))],
             d_count.eq(rows),
+            *[term.eq(rows - k) for k, term in d_rows_past.items()],
             *[term.eq(span[i] if extent is span else Mux(ir_transposed, extent[i], span[i]))
               for i, term in enumerate(d_span)],
             d_stride.eq(ins.stride), d_flags.eq(ins.flags),
@@ -549,7 +565,12 @@ class ControlUnit(wiring.Component):
             return negative(plus, minus, width=width)
 
         def rows_fit(addr, depth):
-            return below([*addr, d_count], [Const(depth + 1)])
+            # ``rows - (depth + 1)`` comes from decode (``d_rows_past``, not with
+            # ``span_multiplier``, whose small FPGAs keep the logic cells): one compressor
+            # level before the carry chain instead of two.
+            if self._span_multiplier:
+                return below([*addr, d_count], [Const(depth + 1)])
+            return negative([*addr, d_rows_past[depth + 1]], width=ROWS_CHECK_WIDTH)
 
         def span_fits(addr, depth, span_terms):
             return below([*addr, *span_terms], [Const(depth)])
@@ -583,7 +604,9 @@ class ControlUnit(wiring.Component):
         # second copy, which may hold fewer rows: ``cfg.ub_loadable_rows``.)
         ub_rows, loadable = cfg.ub_depth, cfg.ub_loadable_rows
         ub_out = ((is_loadw & ~rows_fit(ta, loadable)) |
-                  (is_matmul & ~span_fits(ta, ub_rows, spans)) |
+                  (is_matmul & ~(span_fits(ta, ub_rows, spans) if self._span_multiplier else
+                                 negative([d_diff["a_ub"], d_regv[0], *spans],
+                                          width=CHECK_WIDTH))) |
                   (is_vpu & ~span_fits([eb], ub_rows, [vpu_span])) |
                   (d_vpu_aux & ~span_fits([ec], loadable, [vpu_span])) |
                   (d_vpu_bias & ~below([ed], [Const(loadable)])) |
@@ -610,7 +633,13 @@ class ControlUnit(wiring.Component):
         # rows it reads are then written by earlier MATMULs, which have finished by the
         # chase delay).
         src_below_q = Signal()
-        m.d.sync += src_below_q.eq(below(ta, [mm_dst, Const(1)]))
+        if self._span_multiplier:
+            m.d.sync += src_below_q.eq(below(ta, [mm_dst, Const(1)]))
+        else:
+            # (``a <= mm_dst`` as ``a + ~mm_dst < 0``: three terms, one compressor level.)
+            src_width = max((1 << 16) * 2, 1 << len(mm_dst)).bit_length() + 1
+            m.d.sync += src_below_q.eq(negative([*ta, complement(mm_dst, src_width)],
+                                                width=src_width))
         chase_ok = src_below_q
         if cfg.overlap_units:
             src_above_q = Signal()
@@ -654,9 +683,10 @@ class ControlUnit(wiring.Component):
             def neg(plus, minus=()):
                 return negative(plus, minus, width=CHECK_WIDTH)
             reg_a, reg_b = d_regv[0], d_regv[1]
+            rows_less_1 = d_rows_past[1]
             # [first, last] overlaps [u_lo, u_hi] unless last < u_lo or u_hi < first.
             ub_conflict = (
-                ((is_loadw & ~neg([d_diff["a_lo"], reg_a, d_count], [Const(1)])) |
+                ((is_loadw & ~neg([d_diff["a_lo"], reg_a, rows_less_1])) |
                  (is_matmul & ~neg([d_diff["a_lo"], reg_a, *spans]))) &
                 ~neg([d_diff["hi_a"]], [reg_a]))
             # ua_lo < dst <= ua_hi.
@@ -672,7 +702,7 @@ class ControlUnit(wiring.Component):
             with m.If(self.matmul_cmd.valid):
                 m.d.sync += [mm_src.eq(e_q[0]), mm_hi.eq((e_q[0] + vpu_span)[:17])]
             vpu_writes_streamed = ~below([eb, vpu_span], [mm_src]) & ~below([mm_hi], [eb])
-            gd_writes_streamed = (~neg([d_diff["b_msrc"], reg_b, d_count], [Const(1)]) &
+            gd_writes_streamed = (~neg([d_diff["b_msrc"], reg_b, rows_less_1]) &
                                   ~neg([d_diff["mhi_b"]], [reg_b]))
             stream_conflict_q = Signal()
             m.d.sync += stream_conflict_q.eq((is_vpu & vpu_writes_streamed) |

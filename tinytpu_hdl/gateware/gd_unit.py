@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..numeric import (
     FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
-from .memory import addr_width, read_request, write_request
+from .memory import UnifiedBuffer, addr_width, read_request, write_request
 from .multiplier import PipelinedMultiplier
 from .signatures import valid_stream
 
@@ -51,7 +51,9 @@ class GradientDescentUnit(wiring.Component):
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
     parameter row ``i`` in cycle ``c+P+i``, and writes the parameter row back in
     cycle ``c+L+i``. ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
-    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``), ``P`` is ``L - 3``.
+    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``), ``P`` is
+    :meth:`param_delay` (``L - 3``, or ``L - 4`` with ``cfg.registered_requests``, whose
+    parameter rows are registered twice on their way from the block RAM).
     Stages: the memories' outputs registered, the partial products (the gradient's
     low and high halves times the rate, one multiplier block each), their sum, the
     rounding offset added and the fraction dropped, the saturation to the data format,
@@ -70,7 +72,7 @@ class GradientDescentUnit(wiring.Component):
     @staticmethod
     def param_delay(cfg):
         """Cycles from a command's acceptance to its first parameter row's read (``P``)."""
-        return GradientDescentUnit.latency(cfg) - 3
+        return GradientDescentUnit.latency(cfg) - (4 if cfg.registered_requests else 3)
 
     @staticmethod
     def idle_after(cfg, rows):
@@ -106,6 +108,8 @@ class GradientDescentUnit(wiring.Component):
             # (With ``cfg.overlap_units``: gradient rows are still to be read; parameter
             # rows are still to be read in a later cycle.)
             **({"reading": Out(1), "param_pending": Out(1)} if cfg.overlap_units else {}),
+            # (With ``cfg.registered_requests``: ``ub_wr.en`` will be high next cycle.)
+            **({"writes_next": Out(1)} if cfg.registered_requests else {}),
         })
 
     def elaborate(self, platform):
@@ -155,22 +159,39 @@ class GradientDescentUnit(wiring.Component):
             m.d.sync += acc_row.eq(self.acc_rd.data)
         # The parameter row is read four cycles after the gradient row (six with isolated
         # multipliers) and registered, so that it arrives in the subtraction stage instead
-        # of being carried to it.
-        with m.If(v_sum):
+        # of being carried to it. With ``cfg.registered_requests`` it is read a cycle
+        # earlier and registered twice (where it leaves the block RAM, then beside the
+        # lanes).
+        read_stage = 3 + extra - (1 if cfg.registered_requests else 0)
+        v_param = valid[read_stage]
+        with m.If(v_param):
             m.d.comb += [self.ub_rd.addr.eq(param_rd), self.ub_rd.en.eq(1)]
             m.d.sync += param_rd.eq(param_rd + 1)
         if cfg.overlap_units:
             # Whether a parameter row will be read after this cycle (a row left to read or
-            # in a stage before the sum's), registered like the vector unit's.
-            assert 3 + extra + 2 == self.param_delay(cfg)   # valid[j]: row 0 in cycle c+2+j
+            # in a stage before the read's), registered like the vector unit's.
+            assert read_stage + 2 == self.param_delay(cfg)  # valid[j]: row 0 in cycle c+2+j
             pending = Signal()
-            m.d.sync += pending.eq(next_active | active | Cat(valid[:2 + extra]).any())
+            m.d.sync += pending.eq(next_active | active | Cat(valid[:read_stage - 1]).any())
             m.d.comb += self.param_pending.eq(pending)
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
-        m.d.sync += theta_valid.eq(v_sum)
-        with m.If(theta_valid):
-            m.d.sync += theta.eq(self.ub_rd.data)
+        if cfg.registered_requests:
+            # (Registered where it leaves the buffer's port, or by the port itself:
+            # :meth:`.UnifiedBuffer.registered_reads`.)
+            if UnifiedBuffer.registered_reads(cfg):
+                theta_row = self.ub_rd.data
+            else:
+                theta_row = Signal.like(theta, name="theta_row", reset_less=True)
+                m.d.sync += theta_row.eq(self.ub_rd.data)
+            theta_arrived = Signal()
+            m.d.sync += [theta_arrived.eq(v_param), theta_valid.eq(theta_arrived)]
+            with m.If(theta_valid):
+                m.d.sync += theta.eq(theta_row)
+        else:
+            m.d.sync += theta_valid.eq(v_param)
+            with m.If(theta_valid):
+                m.d.sync += theta.eq(self.ub_rd.data)
 
         # Stages 2 and 3: the exact product lr * grad. With 18x18 multiplier blocks (ECP5 and
         # the default) as lr * (high * 2^k + low), the gradient's low k = 17 bits unsigned,
@@ -266,6 +287,8 @@ class GradientDescentUnit(wiring.Component):
             m.d.sync += param_wr.eq(param_wr + 1)
         m.d.sync += busy.eq(next_active | active | Cat(valid[:-1]).any())
         m.d.comb += self.busy.eq(busy)
+        if cfg.registered_requests:
+            m.d.comb += self.writes_next.eq(v_sat)
         return m
 
     def _isolated(self, m, low, high, lane):

@@ -21,7 +21,10 @@ class HostInterface(wiring.Component):
     runs, but for writes to the unified buffer: those are taken (for rows the program
     does not use: the host's next chunk of data while the program works on the last),
     each row in a cycle in which no engine uses the buffer's write port or the read port
-    that shares its address (``ub_busy``). A refused write also makes the control unit
+    that shares its address (``ub_busy``). With ``buffered_ub_write`` each row is handed
+    to a register and written from it in such a cycle (the next command waits until the
+    last row is written). With ``read_wait`` an item read is latched a cycle later (for a
+    buffer whose ports register their output, :meth:`.UnifiedBuffer.registered_reads`). A refused write also makes the control unit
     stop the program with ``HOST_CONFLICT``. The control and status registers can be
     read at any time. A write whose range does not fit is answered ``RANGE``
     and its data words are consumed and dropped, so nothing is written.
@@ -47,12 +50,15 @@ class HostInterface(wiring.Component):
     Accepts one command word per cycle (an instruction word is written to the
     instruction memory as it arrives, or in the cycle after with ``read_register``;
     the items of the other spaces are written once their last word has arrived). A read answers each word of an item
-    after two cycles of memory (or register) access, as ``resp.ready`` allows.
+    after two cycles of memory (or register) access (three with ``read_wait``), as
+    ``resp.ready`` allows.
     """
 
-    def __init__(self, cfg, *, read_register=True):
+    def __init__(self, cfg, *, read_register=True, buffered_ub_write=False, read_wait=False):
         self._cfg = cfg
         self._read_register = read_register
+        self._buffered_ub_write = buffered_ub_write
+        self._read_wait = read_wait
         ub_row = data.ArrayLayout(cfg.data.shape, cfg.n)
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
         super().__init__({
@@ -187,7 +193,21 @@ class HostInterface(wiring.Component):
 
         # Write requests: only ``en`` says whether the host writes (see .memory).
         for port, target in ((self.ub_wr, Space.UB), (self.acc_wr, Space.ACC)):
-            m.d.comb += [port.addr.eq(item_addr), Value.cast(port.data).eq(item(target))]
+            if not (self._buffered_ub_write and target == Space.UB):
+                m.d.comb += [port.addr.eq(item_addr), Value.cast(port.data).eq(item(target))]
+        # With ``buffered_ub_write`` a buffer row is handed to a register of its own
+        # (``ub_pending``), written from there in the first cycle in which ``ub_busy`` is
+        # low, so that the write enable is an AND of two registers.
+        if self._buffered_ub_write:
+            ub_pending = Signal()
+            ub_pending_addr = Signal.like(self.ub_wr.addr)
+            ub_pending_row = Signal(len(item(Space.UB)), reset_less=True)
+            ub_write = ub_pending & ~self.ub_busy
+            m.d.comb += [self.ub_wr.addr.eq(ub_pending_addr),
+                         Value.cast(self.ub_wr.data).eq(ub_pending_row),
+                         self.ub_wr.en.eq(ub_write)]
+            with m.If(ub_write):
+                m.d.sync += ub_pending.eq(0)
         # An instruction word is written as it arrives; with ``read_register`` (the
         # registers for speed) the write is registered and lands a cycle later, so that
         # the state decode and the command stream's valid do not reach the instruction
@@ -222,8 +242,14 @@ class HostInterface(wiring.Component):
         m.d.sync += [self.stop.eq(0), self.host_conflict.eq(0)]
         with m.FSM(init="HEADER"):
             with m.State("HEADER"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
+                # (A command waits until the last buffer row handed over is written.)
+                if self._buffered_ub_write:
+                    m.d.comb += self.cmd.ready.eq(~ub_pending)
+                    header = self.cmd.valid & ~ub_pending
+                else:
+                    m.d.comb += self.cmd.ready.eq(1)
+                    header = self.cmd.valid
+                with m.If(header):
                     m.d.sync += [command.eq(self.cmd.payload[:8]), space.eq(self.cmd.payload[8:16]),
                                  count.eq(self.cmd.payload[16:]),
                                  last_word.eq(header_last_word),
@@ -313,13 +339,20 @@ class HostInterface(wiring.Component):
                             m.d.sync += [word_index.eq(word_index + 1),
                                          word_onehot.eq(word_onehot << 1)]
             with m.State("WRITE_ITEM"):
-                # A buffer row waits while an engine uses the buffer's shared port.
-                wait = is_space[Space.UB] & self.ub_busy & (status == Status.OK)
+                # A buffer row waits while an engine uses the buffer's shared port (or
+                # while the row before is still to be written).
+                busy = ub_pending if self._buffered_ub_write else self.ub_busy
+                wait = is_space[Space.UB] & busy & (status == Status.OK)
                 with m.If(~wait):
                     with m.If(status == Status.OK):
                         with m.Switch(space):
                             with m.Case(Space.UB):
-                                m.d.comb += self.ub_wr.en.eq(1)
+                                if self._buffered_ub_write:
+                                    m.d.sync += [ub_pending.eq(1),
+                                                 ub_pending_addr.eq(item_addr),
+                                                 ub_pending_row.eq(item(Space.UB))]
+                                else:
+                                    m.d.comb += self.ub_wr.en.eq(1)
                             with m.Case(Space.ACC):
                                 m.d.comb += self.acc_wr.en.eq(1)
                             with m.Case(Space.CSR):
@@ -341,7 +374,11 @@ class HostInterface(wiring.Component):
                         m.next = "HEADER"
             with m.State("READ_ADDR"):
                 # (The read request is made from ``read_request``, set on the way here.)
-                m.next = "READ_LATCH"
+                m.next = "READ_WAIT" if self._read_wait else "READ_LATCH"
+            if self._read_wait:
+                with m.State("READ_WAIT"):
+                    # (A memory whose port registers its output answers a cycle later.)
+                    m.next = "READ_LATCH"
             with m.State("READ_LATCH"):
                 m.d.comb += latch.eq(1)
                 m.next = "READ_SEND"

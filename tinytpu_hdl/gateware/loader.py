@@ -5,7 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .matmul_engine import MatmulEngine
-from .memory import addr_width, read_request
+from .memory import UnifiedBuffer, addr_width, read_request
 from .signatures import valid_stream
 from .systolic import WeightRowLayout
 
@@ -169,6 +169,17 @@ class WeightLoader(wiring.Component):
                                  self.cmd.payload.addr + n - 1, 0)),
             ]
 
+        if registered and UnifiedBuffer.registered_reads(self._cfg):
+            # One more stage, in which the buffer's port has registered the row itself.
+            zero = Signal()
+            m.d.sync += [
+                self.weights.valid.eq(push_valid),
+                self.weights.payload.transpose.eq(push_transpose),
+                zero.eq(~push_valid | push_zero),
+            ]
+            m.d.comb += self.weights.payload.data.as_value().eq(
+                Mux(zero, 0, self.ub.data.as_value()))
+            return m
         if registered:
             # One more stage: the buffer's output drives this register only.
             m.d.sync += [

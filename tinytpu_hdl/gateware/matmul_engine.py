@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..numeric import hdl_saturate
 from .delay import delayed
-from .memory import addr_width, read_request, write_request
+from .memory import UnifiedBuffer, addr_width, read_request, write_request
 from .signatures import valid_stream
 from .systolic import InputRowLayout, ResultRowLayout, array_latency
 
@@ -145,10 +145,15 @@ class MatmulEngine(wiring.Component):
             ]
         # The row is registered between the block RAM's output and the array (no logic
         # between them in one cycle: the first PE multiplies what it receives).
-        act_data = Signal(data.ArrayLayout(cfg.data.shape, cfg.n), reset_less=True)
-        m.d.sync += [self.act.valid.eq(feed_valid), self.act.payload.switch.eq(feed_switch),
-                     act_data.eq(self.ub.data)]
-        m.d.comb += self.act.payload.data.eq(act_data)
+        # (Where the buffer's port registers it itself, :meth:`.UnifiedBuffer.registered_reads`,
+        # that register is this one.)
+        m.d.sync += [self.act.valid.eq(feed_valid), self.act.payload.switch.eq(feed_switch)]
+        if UnifiedBuffer.registered_reads(cfg):
+            m.d.comb += self.act.payload.data.eq(self.ub.data)
+        else:
+            act_data = Signal(data.ArrayLayout(cfg.data.shape, cfg.n), reset_less=True)
+            m.d.sync += act_data.eq(self.ub.data)
+            m.d.comb += self.act.payload.data.eq(act_data)
 
         # The destination of each row travels alongside the array, latency + 1 cycles, to the
         # cycle before its result appears (the accumulate read).
@@ -157,10 +162,18 @@ class MatmulEngine(wiring.Component):
         tag = Signal(_TagLayout(cfg))
         m.d.comb += [tag.valid.eq(active), tag.addr.eq(dst),
                      tag.accumulate.eq(active & accumulate)]
-        read_tag = delayed(m, tag, latency + 1, name="dst_tag")
+        # With ``cfg.registered_requests`` the old row is read a cycle earlier and
+        # registered where it leaves the block RAM (``read_row``), so that the forwarding
+        # below starts from a register.
+        early = cfg.registered_requests
+        if early:
+            early_tag = delayed(m, tag, latency, name="dst_tag")
+            read_tag = delayed(m, early_tag, 1, name="dst_tag_read")
+        else:
+            early_tag = read_tag = delayed(m, tag, latency + 1, name="dst_tag")
         m.d.comb += [
-            self.acc_rd.addr.eq(Mux(read_tag.accumulate, read_tag.addr, 0)),
-            self.acc_rd.en.eq(read_tag.accumulate),
+            self.acc_rd.addr.eq(Mux(early_tag.accumulate, early_tag.addr, 0)),
+            self.acc_rd.en.eq(early_tag.accumulate),
         ]
 
         # The write side, three stages, so that no carry chain follows a block RAM output
@@ -174,7 +187,8 @@ class MatmulEngine(wiring.Component):
         # wrote) replace what was read in stage R; the row written in t+1, the one stage W
         # holds while S adds, replaces it in S. So that path, the one that closes a loop
         # when consecutive rows accumulate into one row, is a multiplexer merged with the
-        # saturation of W's sum, the adder and a register.
+        # saturation of W's sum, the adder and a register. (With the read in t-2 and
+        # registered, the row written in t-2 replaces it too.)
         acc_row = data.ArrayLayout(cfg.acc.shape, cfg.n)
         raw_row = data.ArrayLayout(signed(cfg.acc.width + 1), cfg.n)
         r_tag = delayed(m, read_tag, 1, name="dst_tag_result")
@@ -191,6 +205,13 @@ class MatmulEngine(wiring.Component):
             lane_overflow.append(ovf)
         written = Signal(acc_row, name="written_row", reset_less=True)   # the row written in t-1
         m.d.sync += written.eq(w_row)
+        if early:
+            written_2 = Signal(acc_row, name="written_row_2", reset_less=True)  # in t-2
+            w_tag_2 = Signal(_TagLayout(cfg), name="dst_tag_written")           # its tag
+            read_row = Signal(acc_row, name="read_row", reset_less=True)
+            m.d.sync += [written_2.eq(written), w_tag_2.eq(w_tag), read_row.eq(self.acc_rd.data)]
+        else:
+            read_row = self.acc_rd.data
 
         # Decided a cycle ahead, from the tags of the rows that will be in W and written:
         # in t-1 for stage R (which of S's and W's rows is the one R's row adds to), in t
@@ -201,15 +222,23 @@ class MatmulEngine(wiring.Component):
         # accumulate, and adds to zero), so that the block RAM's output meets one AND-OR.
         take_w, take_written, take_read = Signal(), Signal(), Signal()
         in_s, in_w = same_row(s_tag, read_tag), same_row(w_tag, read_tag)
+        not_written = read_tag.accumulate & ~in_s & ~in_w
+        if early:
+            in_w_2 = same_row(w_tag_2, read_tag)
+            not_written = not_written & ~in_w_2
         m.d.sync += [take_w.eq(read_tag.accumulate & in_s),
                      take_written.eq(read_tag.accumulate & ~in_s & in_w),
-                     take_read.eq(read_tag.accumulate & ~in_s & ~in_w)]
+                     take_read.eq(not_written)]
         old = Signal(acc_row, reset_less=True)
         res = Signal(acc_row, reset_less=True)
         r_res_ovf = Signal()
-        merged = ((Value.cast(self.acc_rd.data) & take_read.replicate(acc_row.size)) |
+        merged = ((Value.cast(read_row) & take_read.replicate(acc_row.size)) |
                   (Value.cast(w_row) & take_w.replicate(acc_row.size)) |
                   (Value.cast(written) & take_written.replicate(acc_row.size)))
+        if early:
+            take_written_2 = Signal()
+            m.d.sync += take_written_2.eq(read_tag.accumulate & ~in_s & ~in_w & in_w_2)
+            merged = merged | (Value.cast(written_2) & take_written_2.replicate(acc_row.size))
         m.d.sync += [old.eq(merged), res.eq(self.result.payload.data),
                      r_res_ovf.eq(self.result.payload.overflow)]
 

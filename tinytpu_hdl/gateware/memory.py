@@ -146,26 +146,50 @@ class UnifiedBuffer(RowMemory):
     write above them goes to the first copy alone).
     """
 
-    def __init__(self, cfg, depth):
+    def __init__(self, cfg, depth, *, init=()):
         super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2,
-                         shared_port=None if cfg.overlap_units else 1)
+                         shared_port=None if cfg.overlap_units else 1, init=init)
         self._copy_depth = cfg.ub_copy_depth if cfg.overlap_units else None
+        self._registered = self.registered_reads(cfg)
+
+    @staticmethod
+    def registered_reads(cfg):
+        """Whether each read port's data is registered after the multiplexer over the block
+        RAMs, arriving two cycles after its request instead of one: with
+        ``cfg.overlap_units`` (``r0`` serves the matmul engine and the host, ``r1`` the
+        weight loader and the units), ``cfg.registered_requests`` and
+        ``cfg.registered_weight_rows``. The engines, which registered the row each by
+        itself in that cycle (the matmul engine its input row, the loader its weight row,
+        the units their bias, aux and parameter rows), then take the port's register
+        instead, so that each multiplexer drives one register beside the block RAMs
+        instead of one in each engine; the host latches what it reads a cycle later."""
+        return cfg.overlap_units and cfg.registered_requests and cfg.registered_weight_rows
 
     def elaborate(self, platform):
-        if self._copy_depth is None:
+        if self._copy_depth is None and not self._registered:
             return super().elaborate(platform)
         m = Module()
+        copy_depth = self._depth if self._copy_depth is None else self._copy_depth
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
-        m.submodules.copy = copy = Memory(shape=self._shape, depth=self._copy_depth,
-                                          init=self._init[:self._copy_depth])
+        m.submodules.copy = copy = Memory(shape=self._shape, depth=copy_depth,
+                                          init=self._init[:copy_depth])
         wp, wc = mem.write_port(), copy.write_port()
-        in_copy = self.w.addr < self._copy_depth
         m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
-                     wc.addr.eq(self.w.addr), wc.data.eq(self.w.data),
-                     wc.en.eq(Mux(in_copy, self.w.en, 0))]
+                     wc.addr.eq(self.w.addr), wc.data.eq(self.w.data)]
+        if copy_depth < self._depth:
+            m.d.comb += wc.en.eq(Mux(self.w.addr < copy_depth, self.w.en, 0))
+        else:
+            m.d.comb += wc.en.eq(self.w.en)
         for req, memory in ((self.r0, mem), (self.r1, copy)):
             rp = memory.read_port()
-            m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en), req.data.eq(rp.data)]
+            m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en)]
+            if self._registered:
+                data_q = Signal.like(rp.data, name=f"{'r0' if req is self.r0 else 'r1'}_data",
+                                     reset_less=True)
+                m.d.sync += data_q.eq(rp.data)
+                m.d.comb += req.data.eq(data_q)
+            else:
+                m.d.comb += req.data.eq(rp.data)
         return m
 
 

@@ -1,6 +1,6 @@
 """The TPU: array, memories, engines, control unit and host interface."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -113,7 +113,10 @@ class TPU(wiring.Component):
         m.submodules.vector = vector = VectorUnit(cfg, family=family)
         m.submodules.gd = gd = GradientDescentUnit(
             cfg, multiplier_width=16 if family == "ice40" else 18, family=family)
-        m.submodules.host = host = HostInterface(cfg, read_register=ram_registers)
+        m.submodules.host = host = HostInterface(
+            cfg, read_register=ram_registers,
+            buffered_ub_write=cfg.overlap_units and cfg.registered_requests,
+            read_wait=UnifiedBuffer.registered_reads(cfg))
         #: The memories never read in the cycle a row is written, by name (for the collision
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
         #: matmul engine forwards what it would read there).
@@ -151,6 +154,17 @@ class TPU(wiring.Component):
         share_read(m, imem.r0, [control.imem, host.imem_rd])
         share_write(m, imem.w, [host.imem_wr])
 
+        # The host writes the buffer in a cycle in which no engine uses its write port (or
+        # the read port that shares its address). With ``overlap_units`` no read port
+        # does; with ``registered_requests`` the writers say a cycle ahead, and the host
+        # writes from a row register of its own, so that the buffer's write enable is an
+        # OR of registers and an AND of two.
+        if cfg.overlap_units and cfg.registered_requests:
+            ub_busy = Signal()
+            m.d.sync += ub_busy.eq(vector.writes_next | gd.writes_next)
+        else:
+            ub_busy = vector.ub_wr.en | gd.ub_wr.en | loader.ub.en | vector.ub_bias.en
+
         # Control.
         m.d.comb += [
             loader.cmd.valid.eq(control.load_cmd.valid),
@@ -186,8 +200,7 @@ class TPU(wiring.Component):
             control.csr_we.eq(host.csr_we),
             host.csr_rdata.eq(control.csr_rdata),
             host.running.eq(control.running),
-            host.ub_busy.eq(vector.ub_wr.en | gd.ub_wr.en | loader.ub.en |
-                            vector.ub_bias.en),
+            host.ub_busy.eq(ub_busy),
             host.faulted.eq(control.state == State.ERROR),
             # Status outputs.
             self.running.eq(control.running),

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa import Pathway
 from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
-from .memory import addr_width, read_request, write_request
+from .memory import UnifiedBuffer, addr_width, read_request, write_request
 from .multiplier import PipelinedMultiplier
 from .signatures import valid_stream
 
@@ -62,7 +62,9 @@ class VectorUnit(wiring.Component):
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
     row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+A+i``, and writes output
     row ``i`` in cycle ``c+L+i``; ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
-    :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``), ``A`` is 5 (or 7).
+    :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``), ``A`` is
+    :meth:`aux_delay` (5, or 7; one less with ``cfg.registered_requests``, whose bias and
+    aux rows are registered twice on their way from the block RAM).
 
     Transposed, the rows leave the last stage as before into an ``n`` x ``n`` register
     transposer, which shifts once per cycle from the first row's cycle ``c+L`` for ``(T +
@@ -105,7 +107,7 @@ class VectorUnit(wiring.Component):
     @staticmethod
     def aux_delay(cfg):
         """Cycles from a command's acceptance to its first aux row's read (``A``)."""
-        return 7 if cfg.isolated_multipliers else 5
+        return (7 if cfg.isolated_multipliers else 5) - (1 if cfg.registered_requests else 0)
 
     @staticmethod
     def idle_after(cfg, rows, transpose=False):
@@ -136,7 +138,19 @@ class VectorUnit(wiring.Component):
             # (With ``cfg.overlap_units``: accumulator rows are still to be read; aux rows
             # are still to be read in a later cycle.)
             **({"reading": Out(1), "aux_pending": Out(1)} if cfg.overlap_units else {}),
+            # (With ``cfg.registered_requests``: ``ub_wr.en`` will be high next cycle, from
+            # registers.)
+            **({"writes_next": Out(1)} if cfg.registered_requests else {}),
         })
+
+    def _registered_row(self, m, port_data, name):
+        """A buffer row read in cycle ``t``, registered in ``t+1``: by the buffer's port
+        itself where it registers it (:meth:`.UnifiedBuffer.registered_reads`), else here."""
+        if UnifiedBuffer.registered_reads(self._cfg):
+            return port_data
+        reg = Signal.like(port_data, name=name, reset_less=True)
+        m.d.sync += reg.eq(port_data)
+        return reg
 
     def elaborate(self, platform):
         m = Module()
@@ -195,8 +209,19 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [self.ub_bias.addr.eq(bias_addr), self.ub_bias.en.eq(1)]
             bias_read = Signal()
             m.d.sync += bias_read.eq(active & first & use_bias)
-        with m.If(bias_read):
-            m.d.sync += bias.eq(self.ub_bias.data)
+        if cfg.registered_requests:
+            # The row is registered twice: where it leaves the block RAM (by the buffer's
+            # port, or here in any cycle: the port's data holds while nothing reads), then
+            # into the lanes' bias register a cycle later, still before the first row's
+            # bias stage (cycle c+4).
+            bias_row = self._registered_row(m, self.ub_bias.data, "bias_row")
+            bias_loaded = Signal()
+            m.d.sync += bias_loaded.eq(bias_read)
+            with m.If(bias_loaded):
+                m.d.sync += bias.eq(bias_row)
+        else:
+            with m.If(bias_read):
+                m.d.sync += bias.eq(self.ub_bias.data)
 
         with m.If(self.cmd.valid):
             m.d.sync += [
@@ -323,8 +348,10 @@ class VectorUnit(wiring.Component):
         s = multiply(s, "act_mul", "x", self.leak)
         # The aux row is read in the cycle in which the row is two stages before the act
         # stage and registered, so that it joins the row there instead of being carried
-        # through the stages before.
-        aux_stage = chain[-2]
+        # through the stages before. With ``cfg.registered_requests`` it is read a stage
+        # earlier and registered twice (where it leaves the block RAM, by the buffer's port
+        # or here, then beside the lanes).
+        aux_stage = chain[-3] if cfg.registered_requests else chain[-2]
         leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         neg = [use_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
@@ -346,9 +373,16 @@ class VectorUnit(wiring.Component):
         m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
         with m.If(aux_read):
             m.d.sync += aux.eq(aux + stride)
-        m.d.sync += aux_valid.eq(aux_read)
-        with m.If(aux_valid):
-            m.d.sync += s["y"].eq(self.ub_aux.data)
+        if cfg.registered_requests:
+            aux_row = self._registered_row(m, self.ub_aux.data, "aux_row")
+            aux_arrived = Signal()
+            m.d.sync += [aux_arrived.eq(aux_read), aux_valid.eq(aux_arrived)]
+            with m.If(aux_valid):
+                m.d.sync += s["y"].eq(aux_row)
+        else:
+            m.d.sync += aux_valid.eq(aux_read)
+            with m.If(aux_valid):
+                m.d.sync += s["y"].eq(self.ub_aux.data)
 
         # MSE derivative: v = loss_scale * (h - y); h is kept for the derivative.
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
@@ -413,7 +447,8 @@ class VectorUnit(wiring.Component):
             write = Signal()
             valid_next = valids[-2]
             full_next = Mux(tr_shift & wrap, filled, full)
-            m.d.sync += write.eq(Mux(transpose, (tr_next | valid_next) & full_next, valid_next))
+            write_next = Mux(transpose, (tr_next | valid_next) & full_next, valid_next)
+            m.d.sync += write.eq(write_next)
             m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.en.eq(write),
                          self.ub_wr.data.eq(Mux(transpose, out_row, s["x"]))]
             with m.If(transpose):
@@ -427,6 +462,7 @@ class VectorUnit(wiring.Component):
         else:
             # One lane: tile t is output row t, written to dst + t as it leaves the stages.
             m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
+            write_next = valids[-2]
             with m.If(s["valid"]):
                 m.d.comb += self.ub_wr.en.eq(1)
                 m.d.sync += dst.eq(dst + Mux(transpose, 1, stride))
@@ -434,4 +470,6 @@ class VectorUnit(wiring.Component):
         # and one more if a row is read now; the transposer runs on after them.
         m.d.sync += busy.eq(next_active | active | Cat(valids[:-1]).any() | tr_next)
         m.d.comb += self.busy.eq(busy)
+        if cfg.registered_requests:
+            m.d.comb += self.writes_next.eq(write_next)
         return m
