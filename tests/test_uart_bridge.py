@@ -60,6 +60,22 @@ def serial():
     return SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400)
 
 
+@pytest.mark.parametrize("registered", [False, True])
+def test_memories_and_registers_round_trip_over_the_serial_line(registered):
+    """Writes and reads of every space over the simulated serial line, with and without the
+    register stage between the TPU's responses and the bridge (``register_responses``,
+    on for the ECP5 boards): every word of every answer arrives, in order."""
+    serial = SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400,
+                                      register_responses=registered)
+    d = HostDriver(serial)
+    rows = np.array([[3, -4], [500, -600], [-7, 8]])
+    d.write(Space.UB, 9, rows)
+    d.write(Space.ACC, 2, [[70000, -80000]])
+    assert np.array_equal(d.read(Space.UB, 9, 3), rows)
+    assert d.read(Space.ACC, 2, 1)[0].tolist() == [70000, -80000]
+    assert d.csr(14) & 0xFF == CFG.n
+
+
 def test_corrupted_frame_is_rejected_and_changes_nothing(serial):
     d = HostDriver(serial)
     d.write(Space.UB, 5, [[7, 8]])

@@ -1,7 +1,7 @@
 """The TPU behind a UART host bridge (:class:`SerialTPU`), and on a board's pins
 (:class:`BoardTop`)."""
 
-from amaranth.hdl import ClockDomain, Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,6 +16,12 @@ class SerialTPU(wiring.Component):
     """:class:`~.tpu.TPU` + :class:`~.uart_bridge.UARTHostBridge`.
 
     Members: ``rx``, ``tx`` (serial line), ``running``, ``done``, ``error`` (for LEDs).
+
+    With ``register_responses`` a register stage lies between the TPU's response stream
+    and the bridge (valid, payload and ready each from a register; one word every other
+    cycle, far more than the serial line carries), so that the host interface's read
+    multiplexer and the bridge's frame arithmetic are not one path (the ULX3S's worst
+    path without it). Small FPGAs leave it off (its 33 flip-flops and their logic).
     """
 
     rx: In(1, init=1)
@@ -24,9 +30,10 @@ class SerialTPU(wiring.Component):
     done: Out(1)
     error: Out(1)
 
-    def __init__(self, cfg, *, divisor, max_words=256, timeout=None):
+    def __init__(self, cfg, *, divisor, max_words=256, timeout=None, register_responses=False):
         self._cfg = cfg
         self.bridge_options = dict(divisor=divisor, max_words=max_words, timeout=timeout)
+        self._register_responses = register_responses
         super().__init__()
 
     def elaborate(self, platform):
@@ -34,7 +41,15 @@ class SerialTPU(wiring.Component):
         m.submodules.tpu = tpu = TPU(self._cfg)
         m.submodules.bridge = bridge = UARTHostBridge(self._cfg, **self.bridge_options)
         wiring.connect(m, bridge.cmd, tpu.host_cmd)
-        wiring.connect(m, tpu.host_resp, bridge.resp)
+        if self._register_responses:
+            full = Signal()
+            m.d.comb += [tpu.host_resp.ready.eq(~full), bridge.resp.valid.eq(full)]
+            with m.If(tpu.host_resp.valid & ~full):
+                m.d.sync += [full.eq(1), bridge.resp.payload.eq(tpu.host_resp.payload)]
+            with m.If(full & bridge.resp.ready):
+                m.d.sync += full.eq(0)
+        else:
+            wiring.connect(m, tpu.host_resp, bridge.resp)
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx), self.running.eq(tpu.running),
                      self.done.eq(tpu.done), self.error.eq(tpu.error)]
         return m
@@ -78,7 +93,8 @@ class BoardTop(Elaboratable):
             platform, board.clock_hz, reset_button=board.reset_button)
         self.clock_hz = clocking.frequency
         m.submodules.tpu = tpu = SerialTPU(board.cfg,
-                                           divisor=self.uart_divisor(clocking.frequency))
+                                           divisor=self.uart_divisor(clocking.frequency),
+                                           register_responses=platform.family.lower() != "ice40")
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
