@@ -143,11 +143,14 @@ def test_profile_guided_build_matches_reference():
 
 
 BACKDOOR_CFGS = [FUZZ_CFG, TPUConfig(n=1, ub_depth=32, acc_depth=16, imem_depth=32),
-                 TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32)]
+                 TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32),
+                 # (the buffer's second copy holds the lower 20 rows only)
+                 TPUConfig(n=2, ub_depth=32, acc_depth=16, imem_depth=32, ub_copy_depth=20)]
 
 
 @pytest.mark.extended
-@pytest.mark.parametrize("cfg", BACKDOOR_CFGS, ids=lambda c: f"n{c.n}")
+@pytest.mark.parametrize("cfg", BACKDOOR_CFGS,
+                         ids=lambda c: f"n{c.n}" + ("_copy" if c.ub_copy_depth else ""))
 def test_backdoor_transfers_equal_the_host_protocol(cfg):
     """Random programs with every buffer and accumulator row written and read back through
     the backdoor (rows of 16 to 96 bits: the model's integer and wide arrays) leave what

@@ -1,6 +1,7 @@
 // Host-stream harness for the Verilated TPU, loaded by tinytpu_hdl/runtime/verilator.py with
 // ctypes. One call moves a whole command packet in and its whole response packet out, so
 // Python is crossed once per host command, not once per cycle.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -83,8 +84,14 @@ static void tick(Harness *h) {
 // host words (lane 0 in the lowest bits, as the host protocol packs them) and the model's
 // memory arrays, with no clock cycle. Built only when the model has the arrays under these
 // names (checked at compile time); otherwise tpu_backdoor answers -1.
+// With TPUConfig.overlap_units the buffer may be held twice (``ub.copy``, the second copy's
+// rows, which a write also reaches where the copy holds them).
 #define UB_MEM tinytpu__DOT__ub__DOT__mem
+#define UB_COPY tinytpu__DOT__ub__DOT__copy
 #define ACC_MEM tinytpu__DOT__acc__DOT__mem
+template <typename R, typename = void> struct has_ub_copy : std::false_type {};
+template <typename R>
+struct has_ub_copy<R, std::void_t<decltype(std::declval<R &>().UB_COPY)>> : std::true_type {};
 template <typename R, typename = void> struct has_ub : std::false_type {};
 template <typename R>
 struct has_ub<R, std::void_t<decltype(std::declval<R &>().UB_MEM)>> : std::true_type {};
@@ -117,8 +124,18 @@ template <typename Mem> static void copy_rows(Mem &mem, int64_t addr, int64_t co
 template <typename Root> static int backdoor(Root *root, int space, int64_t addr, int64_t count,
                                              uint32_t *words, int n, bool write) {
     if constexpr (has_ub<Root>::value && has_acc<Root>::value) {
-        if (space == 0) copy_rows(root->UB_MEM, addr, count, words, n, write);
-        else copy_rows(root->ACC_MEM, addr, count, words, n, write);
+        if (space == 0) {
+            copy_rows(root->UB_MEM, addr, count, words, n, write);
+            if constexpr (has_ub_copy<Root>::value) {
+                if (write) {
+                    int64_t depth = (int64_t)root->UB_COPY.size();
+                    int64_t rows = addr >= depth ? 0 : std::min(count, depth - addr);
+                    copy_rows(root->UB_COPY, addr, rows, words, n, true);
+                }
+            }
+        } else {
+            copy_rows(root->ACC_MEM, addr, count, words, n, write);
+        }
         return 0;
     } else {
         (void)root; (void)space; (void)addr; (void)count; (void)words; (void)n; (void)write;
