@@ -2,7 +2,7 @@
 25 MHz oscillator.
 
 An 8x8 array by default, clocked at 62.5 MHz by the ECP5's PLL from the 25 MHz oscillator
-(4.0 GMAC/s peak): its board build routes with nextpnr's static placer and meets 68.2 MHz
+(4.0 GMAC/s peak): its board build routes with nextpnr's static placer and meets 64.0 MHz
 with the clock at 62.5 MHz (194 of the 208 DP16KD; docs/benchmarks.md, "Board builds").
 The 16,384-row buffer runs with ``overlap_units``: its second copy, read by the weight
 loader and the units, holds the lower 7,168 rows, where the compiler puts what they read
