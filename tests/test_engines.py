@@ -46,6 +46,19 @@ class Harness:
         self.tb_ub = read_request(cfg.ub_depth, ub_row).create()
         self.tb_acc = read_request(cfg.acc_depth, acc_row).create()
 
+    def connect_units(self, *, acc_reads, unit_reads=(), bias_reads=(), writes):
+        """Wire a unit's requesters as the TPU does: its accumulator reads beside the
+        testbench's, its aux or parameter reads on ``units_port``, its bias read on ``r1``,
+        its writes on the buffer's write port."""
+        share_read(self.m, self.acc.r0, [*acc_reads, self.tb_acc])
+        if self.units_port is self.ub.r1:
+            share_read(self.m, self.ub.r0, [self.tb_ub])
+            share_read(self.m, self.ub.r1, [*unit_reads, *bias_reads])
+        else:
+            share_read(self.m, self.ub.r0, [*unit_reads, self.tb_ub])
+            share_read(self.m, self.ub.r1, list(bias_reads))
+        share_write(self.m, self.ub.w, list(writes))
+
     async def dump(self, ctx):
         ub, acc = [], []
         ub_wait = 1 if UnifiedBuffer.registered_reads(self.cfg) else 0
@@ -108,14 +121,8 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     # ECP5's multiplier blocks; same results and timing.)
     vpu = VectorUnit(cfg, pipelined_multipliers=None if logic else pipelined)
     h.m.submodules.vpu = vpu
-    share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
-    if h.units_port is h.ub.r1:
-        share_read(h.m, h.ub.r0, [h.tb_ub])
-        share_read(h.m, h.ub.r1, [vpu.ub_aux, vpu.ub_bias])
-    else:
-        share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
-        share_read(h.m, h.ub.r1, [vpu.ub_bias])
-    share_write(h.m, h.ub.w, [vpu.ub_wr])
+    h.connect_units(acc_reads=[vpu.acc_rd], unit_reads=[vpu.ub_aux], bias_reads=[vpu.ub_bias],
+                    writes=[vpu.ub_wr])
     writes, busy = [], []
     result = {}
 
@@ -171,14 +178,8 @@ def test_vector_unit_transposed_output(n, rows, stride):
     h = Harness(cfg, ub, acc)
     vpu = VectorUnit(cfg)
     h.m.submodules.vpu = vpu
-    share_read(h.m, h.acc.r0, [vpu.acc_rd, h.tb_acc])
-    if h.units_port is h.ub.r1:
-        share_read(h.m, h.ub.r0, [h.tb_ub])
-        share_read(h.m, h.ub.r1, [vpu.ub_aux, vpu.ub_bias])
-    else:
-        share_read(h.m, h.ub.r0, [vpu.ub_aux, h.tb_ub])
-        share_read(h.m, h.ub.r1, [vpu.ub_bias])
-    share_write(h.m, h.ub.w, [vpu.ub_wr])
+    h.connect_units(acc_reads=[vpu.acc_rd], unit_reads=[vpu.ub_aux], bias_reads=[vpu.ub_bias],
+                    writes=[vpu.ub_wr])
     writes, busy, result = [], [], {}
     idle = VectorUnit.idle_after(cfg, rows, transpose=True)
 
@@ -255,14 +256,7 @@ def gd_harness(cfg, ub, acc, **options):
     h = Harness(cfg, ub, acc)
     gd = GradientDescentUnit(cfg, **options)
     h.m.submodules.gd = gd
-    share_read(h.m, h.acc.r0, [gd.acc_rd, h.tb_acc])
-    if h.units_port is h.ub.r1:
-        share_read(h.m, h.ub.r0, [h.tb_ub])
-        share_read(h.m, h.ub.r1, [gd.ub_rd])
-    else:
-        share_read(h.m, h.ub.r0, [gd.ub_rd, h.tb_ub])
-        share_read(h.m, h.ub.r1, [])
-    share_write(h.m, h.ub.w, [gd.ub_wr])
+    h.connect_units(acc_reads=[gd.acc_rd], unit_reads=[gd.ub_rd], writes=[gd.ub_wr])
     return h, gd
 
 

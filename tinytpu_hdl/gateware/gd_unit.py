@@ -177,13 +177,7 @@ class GradientDescentUnit(wiring.Component):
         theta_valid = Signal()
         theta = Signal(data.ArrayLayout(fmt.shape, n))
         if cfg.registered_requests:
-            # (Registered where it leaves the buffer's port, or by the port itself:
-            # :meth:`.UnifiedBuffer.registered_reads`.)
-            if UnifiedBuffer.registered_reads(cfg):
-                theta_row = self.ub_rd.data
-            else:
-                theta_row = Signal.like(theta, name="theta_row", reset_less=True)
-                m.d.sync += theta_row.eq(self.ub_rd.data)
+            theta_row = UnifiedBuffer.registered_row(m, cfg, self.ub_rd.data, "theta_row")
             theta_arrived = Signal()
             m.d.sync += [theta_arrived.eq(v_param), theta_valid.eq(theta_arrived)]
             with m.If(theta_valid):

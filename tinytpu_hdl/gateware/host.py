@@ -24,8 +24,8 @@ class HostInterface(wiring.Component):
     that shares its address (``ub_busy``). With ``buffered_ub_write`` each row is handed
     to a register and written from it in such a cycle (the next command waits until the
     last row is written). With ``read_wait`` an item read is latched a cycle later (for a
-    buffer whose ports register their output, :meth:`.UnifiedBuffer.registered_reads`). A refused write also makes the control unit
-    stop the program with ``HOST_CONFLICT``. The control and status registers can be
+    buffer whose ports register their output, :meth:`.UnifiedBuffer.registered_reads`).
+    A refused write also makes the control unit stop the program with ``HOST_CONFLICT``. The control and status registers can be
     read at any time. A write whose range does not fit is answered ``RANGE``
     and its data words are consumed and dropped, so nothing is written.
 

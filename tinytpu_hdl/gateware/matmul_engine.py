@@ -145,15 +145,10 @@ class MatmulEngine(wiring.Component):
             ]
         # The row is registered between the block RAM's output and the array (no logic
         # between them in one cycle: the first PE multiplies what it receives).
-        # (Where the buffer's port registers it itself, :meth:`.UnifiedBuffer.registered_reads`,
-        # that register is this one.)
+        # (Where the buffer's port registers it itself, that register is this one.)
         m.d.sync += [self.act.valid.eq(feed_valid), self.act.payload.switch.eq(feed_switch)]
-        if UnifiedBuffer.registered_reads(cfg):
-            m.d.comb += self.act.payload.data.eq(self.ub.data)
-        else:
-            act_data = Signal(data.ArrayLayout(cfg.data.shape, cfg.n), reset_less=True)
-            m.d.sync += act_data.eq(self.ub.data)
-            m.d.comb += self.act.payload.data.eq(act_data)
+        m.d.comb += self.act.payload.data.eq(
+            UnifiedBuffer.registered_row(m, cfg, self.ub.data, "act_data"))
 
         # The destination of each row travels alongside the array, latency + 1 cycles, to the
         # cycle before its result appears (the accumulate read).
@@ -222,10 +217,13 @@ class MatmulEngine(wiring.Component):
         # accumulate, and adds to zero), so that the block RAM's output meets one AND-OR.
         take_w, take_written, take_read = Signal(), Signal(), Signal()
         in_s, in_w = same_row(s_tag, read_tag), same_row(w_tag, read_tag)
-        not_written = read_tag.accumulate & ~in_s & ~in_w
+        # (``not_written``: the row is in neither S nor W; with the early read, not the
+        # row written in t-2 either.)
+        not_s_or_w = read_tag.accumulate & ~in_s & ~in_w
+        not_written = not_s_or_w
         if early:
             in_w_2 = same_row(w_tag_2, read_tag)
-            not_written = not_written & ~in_w_2
+            not_written = not_s_or_w & ~in_w_2
         m.d.sync += [take_w.eq(read_tag.accumulate & in_s),
                      take_written.eq(read_tag.accumulate & ~in_s & in_w),
                      take_read.eq(not_written)]
@@ -237,7 +235,7 @@ class MatmulEngine(wiring.Component):
                   (Value.cast(written) & take_written.replicate(acc_row.size)))
         if early:
             take_written_2 = Signal()
-            m.d.sync += take_written_2.eq(read_tag.accumulate & ~in_s & ~in_w & in_w_2)
+            m.d.sync += take_written_2.eq(not_s_or_w & in_w_2)
             merged = merged | (Value.cast(written_2) & take_written_2.replicate(acc_row.size))
         m.d.sync += [old.eq(merged), res.eq(self.result.payload.data),
                      r_res_ovf.eq(self.result.payload.overflow)]

@@ -165,6 +165,17 @@ class UnifiedBuffer(RowMemory):
         instead of one in each engine; the host latches what it reads a cycle later."""
         return cfg.overlap_units and cfg.registered_requests and cfg.registered_weight_rows
 
+    @staticmethod
+    def registered_row(m, cfg, port_data, name):
+        """A row an engine read from the buffer in cycle ``t``, registered in ``t+1``: the
+        port's own register where it has one (:meth:`registered_reads`), else a register
+        ``name`` of the engine's in ``m``."""
+        if UnifiedBuffer.registered_reads(cfg):
+            return port_data
+        reg = Signal.like(port_data, name=name, reset_less=True)
+        m.d.sync += reg.eq(port_data)
+        return reg
+
     def elaborate(self, platform):
         if self._copy_depth is None and not self._registered:
             return super().elaborate(platform)
@@ -180,12 +191,11 @@ class UnifiedBuffer(RowMemory):
             m.d.comb += wc.en.eq(Mux(self.w.addr < copy_depth, self.w.en, 0))
         else:
             m.d.comb += wc.en.eq(self.w.en)
-        for req, memory in ((self.r0, mem), (self.r1, copy)):
+        for name, req, memory in (("r0", self.r0, mem), ("r1", self.r1, copy)):
             rp = memory.read_port()
             m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en)]
             if self._registered:
-                data_q = Signal.like(rp.data, name=f"{'r0' if req is self.r0 else 'r1'}_data",
-                                     reset_less=True)
+                data_q = Signal.like(rp.data, name=f"{name}_data", reset_less=True)
                 m.d.sync += data_q.eq(rp.data)
                 m.d.comb += req.data.eq(data_q)
             else:

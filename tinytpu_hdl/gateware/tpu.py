@@ -113,9 +113,11 @@ class TPU(wiring.Component):
         m.submodules.vector = vector = VectorUnit(cfg, family=family)
         m.submodules.gd = gd = GradientDescentUnit(
             cfg, multiplier_width=16 if family == "ice40" else 18, family=family)
+        # (With ``overlap_units`` and ``registered_requests`` the host's buffer writes wait
+        # on a register, see below.)
+        registered_host_writes = cfg.overlap_units and cfg.registered_requests
         m.submodules.host = host = HostInterface(
-            cfg, read_register=ram_registers,
-            buffered_ub_write=cfg.overlap_units and cfg.registered_requests,
+            cfg, read_register=ram_registers, buffered_ub_write=registered_host_writes,
             read_wait=UnifiedBuffer.registered_reads(cfg))
         #: The memories never read in the cycle a row is written, by name (for the collision
         #: check in simulation, see :mod:`.memory`; the accumulators are left out: the
@@ -159,7 +161,7 @@ class TPU(wiring.Component):
         # does; with ``registered_requests`` the writers say a cycle ahead, and the host
         # writes from a row register of its own, so that the buffer's write enable is an
         # OR of registers and an AND of two.
-        if cfg.overlap_units and cfg.registered_requests:
+        if registered_host_writes:
             ub_busy = Signal()
             m.d.sync += ub_busy.eq(vector.writes_next | gd.writes_next)
         else:

@@ -143,15 +143,6 @@ class VectorUnit(wiring.Component):
             **({"writes_next": Out(1)} if cfg.registered_requests else {}),
         })
 
-    def _registered_row(self, m, port_data, name):
-        """A buffer row read in cycle ``t``, registered in ``t+1``: by the buffer's port
-        itself where it registers it (:meth:`.UnifiedBuffer.registered_reads`), else here."""
-        if UnifiedBuffer.registered_reads(self._cfg):
-            return port_data
-        reg = Signal.like(port_data, name=name, reset_less=True)
-        m.d.sync += reg.eq(port_data)
-        return reg
-
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
@@ -214,7 +205,7 @@ class VectorUnit(wiring.Component):
             # port, or here in any cycle: the port's data holds while nothing reads), then
             # into the lanes' bias register a cycle later, still before the first row's
             # bias stage (cycle c+4).
-            bias_row = self._registered_row(m, self.ub_bias.data, "bias_row")
+            bias_row = UnifiedBuffer.registered_row(m, cfg, self.ub_bias.data, "bias_row")
             bias_loaded = Signal()
             m.d.sync += bias_loaded.eq(bias_read)
             with m.If(bias_loaded):
@@ -374,7 +365,7 @@ class VectorUnit(wiring.Component):
         with m.If(aux_read):
             m.d.sync += aux.eq(aux + stride)
         if cfg.registered_requests:
-            aux_row = self._registered_row(m, self.ub_aux.data, "aux_row")
+            aux_row = UnifiedBuffer.registered_row(m, cfg, self.ub_aux.data, "aux_row")
             aux_arrived = Signal()
             m.d.sync += [aux_arrived.eq(aux_read), aux_valid.eq(aux_arrived)]
             with m.If(aux_valid):
