@@ -55,18 +55,18 @@ def test_uart_loopback_bit_level():
     assert got == sent
 
 
-@pytest.fixture(scope="module")
-def serial():
-    return SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400)
+@pytest.fixture(scope="module", params=[False, True], ids=["direct", "registered"])
+def serial(request):
+    """The serial line to a simulated :class:`SerialTPU`, without and with the register
+    stages of the ECP5 boards (``pipelined``: commands and responses through registers
+    between the bridge and the TPU, the bridge's expected frame length registered)."""
+    return SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400,
+                                    pipelined=request.param)
 
 
-@pytest.mark.parametrize("registered", [False, True])
-def test_memories_and_registers_round_trip_over_the_serial_line(registered):
+def test_memories_and_registers_round_trip_over_the_serial_line(serial):
     """Writes and reads of every space over the simulated serial line, with and without the
-    register stage between the TPU's responses and the bridge (``register_responses``,
-    on for the ECP5 boards): every word of every answer arrives, in order."""
-    serial = SimulatedSerialTransport(CFG, divisor=4, max_words=16, timeout=400,
-                                      register_responses=registered)
+    register stages: every word of every answer arrives, in order."""
     d = HostDriver(serial)
     rows = np.array([[3, -4], [500, -600], [-7, 8]])
     d.write(Space.UB, 9, rows)

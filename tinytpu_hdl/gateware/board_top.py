@@ -17,11 +17,19 @@ class SerialTPU(wiring.Component):
 
     Members: ``rx``, ``tx`` (serial line), ``running``, ``done``, ``error`` (for LEDs).
 
-    With ``register_responses`` a register stage lies between the TPU's response stream
-    and the bridge (valid, payload and ready each from a register; one word every other
-    cycle, far more than the serial line carries), so that the host interface's read
-    multiplexer and the bridge's frame arithmetic are not one path (the ULX3S's worst
-    path without it). Small FPGAs leave it off (its 33 flip-flops and their logic).
+    ``pipelined`` puts register stages on the serial path (the ECP5 boards; small FPGAs
+    leave it off, for their flip-flops and logic):
+
+    * the command words and the response words each pass a register stage between the
+      bridge and the TPU (valid, payload and ready from registers: one word every other
+      cycle, as the bridge forwards them, far more than the serial line carries), so that
+      the bridge's frame buffer (a block RAM read without an output register) and the host
+      interface's header decode, and the host interface's read multiplexer and the
+      bridge's frame arithmetic, are not one path each;
+    * the bridge registers a frame's expected length (``registered_checks`` of
+      :class:`~.uart_bridge.FrameReceiver`).
+
+    Each was the worst path of the ULX3S build before it.
     """
 
     rx: In(1, init=1)
@@ -30,25 +38,33 @@ class SerialTPU(wiring.Component):
     done: Out(1)
     error: Out(1)
 
-    def __init__(self, cfg, *, divisor, max_words=256, timeout=None, register_responses=False):
+    def __init__(self, cfg, *, divisor, max_words=256, timeout=None, pipelined=False):
         self._cfg = cfg
-        self.bridge_options = dict(divisor=divisor, max_words=max_words, timeout=timeout)
-        self._register_responses = register_responses
+        self.bridge_options = dict(divisor=divisor, max_words=max_words, timeout=timeout,
+                                   registered_checks=pipelined)
+        self._pipelined = pipelined
         super().__init__()
+
+    @staticmethod
+    def _register_stage(m, name, source, sink):
+        """Connects stream ``source`` to ``sink`` through a one-word register."""
+        full = Signal(name=f"{name}_full")
+        payload = Signal.like(sink.payload, name=f"{name}_payload")
+        m.d.comb += [source.ready.eq(~full), sink.valid.eq(full), sink.payload.eq(payload)]
+        with m.If(source.valid & ~full):
+            m.d.sync += [full.eq(1), payload.eq(source.payload)]
+        with m.If(full & sink.ready):
+            m.d.sync += full.eq(0)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.tpu = tpu = TPU(self._cfg)
         m.submodules.bridge = bridge = UARTHostBridge(self._cfg, **self.bridge_options)
-        wiring.connect(m, bridge.cmd, tpu.host_cmd)
-        if self._register_responses:
-            full = Signal()
-            m.d.comb += [tpu.host_resp.ready.eq(~full), bridge.resp.valid.eq(full)]
-            with m.If(tpu.host_resp.valid & ~full):
-                m.d.sync += [full.eq(1), bridge.resp.payload.eq(tpu.host_resp.payload)]
-            with m.If(full & bridge.resp.ready):
-                m.d.sync += full.eq(0)
+        if self._pipelined:
+            self._register_stage(m, "cmd_stage", bridge.cmd, tpu.host_cmd)
+            self._register_stage(m, "resp_stage", tpu.host_resp, bridge.resp)
         else:
+            wiring.connect(m, bridge.cmd, tpu.host_cmd)
             wiring.connect(m, tpu.host_resp, bridge.resp)
         m.d.comb += [bridge.rx.eq(self.rx), self.tx.eq(bridge.tx), self.running.eq(tpu.running),
                      self.done.eq(tpu.done), self.error.eq(tpu.error)]
@@ -92,9 +108,10 @@ class BoardTop(Elaboratable):
         m.submodules.clocking = clocking = BoardClocking(
             platform, board.clock_hz, reset_button=board.reset_button)
         self.clock_hz = clocking.frequency
+        # The register stages of the serial path, for all but the small iCE40 devices.
         m.submodules.tpu = tpu = SerialTPU(board.cfg,
                                            divisor=self.uart_divisor(clocking.frequency),
-                                           register_responses=platform.family.lower() != "ice40")
+                                           pipelined=platform.family.lower() != "ice40")
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)

@@ -73,12 +73,19 @@ class FrameReceiver(wiring.Component):
     one command packet (:func:`~tinytpu_hdl.host_protocol.packet_words`: a shorter one would
     leave the TPU waiting for the rest, a longer one would start a command of its tail).
     So every frame forwarded is answered by the TPU.
+
+    With ``registered_checks`` the packet's expected length is a register, loaded in the
+    cycle after the frame's first word (its product of the item count and the item's
+    words and the sum with the header words then make no path with the length compare
+    and the state machine; the CRC's two bytes come after that word, so the check's
+    result does not change). Small FPGAs leave it off (its flip-flops).
     """
 
-    def __init__(self, cfg, *, max_words, timeout):
+    def __init__(self, cfg, *, max_words, timeout, registered_checks=False):
         self._cfg = cfg
         self._max_words = max_words
         self._timeout = timeout
+        self._registered_checks = registered_checks
         super().__init__({
             "bytes": In(valid_stream(8)), "framing_error": In(1),
             "cmd": Out(stream.Signature(32)),
@@ -118,10 +125,11 @@ class FrameReceiver(wiring.Component):
             for s in Space:
                 with m.Case(s):
                     m.d.comb += data_words.eq(hdl_mul_const(head[16:], item_words(cfg, s)))
+        domain = m.d.sync if self._registered_checks else m.d.comb
         with m.If((head[:8] == Command.WRITE) & (head[8:16] < len(Space))):
-            m.d.comb += expected.eq(2 + data_words)
+            domain += expected.eq(2 + data_words)
         with m.Else():
-            m.d.comb += expected.eq(2)
+            domain += expected.eq(2)
 
         # --- receive -------------------------------------------------------------------
         in_frame = Signal()
@@ -221,7 +229,8 @@ class UARTHostBridge(wiring.Component):
 
     ``divisor`` is clock cycles per bit; ``max_words`` the largest command frame (the host
     splits larger writes); ``timeout`` the cycles without a byte after which a partial frame
-    is dropped and answered with a TIMEOUT error.
+    is dropped and answered with a TIMEOUT error; ``registered_checks`` as for
+    :class:`FrameReceiver`.
     """
 
     rx: In(1, init=1)
@@ -230,11 +239,12 @@ class UARTHostBridge(wiring.Component):
     resp: In(stream.Signature(32))
     busy: Out(1)
 
-    def __init__(self, cfg, *, divisor, max_words=256, timeout=None):
+    def __init__(self, cfg, *, divisor, max_words=256, timeout=None, registered_checks=False):
         self._cfg = cfg
         self._divisor = divisor
         self._max_words = max_words
         self._timeout = timeout if timeout is not None else 200 * divisor * 10
+        self._registered_checks = registered_checks
         super().__init__()
 
     @property
@@ -247,8 +257,9 @@ class UARTHostBridge(wiring.Component):
         m.submodules.urx = urx = UARTReceiver(self._divisor)
         m.submodules.utx = utx = UARTTransmitter(self._divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
-        m.submodules.frames = frames = FrameReceiver(cfg, max_words=self._max_words,
-                                                     timeout=self._timeout)
+        m.submodules.frames = frames = FrameReceiver(
+            cfg, max_words=self._max_words, timeout=self._timeout,
+            registered_checks=self._registered_checks)
         wiring.connect(m, frames.cmd, wiring.flipped(self.cmd))
         m.d.comb += [frames.bytes.payload.eq(urx.data.payload),
                      frames.bytes.valid.eq(urx.data.valid),

@@ -414,12 +414,16 @@ class VectorUnit(wiring.Component):
             m.d.comb += tr_shift.eq(tr_on | (transpose & s["valid"]))
             m.d.sync += tr_on.eq(tr_next)
             incoming = [Mux(s["valid"], s["x"][lane], 0) for lane in range(n)]
-            with m.If(tr_shift):
-                for r in range(n):
-                    for c in range(n):
-                        up = incoming[c] if r == n - 1 else buf[r + 1][c]
-                        left = incoming[r] if c == n - 1 else buf[r][c + 1]
-                        m.d.sync += buf[r][c].eq(Mux(vertical, up, left))
+            # The registers shift in every cycle, not only while ``tr_shift``: a pass shifts
+            # in every cycle from its first row to its last tile's write, and what they hold
+            # before its first row is never written (``full`` is low). Without an enable,
+            # ``tr_shift`` drives a few registers beside the write address instead of all
+            # n * n * width of them (its fan-out had placed it far from the address logic).
+            for r in range(n):
+                for c in range(n):
+                    up = incoming[c] if r == n - 1 else buf[r + 1][c]
+                    left = incoming[r] if c == n - 1 else buf[r][c + 1]
+                    m.d.sync += buf[r][c].eq(Mux(vertical, up, left))
             out_row = Cat(*[Mux(vertical, buf[0][lane], buf[lane][0]) for lane in range(n)])
             wrap = j == n - 1
             filled = has_rows | s["valid"]

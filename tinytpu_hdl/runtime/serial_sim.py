@@ -15,10 +15,10 @@ class SimulatedSerialTransport(FramedLink):
     """Drives ``rx`` and samples ``tx`` of a simulated :class:`SerialTPU` at ``divisor``
     clock cycles per bit."""
 
-    def __init__(self, cfg, *, divisor=4, max_words=64, timeout=None, register_responses=False):
+    def __init__(self, cfg, *, divisor=4, max_words=64, timeout=None, pipelined=False):
         self.divisor = divisor
         self.top = SerialTPU(cfg, divisor=divisor, max_words=max_words, timeout=timeout,
-                             register_responses=register_responses)
+                             pipelined=pipelined)
         self._out_bits = deque()     # line levels to drive, one per cycle
         self._received = bytearray()
         self.cycle = 0
