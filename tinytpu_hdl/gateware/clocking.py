@@ -119,20 +119,25 @@ class BoardClocking(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         clk_pin = platform.request(platform.default_clk, dir="-")
-        m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_pin)
         locked = Signal()
-        if self._pll is None:
-            m.d.comb += [ClockSignal("sync").eq(clk_buf.i), locked.eq(1)]
-        elif self._pll.family == "ice40":
+        if self._pll is not None and self._pll.family == "ice40":
+            # The oscillator's pin is the PLL's own input pad (pin 35 of the iCEBreaker's
+            # UP5K): the PLL takes it directly (SB_PLL40_PAD). An input buffer on the pin
+            # feeding SB_PLL40_CORE cannot be placed (nextpnr: the PLL "conflicts with
+            # input ... on pin '35'").
             p = self._pll.params
             m.submodules.pll = Instance(
-                "SB_PLL40_CORE",
+                "SB_PLL40_PAD",
                 p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
                 p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
                 p_FILTER_RANGE=p["FILTER_RANGE"],
-                i_REFERENCECLK=clk_buf.i, i_RESETB=Const(1), i_BYPASS=Const(0),
+                i_PACKAGEPIN=clk_pin.io, i_RESETB=Const(1), i_BYPASS=Const(0),
                 o_PLLOUTGLOBAL=ClockSignal("sync"), o_LOCK=locked)
         else:
+            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_pin)
+        if self._pll is None:
+            m.d.comb += [ClockSignal("sync").eq(clk_buf.i), locked.eq(1)]
+        elif self._pll.family == "ecp5":
             p = self._pll.params
             m.submodules.pll = Instance(
                 "EHXPLLL",

@@ -684,17 +684,27 @@ class ControlUnit(wiring.Component):
                 return negative(plus, minus, width=CHECK_WIDTH)
             reg_a, reg_b = d_regv[0], d_regv[1]
             rows_less_1 = d_rows_past[1]
-            # [first, last] overlaps [u_lo, u_hi] unless last < u_lo or u_hi < first.
-            ub_conflict = (
-                ((is_loadw & ~neg([d_diff["a_lo"], reg_a, rows_less_1])) |
-                 (is_matmul & ~neg([d_diff["a_lo"], reg_a, *spans]))) &
-                ~neg([d_diff["hi_a"]], [reg_a]))
-            # ua_lo < dst <= ua_hi.
-            acc_conflict = neg([d_diff["alo_b"]], [reg_b]) & ~neg([d_diff["ahi_b"]], [reg_b])
-            ub_conflict_q, acc_conflict_q = Signal(), Signal()
-            m.d.sync += [ub_conflict_q.eq(ub_conflict), acc_conflict_q.eq(acc_conflict)]
-            load_units_ok = units_idle | ~(ub_conflict_q | (u_r1 & self.unit_r1_pending))
-            matmul_units_ok = units_idle | ~(ub_conflict_q | (acc_conflict_q & self.unit_reading))
+            # [first, last] overlaps [u_lo, u_hi] unless last < u_lo or u_hi < first. Each
+            # comparison is registered by itself (no logic between a carry chain and its
+            # register); the issue decision ANDs the registers.
+            load_reaches_lo, matmul_reaches_lo, first_below_hi, dst_above_alo, dst_within_ahi = (
+                Signal(name=name) for name in ("load_reaches_lo", "matmul_reaches_lo",
+                                               "first_below_hi", "dst_above_alo",
+                                               "dst_within_ahi"))
+            m.d.sync += [
+                load_reaches_lo.eq(~neg([d_diff["a_lo"], reg_a, rows_less_1])),
+                matmul_reaches_lo.eq(~neg([d_diff["a_lo"], reg_a, *spans])),
+                first_below_hi.eq(~neg([d_diff["hi_a"]], [reg_a])),
+                # ua_lo < dst <= ua_hi.
+                dst_above_alo.eq(neg([d_diff["alo_b"]], [reg_b])),
+                dst_within_ahi.eq(~neg([d_diff["ahi_b"]], [reg_b])),
+            ]
+            load_conflict = load_reaches_lo & first_below_hi
+            matmul_conflict = matmul_reaches_lo & first_below_hi
+            acc_conflict = dst_above_alo & dst_within_ahi
+            load_units_ok = units_idle | ~(load_conflict | (u_r1 & self.unit_r1_pending))
+            matmul_units_ok = units_idle | ~(matmul_conflict |
+                                             (acc_conflict & self.unit_reading))
             # A VPU or GD that chases the last MATMUL need not wait for its rows to stream
             # (the units no longer read port r0) unless it writes rows the MATMUL streams.
             # Compared in the pass's last check cycle (a VPU's second, with its write span

@@ -348,7 +348,6 @@ class VectorUnit(wiring.Component):
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
                  ovf=lambda l: neg[l] & leaky[l][1])
 
-        aux_read = aux_stage["valid"] & use_aux
         if cfg.overlap_units:
             # Whether a row will reach the aux stage after this cycle: a row left to read
             # or in a stage before it; a register loaded with its next value (the rows of
@@ -361,7 +360,24 @@ class VectorUnit(wiring.Component):
             m.d.comb += self.aux_pending.eq(pending)
         aux_valid = Signal()
         s["y"] = Signal(row, name="aux_y")
-        m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)), self.ub_aux.en.eq(aux_read)]
+        if cfg.registered_requests:
+            # The read request (enable and gated address) from registers loaded with their
+            # next values, as the bias request: the row one stage before the aux stage
+            # reaches it next cycle (in a command's cycle the stages are empty, so the
+            # pathway and the aux pointer are this pass's whenever a row is there).
+            k = next(i for i, v in enumerate(valids) if v is aux_stage["valid"])
+            assert k >= 1
+            aux_read_next = valids[k - 1] & use_aux
+            aux_read = Signal(name="aux_read")
+            aux_req_addr = Signal.like(aux)
+            m.d.sync += [aux_read.eq(aux_read_next),
+                         aux_req_addr.eq(Mux(aux_read_next,
+                                             Mux(aux_read, aux + stride, aux), 0))]
+            m.d.comb += [self.ub_aux.addr.eq(aux_req_addr), self.ub_aux.en.eq(aux_read)]
+        else:
+            aux_read = aux_stage["valid"] & use_aux
+            m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)),
+                         self.ub_aux.en.eq(aux_read)]
         with m.If(aux_read):
             m.d.sync += aux.eq(aux + stride)
         if cfg.registered_requests:
