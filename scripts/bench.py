@@ -27,6 +27,8 @@ import numpy as np
 
 from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError
+from tinytpu_hdl.gateware.vector_unit import VectorUnit
+from tinytpu_hdl.isa import Op
 from tinytpu_hdl.synthesis import UP5K, synth_ecp5, synth_ice40
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +125,58 @@ def training_table(sizes):
                             f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "
                             f"{s.instructions:,} |")
                 print(rows[-1], flush=True)
+    return rows
+
+
+def shared_multipliers_table():
+    """Cycles with the units' multipliers shared (one per lane, ``unit_multipliers=
+    "shared"``) against a block per multiply (the default), on the same work."""
+    rows = ["| work | array | memories | cycles, blocks (default) | cycles, shared | "
+            "shared / blocks | VPU rows (P = 1 / 2 / 3) | GD rows |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rng = np.random.default_rng(2)
+    nets = [("XOR 2-2-1 training step, batch 4", [2, 2, 1], 4, ["leaky_relu", "leaky_relu"]),
+            ("digits 64-32-10 training step, batch 32", [64, 32, 10], 32,
+             ["leaky_relu", "none"])]
+    work = [(name, n, sizes, batch, acts) for name, sizes, batch, acts in nets[:1]
+            for n in (2,)] + [(name, n, sizes, batch, acts) for name, sizes, batch, acts
+                              in nets[1:] for n in (8, 12)]
+    for name, n, sizes, batch, acts in work:
+        model = MLP.random(sizes, seed=0, activations=acts, leak=0.1)
+        x = rng.uniform(0, 1, (batch, sizes[0]))
+        y = rng.uniform(0, 1, (batch, sizes[-1]))
+        cycles, rows_by = [], None
+        for mode in ("blocks", "shared"):
+            cfg = TPUConfig(n=n, unit_multipliers=mode)
+            acc = Accelerator(cfg, timeline=mode == "shared")
+            acc.train(model.copy(), x, y, lr=2 ** -7, epochs=1, batch_size=batch,
+                      record_loss=False)
+            cycles.append(acc.stats.cycles)
+            if mode == "shared":
+                vpu, gd = [0, 0, 0], 0
+                for event in acc.timeline():
+                    ins = event.instruction
+                    if ins.op is Op.VPU:
+                        vpu[VectorUnit.row_interval(cfg, ins.flags & 0xF) - 1] += ins.count
+                    elif ins.op is Op.GD:
+                        gd += ins.count
+                rows_by = vpu, gd
+        vpu, gd = rows_by
+        rows.append(f"| {name} | {n}x{n} | default | {cycles[0]:,} | {cycles[1]:,} | "
+                    f"{cycles[1] / cycles[0]:.2f} | {' / '.join(f'{v:,}' for v in vpu)} | "
+                    f"{gd:,} |")
+        print(rows[-1], flush=True)
+    a = rng.integers(-256, 256, (256, 256))
+    b = rng.integers(-256, 256, (256, 256))
+    for n in (8, 12):
+        cycles = []
+        for mode in ("blocks", "shared"):
+            acc = Accelerator(TPUConfig(n=n, unit_multipliers=mode))
+            assert np.array_equal(acc.matmul_raw(a, b), a @ b)
+            cycles.append(acc.stats.cycles)
+        rows.append(f"| GEMM 256x256x256 | {n}x{n} | default | {cycles[0]:,} | {cycles[1]:,} | "
+                    f"{cycles[1] / cycles[0]:.2f} | (no multiply) | - |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -392,14 +446,23 @@ def synth_table(sizes, keep):
         work = Path(keep) / f"ecp5_n{n}" if keep else Path(tempfile.mkdtemp()) / f"n{n}"
         res = synth_ecp5(n, work)
         results[n] = res
-        if "error" in res and "LUT4" not in res:
-            rows.append(f"| {n}x{n} | {res['error']} | | | | | | |")
-        else:
-            fmax = f"{res['fmax']:.1f}" if res.get("fmax") else res.get("error", "-")
-            rows.append(f"| {n}x{n} | {res['LUT4']:,} | {res['FF']:,} | {res['DSP']} | "
-                        f"{res['BRAM']} | {fmax} | {res.get('path_start', '-')} | "
-                        f"{res.get('pnr_seconds', '-')} s |")
-        print(rows[-1], flush=True)
+        runs = [(f"{n}x{n}", res)]
+        if "MULT18X18D" in res.get("error", ""):
+            # Too many multiplier blocks: the units sharing one per lane instead.
+            shared = synth_ecp5(TPUConfig(n=n, unit_multipliers="shared"),
+                                work.parent / f"{work.name}_shared")
+            runs.append((f"{n}x{n}, shared unit multipliers", shared))
+            if "fmax" in shared:
+                results[n] = shared
+        for label, res in runs:
+            if "error" in res and "LUT4" not in res:
+                rows.append(f"| {label} | {res['error']} | | | | | | |")
+            else:
+                fmax = f"{res['fmax']:.1f}" if res.get("fmax") else res.get("error", "-")
+                rows.append(f"| {label} | {res['LUT4']:,} | {res['FF']:,} | {res['DSP']} | "
+                            f"{res['BRAM']} | {fmax} | {res.get('path_start', '-')} | "
+                            f"{res.get('pnr_seconds', '-')} s |")
+            print(rows[-1], flush=True)
     return rows, results
 
 
@@ -495,6 +558,7 @@ SECTIONS = [
     ("training", "Training steps"),
     ("anysize", "Any size on the default configuration"),
     ("simspeed", "Simulation speed (digits training, N=8)"),
+    ("shared", "Shared unit multipliers: cycles"),
     ("synth", "FPGA resources and Fmax: whole TPU on ECP5 LFE5U-85F (CABGA381)"),
     ("ice40", "iCE40 UP5K (SG48): synthesis"),
     ("boards", "Board builds (`tinytpu build`)"),
@@ -606,6 +670,16 @@ def main():
     if "simspeed" in wanted:
         section("simspeed", sim_speed_table(8, args.pysim_batches) + reference_gemm_speed(8)
                 + verilator_gemm_speed(8) + verilator_warm_start(8))
+    if "shared" in wanted:
+        section("shared", [
+            "`TPUConfig(unit_multipliers=\"shared\")` gives the vector and "
+            "gradient-descent units one multiplier block per lane between them instead "
+            "of five (what lets a 12x12 fit the ECP5-85F's 156 MULT18X18D). A vpu pass "
+            "then reads a row every P cycles (P from 1 to 3: the multiplies its pathway "
+            "uses), a gd pass every 2. Cycles of the reference model (the differential "
+            "tests and the fuzzer check the gateware against it in this configuration "
+            "too); rows: the passes' rows by their P.", ""]
+            + shared_multipliers_table())
     if "synth" in wanted:
         rows, results = synth_table(args.synth_sizes, args.keep)
         plot = ROOT / "docs" / "scaling.png"

@@ -7,13 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from amaranth.hdl import Module
-from amaranth.lib import data
+from amaranth.lib import data, wiring
 from amaranth.sim import Simulator
 
 from tinytpu_hdl.config import TPUConfig
 from tinytpu_hdl.gateware.gd_unit import GradientDescentUnit
 from tinytpu_hdl.gateware.loader import WeightLoader
 from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
+from tinytpu_hdl.gateware.multiplier import SharedMultipliers
 from tinytpu_hdl.gateware.memory import (
     RowMemory, UnifiedBuffer, collision_checker, read_request, share_read, share_write,
 )
@@ -58,6 +59,13 @@ class Harness:
             share_read(self.m, self.ub.r0, [*unit_reads, self.tb_ub])
             share_read(self.m, self.ub.r1, list(bias_reads))
         share_write(self.m, self.ub.w, list(writes))
+
+    def share_multipliers(self, unit, name):
+        """With ``unit_multipliers="shared"``: the lanes' multipliers, as the TPU has them,
+        with ``unit`` on its port ``name`` (the other unit's left idle)."""
+        if self.cfg.unit_multipliers == "shared":
+            self.m.submodules.unit_mult = mult = SharedMultipliers(self.cfg)
+            wiring.connect(self.m, unit.mul, getattr(mult, name))
 
     async def dump(self, ctx):
         ub, acc = [], []
@@ -104,9 +112,9 @@ def model_with(cfg, ub, acc, leak=0, lr=0, loss_scale=0):
 @pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("pathway", range(16))
 def test_vector_unit_every_pathway(pathway, pipelined, isolated):
-    logic = pipelined == "logic"
-    cfg = replace(CFG, isolated_multipliers=isolated,
-                  unit_multipliers="logic" if logic else "blocks")
+    mode = pipelined if isinstance(pipelined, str) else "blocks"
+    logic = mode != "blocks"
+    cfg = replace(CFG, isolated_multipliers=isolated, unit_multipliers=mode)
     rng = np.random.default_rng(pathway)
     ub, acc = random_memories(rng, cfg, big=bool(pathway % 3 == 0))
     leak = int(cfg.scalar.encode(0.3))
@@ -123,8 +131,18 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     h.m.submodules.vpu = vpu
     h.connect_units(acc_reads=[vpu.acc_rd], unit_reads=[vpu.ub_aux], bias_reads=[vpu.ub_bias],
                     writes=[vpu.ub_wr])
+    h.share_multipliers(vpu, "vector")
     writes, busy = [], []
     result = {}
+    # Rows every ``interval`` cycles: with shared multipliers, by the multiplies used (two
+    # stages longer, or one with isolated multipliers: the products' spacing).
+    used = [bit for bit in (Pathway.ACT, Pathway.LOSS, Pathway.DERIV) if pathway & bit]
+    interval, latency = 1, 18 if isolated else 12
+    if mode == "shared":
+        latency += 1 if isolated else 2
+        odd_pair = {Pathway.ACT | Pathway.DERIV} if isolated else {Pathway.LOSS | Pathway.DERIV}
+        interval = (max(1, len(used)) if len(used) != 2 or sum(used) not in odd_pair
+                    else 3)
 
     async def tb(ctx):
         ctx.set(vpu.leak, leak)
@@ -134,7 +152,7 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
         ctx.set(vpu.cmd.valid, 1)
         await ctx.tick()                                   # accepted in cycle 0
         ctx.set(vpu.cmd.valid, 0)
-        for cycle in range(1, rows + VectorUnit.latency(cfg) + 4):
+        for cycle in range(1, rows * interval + latency + 4):
             if ctx.get(vpu.ub_wr.en):
                 writes.append((cycle, ctx.get(vpu.ub_wr.addr)))
             busy.append(ctx.get(vpu.busy))
@@ -142,9 +160,9 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
         result["ub"], result["acc"] = await h.dump(ctx)
 
     h.run(tb)
-    latency = 18 if isolated else 12
-    assert writes == [(latency + i, dst + i * stride) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + latency
+    assert writes == [(latency + i * interval, dst + i * stride) for i in range(rows)]
+    assert busy.index(0) + 1 == (rows - 1) * interval + 1 + latency
+    assert busy.index(0) + 1 == VectorUnit.idle_after(cfg, rows, pathway=pathway)
     model = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
     ins = Instruction(Op.VPU, flags=pathway, count=rows, a=(src, 0), b=(dst, 0), c=(aux, 0),
                       d=(bias, 0), stride=stride)
@@ -163,28 +181,46 @@ def test_vector_unit_with_multipliers_in_logic(pathway, isolated):
     test_vector_unit_every_pathway(int(pathway), "logic", isolated)
 
 
-@pytest.mark.parametrize("n, rows, stride", [
-    (1, 5, 3), (2, 1, 4), (2, 4, 4), (3, 7, 3), (3, 3, 0), (4, 9, 1), (4, 8, 5),
+@pytest.mark.parametrize("isolated", [False, True])
+@pytest.mark.parametrize("pathway", range(16))
+def test_vector_unit_with_shared_multipliers(pathway, isolated):
+    """``unit_multipliers="shared"``: the same values, a row every 1 to 3 cycles by the
+    multiplies the pathway uses."""
+    test_vector_unit_every_pathway(pathway, "shared", isolated)
+
+
+@pytest.mark.parametrize("n, rows, stride, pathway, shared", [
+    (1, 5, 3, Pathway.BIAS | Pathway.ACT, False), (2, 1, 4, Pathway.BIAS | Pathway.ACT, False),
+    (2, 4, 4, Pathway.BIAS | Pathway.ACT, False), (3, 7, 3, Pathway.BIAS | Pathway.ACT, False),
+    (3, 3, 0, Pathway.BIAS | Pathway.ACT, False), (4, 9, 1, Pathway.BIAS | Pathway.ACT, False),
+    (4, 8, 5, Pathway.BIAS | Pathway.ACT, False),
+    # Shared multipliers (a transposed pass has no aux row: one multiply at most, a row
+    # every cycle).
+    (3, 7, 3, Pathway.BIAS | Pathway.ACT, True), (1, 5, 3, Pathway.ACT, True),
 ])
-def test_vector_unit_transposed_output(n, rows, stride):
+def test_vector_unit_transposed_output(n, rows, stride, pathway, shared):
     """Tiles of n output rows written transposed at dst + t + k * stride (zero lanes past the
     last row; the last write of a row wins), with the documented cycles and ``busy``."""
-    cfg = replace(CFG, n=n)
+    cfg = replace(CFG, n=n, unit_multipliers="shared" if shared else "blocks")
     rng = np.random.default_rng(n * 100 + rows)
     ub, acc = random_memories(rng, cfg)
     leak = int(cfg.scalar.encode(0.25))
-    pathway = Pathway.BIAS | Pathway.ACT
+    loss_scale = int(cfg.scalar.encode(0.75))
     src, dst, bias = 3, 20, 60
     h = Harness(cfg, ub, acc)
     vpu = VectorUnit(cfg)
     h.m.submodules.vpu = vpu
     h.connect_units(acc_reads=[vpu.acc_rd], unit_reads=[vpu.ub_aux], bias_reads=[vpu.ub_bias],
                     writes=[vpu.ub_wr])
+    h.share_multipliers(vpu, "vector")
     writes, busy, result = [], [], {}
-    idle = VectorUnit.idle_after(cfg, rows, transpose=True)
+    idle = VectorUnit.idle_after(cfg, rows, transpose=True, pathway=pathway)
+    interval = VectorUnit.row_interval(cfg, pathway)
+    assert interval == 1
 
     async def tb(ctx):
         ctx.set(vpu.leak, leak)
+        ctx.set(vpu.loss_scale, loss_scale)
         ctx.set(vpu.cmd.payload, {"src": src, "dst": dst, "aux": 0, "bias": bias,
                                   "rows": rows, "stride": stride, "pathway": pathway,
                                   "transpose": 1})
@@ -201,16 +237,21 @@ def test_vector_unit_transposed_output(n, rows, stride):
     h.run(tb)
     latency = VectorUnit.latency(cfg)
     tiles = -(-rows // n)
+    # Row i leaves the stages in cycle latency + i * interval and shifts the transposer in;
+    # after the last row it shifts in every cycle. Shift s (from 0) writes column s % n of
+    # tile s // n - 1.
+    shifts = [latency + i * interval for i in range(rows)]
+    shifts += range(shifts[-1] + 1, shifts[-1] + 1 + (tiles + 1) * n - rows)
     if n > 1:
-        assert idle == latency + (tiles + 1) * n
-        assert writes == [(latency + n + t * n + k, dst + t + k * stride)
+        assert idle == shifts[-1] + 1
+        assert writes == [(shifts[(t + 1) * n + k], dst + t + k * stride)
                           for t in range(tiles) for k in range(n)]
     else:                               # one lane: no transposer, row t to dst + t
-        assert idle == latency + rows
-        assert writes == [(latency + t, dst + t) for t in range(rows)]
+        assert idle == latency + (rows - 1) * interval + 1
+        assert writes == [(latency + t * interval, dst + t) for t in range(rows)]
     assert busy.index(0) + 1 == idle and not any(busy[idle:])
     # Independently: the plain (untransposed) output rows, then the tiles transposed by hand.
-    plain = model_with(cfg, ub, acc, leak=leak)
+    plain = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
     plain._vpu(Instruction(Op.VPU, flags=pathway, count=rows, stride=1),
                {"src": src, "dst": 0, "aux": 0, "bias": bias})
     out = plain.ub[:rows]
@@ -220,7 +261,7 @@ def test_vector_unit_transposed_output(n, rows, stride):
             expect[dst + t + k * stride] = [out[t * n + j, k] if t * n + j < rows else 0
                                             for j in range(n)]
     assert np.array_equal(result["ub"], expect)
-    model = model_with(cfg, ub, acc, leak=leak)
+    model = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)
     model._vpu(Instruction(Op.VPU, flags=pathway | FLAG_TRANSPOSE_OUT, count=rows,
                            b=(dst, 0), d=(bias, 0), stride=stride),
                {"src": src, "dst": dst, "aux": 0, "bias": bias})
@@ -257,14 +298,16 @@ def gd_harness(cfg, ub, acc, **options):
     gd = GradientDescentUnit(cfg, **options)
     h.m.submodules.gd = gd
     h.connect_units(acc_reads=[gd.acc_rd], unit_reads=[gd.ub_rd], writes=[gd.ub_wr])
+    h.share_multipliers(gd, "gd")
     return h, gd
 
 
 @pytest.mark.parametrize("isolated", [False, True])
-@pytest.mark.parametrize("seed", [None, 12345])
-def test_gradient_descent_unit_stochastic(seed, isolated):
+@pytest.mark.parametrize("seed, shared", [(None, False), (12345, False), (12345, True)])
+def test_gradient_descent_unit_stochastic(seed, shared, isolated):
     """Stochastic rounding against the reference model's generator, also after a reseed."""
-    cfg = replace(CFG, isolated_multipliers=isolated)
+    cfg = replace(CFG, isolated_multipliers=isolated,
+                  unit_multipliers="shared" if shared else "blocks")
     rng = np.random.default_rng(7)
     ub, acc = random_memories(rng, cfg)
     lr = int(cfg.scalar.encode(0.013))
@@ -284,7 +327,7 @@ def test_gradient_descent_unit_stochastic(seed, isolated):
             ctx.set(gd.cmd.valid, 1)
             await ctx.tick()
             ctx.set(gd.cmd.valid, 0)
-            await ctx.tick().repeat(rows + GradientDescentUnit.latency(cfg))
+            await ctx.tick().repeat(GradientDescentUnit.idle_after(cfg, rows))
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
@@ -302,15 +345,16 @@ def test_gradient_descent_unit_stochastic(seed, isolated):
 
 @pytest.mark.parametrize("isolated", [False, True])
 @pytest.mark.parametrize("multiplier_width, pipelined", [(18, False), (16, False), (18, True),
-                                                        (16, "logic")])
+                                                        (16, "logic"), (18, "shared")])
 def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
     """Both forms of the product (two partial products for 18x18 multiplier blocks, one
     whole product for 16x16 ones) give the same values in the same cycles, with and
-    without isolated multipliers (two cycles more), and so do multipliers in logic."""
-    logic = pipelined == "logic"
-    cfg = replace(CFG, isolated_multipliers=isolated,
-                  unit_multipliers="logic" if logic else "blocks")
-    pipelined = None if logic else pipelined
+    without isolated multipliers (two cycles more), and so do multipliers in logic; shared
+    multipliers give them a row every other cycle, a cycle later."""
+    mode = pipelined if isinstance(pipelined, str) else "blocks"
+    cfg = replace(CFG, isolated_multipliers=isolated, unit_multipliers=mode)
+    pipelined = None if mode != "blocks" else pipelined
+    interval = 2 if mode == "shared" else 1
     rng = np.random.default_rng(3)
     ub, acc = random_memories(rng, cfg, big=True)
     lr = int(cfg.scalar.encode(0.61))
@@ -325,7 +369,7 @@ def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
         ctx.set(gd.cmd.valid, 1)
         await ctx.tick()
         ctx.set(gd.cmd.valid, 0)
-        for cycle in range(1, rows + 12):
+        for cycle in range(1, rows * interval + 12):
             if ctx.get(gd.ub_wr.en):
                 writes.append((cycle, ctx.get(gd.ub_wr.addr)))
             busy.append(ctx.get(gd.busy))
@@ -333,9 +377,10 @@ def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    latency = 10 if isolated else 8
-    assert writes == [(latency + i, param + i) for i in range(rows)]
-    assert busy.index(0) + 1 == rows + latency
+    latency = (10 if isolated else 8) + (1 if mode == "shared" else 0)
+    assert writes == [(latency + i * interval, param + i) for i in range(rows)]
+    assert busy.index(0) + 1 == (rows - 1) * interval + 1 + latency
+    assert busy.index(0) + 1 == GradientDescentUnit.idle_after(cfg, rows)
     # Independent numpy computation of theta - lr * grad.
     update = mul_narrow(acc[src:src + rows], cfg.acc, lr, cfg.scalar, cfg.data)
     want = ub.copy()

@@ -58,6 +58,18 @@ def test_fuzz_with_multipliers_in_logic(seeds):
          seeds)
 
 
+@pytest.mark.parametrize("n, isolated, seeds", [
+    (2, True, range(400, 412)), (3, False, range(420, 426)),
+    pytest.param(2, True, range(412, 480), marks=pytest.mark.extended),
+    pytest.param(3, False, range(426, 470), marks=pytest.mark.extended),
+    pytest.param(1, True, range(470, 500), marks=pytest.mark.extended)])
+def test_fuzz_with_shared_multipliers(n, isolated, seeds):
+    """One multiplier per lane for both units (``unit_multipliers="shared"``): passes read
+    a row every 1 to 3 cycles; the same memories and cycles as the reference model."""
+    fuzz(TPUConfig(n=n, ub_depth=32, acc_depth=16, imem_depth=32, unit_multipliers="shared",
+                   isolated_multipliers=isolated), seeds)
+
+
 @pytest.mark.extended
 def test_fuzz_n3():
     fuzz(TPUConfig(n=3, ub_depth=32, acc_depth=16, imem_depth=32), range(100, 115))

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .config import TPUConfig
+from .config import UNIT_MULTIPLIERS, TPUConfig
 from .export import FAMILIES, TOPS
 from .numeric import FixedFormat
 from .runtime.accelerator import BACKENDS
@@ -180,7 +180,11 @@ def _cmd_fuzz(args):
         raise ValueError(f"--first must be at least 0, not {args.first}")
     shards = args.shards or max(1, min(args.cases, 4 * (args.workers or os.cpu_count() or 1),
                                        -(-args.cases // 2000)))
-    config = dict(FUZZ_CONFIG, n=args.n)
+    config = dict(FUZZ_CONFIG, n=args.n, unit_multipliers=args.unit_multipliers,
+                  isolated_multipliers=args.isolated_multipliers == "on")
+    if args.ub_copy_depth is not None:
+        config["ub_copy_depth"] = args.ub_copy_depth
+    TPUConfig(**config)                 # (a bad value is reported before any work starts)
     done = [0]
 
     def shard_done(i, result):
@@ -194,7 +198,8 @@ def _cmd_fuzz(args):
         on_shard=shard_done)
     elapsed = time.perf_counter() - start
     print(f"{args.cases:,} programs on {args.backend} (seeds {args.first}.."
-          f"{args.first + args.cases - 1}, N={args.n}, {shards} shards, {args.engine} engine) "
+          f"{args.first + args.cases - 1}, N={args.n}, unit multipliers "
+          f"{args.unit_multipliers}, {shards} shards, {args.engine} engine) "
           f"in {elapsed:.1f} s ({args.cases / elapsed * 60:,.0f} per minute), "
           f"{len(mismatches)} mismatches" + (f" (saved in {args.out})" if mismatches else "")
           + "; outcomes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items())))
@@ -255,10 +260,11 @@ def main(argv=None):
     p.add_argument("--ub-depth", type=int, help="unified buffer rows (default 4096)")
     p.add_argument("--acc-depth", type=int, help="accumulator rows (default 512)")
     p.add_argument("--imem-depth", type=int, help="instruction memory words (default 256)")
-    p.add_argument("--unit-multipliers", choices=("blocks", "logic"),
+    p.add_argument("--unit-multipliers", choices=UNIT_MULTIPLIERS,
                    help="where the vector and gradient-descent units multiply: blocks "
-                        "(default; MULT18X18D with --family ecp5) or logic (adders, leaving "
-                        "every multiplier block to the array)")
+                        "(default; MULT18X18D with --family ecp5), logic (adders, leaving "
+                        "every multiplier block to the array) or shared (one block per lane "
+                        "for both units; passes read a row every 1 to 3 cycles)")
     p.add_argument("--optimize", action="store_true",
                    help="fold and narrow the logic for fast cycle-based simulation "
                         "(Verilator): the same circuit in fewer signals, most internal names "
@@ -333,6 +339,13 @@ def main(argv=None):
     p.add_argument("--backend", choices=("verilator", "pysim"), default="verilator",
                    help="the gateware simulator (default verilator)")
     p.add_argument("--n", type=int, default=2, help="array size (default 2)")
+    p.add_argument("--unit-multipliers", choices=UNIT_MULTIPLIERS, default="blocks",
+                   help="TPUConfig.unit_multipliers of the fuzzed TPU (default blocks)")
+    p.add_argument("--isolated-multipliers", choices=("on", "off"), default="on",
+                   help="TPUConfig.isolated_multipliers (default on)")
+    p.add_argument("--ub-copy-depth", type=int,
+                   help="TPUConfig.ub_copy_depth: rows of the buffer's second copy (default: "
+                        "all 32)")
     p.add_argument("--shards", type=int,
                    help="tasks the seeds are split into (default: about 2,000 programs each, "
                         "at most 4 per worker)")
@@ -356,9 +369,9 @@ def main(argv=None):
     p.add_argument("--device", nargs="+", choices=DEVICES, default=["ecp5-85f"],
                    help="ecp5-85f (out of context on the LFE5U-85F, default) and/or "
                         "ice40-up5k (the iCEBreaker's configuration and board build)")
-    p.add_argument("--unit-multipliers", nargs="+", choices=("blocks", "logic"),
+    p.add_argument("--unit-multipliers", nargs="+", choices=UNIT_MULTIPLIERS,
                    default=["blocks"], help="where the vector and gradient-descent units "
-                   "multiply: multiplier blocks (default) and/or logic "
+                   "multiply: multiplier blocks (default), logic and/or shared blocks "
                    "(TPUConfig.unit_multipliers)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["resources", "gemm"],
                    help="resources (synthesis), fmax (place and route: slow), gemm, training "

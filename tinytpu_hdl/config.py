@@ -4,7 +4,10 @@ from dataclasses import dataclass, field
 
 from .numeric import FixedFormat, Q8_8, check_accumulator
 
-__all__ = ["TPUConfig"]
+__all__ = ["TPUConfig", "UNIT_MULTIPLIERS"]
+
+#: Where the vector and gradient-descent units multiply (``TPUConfig.unit_multipliers``).
+UNIT_MULTIPLIERS = ("blocks", "logic", "shared")
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,13 @@ class TPUConfig:
     carry chains (:class:`~tinytpu_hdl.gateware.multiplier.PipelinedMultiplier`'s logic
     form), leaving every multiplier block to the array: a 12x12 TPU needs 144 blocks for
     its PEs and 60 more for the units, where the ECP5-85F has 156. Results and cycle
-    counts are the same either way.
+    counts are the same either way. ``"shared"`` gives the two units one multiplier
+    (block) per lane between them (:class:`~tinytpu_hdl.gateware.multiplier.
+    SharedMultipliers`, ``n`` blocks instead of ``5 n``): a ``vpu`` then reads a row every
+    ``P`` cycles, ``P`` from 1 to 3 by the multiplies its pathway uses
+    (:meth:`~tinytpu_hdl.gateware.vector_unit.VectorUnit.row_interval`), and a ``gd`` a row
+    every 2 cycles, a cycle later (results the same, passes longer; the reference model
+    follows).
     """
 
     n: int = 2
@@ -157,8 +166,8 @@ class TPUConfig:
             # Stored as unset, so that a copy of the config with another ub_depth
             # (dataclasses.replace) still copies every row.
             object.__setattr__(self, "ub_copy_depth", None)
-        if self.unit_multipliers not in ("blocks", "logic"):
-            raise ValueError(f"unit_multipliers must be 'blocks' or 'logic', not "
+        if self.unit_multipliers not in UNIT_MULTIPLIERS:
+            raise ValueError(f"unit_multipliers must be 'blocks', 'logic' or 'shared', not "
                              f"{self.unit_multipliers!r}")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")

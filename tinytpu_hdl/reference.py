@@ -399,15 +399,18 @@ class ReferenceTPU:
                 self._vpu(ins, operands)
                 if rec is not None:
                     rec.append((VECTOR, ins, operands))
-                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT))
+                pathway = ins.flags & 0xF
+                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT),
+                                        pathway)
                 unit_idle = vpu_idle
                 unit_r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
-                # Aux row i is read in cycle c + A + i.
-                unit_r1_done = c + VectorUnit.aux_delay(cfg) + rows - 1
+                # Aux row i is read in cycle c + A + i * P (accumulator row i in cycle
+                # c + 1 + i * P; the spread is (rows - 1) * (P - 1)).
+                spread = VectorUnit.spread(cfg, rows, pathway)
+                unit_r1_done = c + VectorUnit.aux_delay(cfg) + rows - 1 + spread
                 unit_lo, unit_hi = operands["written"]
-                # Accumulator row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
-                uacc_done = c + rows + 1
+                uacc_done = c + rows + 1 + spread
             elif op is GD:
                 self._flush()
                 stochastic = bool(ins.flags & FLAG_STOCHASTIC)
@@ -416,12 +419,13 @@ class ReferenceTPU:
                     rec.append((GD_PASS, operands["src"], operands["param"], rows, stochastic))
                 gd_idle = c + GD_IDLE(cfg, rows)
                 unit_idle, unit_r1 = gd_idle, True
-                # Parameter row i is read in cycle c + P + i.
-                unit_r1_done = c + GradientDescentUnit.param_delay(cfg) + rows - 1
+                # Parameter row i is read in cycle c + P + i * I (gradient row i in cycle
+                # c + 1 + i * I; I = row_interval, the spread is (rows - 1) * (I - 1)).
+                spread = GradientDescentUnit.spread(cfg, rows)
+                unit_r1_done = c + GradientDescentUnit.param_delay(cfg) + rows - 1 + spread
                 unit_lo, unit_hi = operands["written"]
-                # Gradient row i is read in cycle c + 1 + i.
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
-                uacc_done = c + rows + 1
+                uacc_done = c + rows + 1 + spread
             if self.events is not None:
                 end = {Op.LOADW: load_idle, Op.MATMUL: matmul_idle, Op.VPU: vpu_idle,
                        Op.GD: gd_idle}.get(op, c + 1)

@@ -81,7 +81,8 @@ class DesignPoint:
 
     def label(self):
         cfg = self.cfg()
-        logic = ", unit multipliers in logic" if self.unit_multipliers == "logic" else ""
+        logic = {"logic": ", unit multipliers in logic",
+                 "shared": ", unit multipliers shared"}.get(self.unit_multipliers, "")
         return (f"{self.device} {self.n}x{self.n} Q{self.width - self.frac}.{self.frac} "
                 f"ub {cfg.ub_depth} acc {cfg.acc_depth} imem {cfg.imem_depth}{logic}")
 

@@ -8,7 +8,7 @@ from ..numeric import (
     FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
 from .memory import UnifiedBuffer, addr_width, read_request, write_request
-from .multiplier import PipelinedMultiplier
+from .multiplier import PipelinedMultiplier, gradient_split, multiplier_port
 from .signatures import valid_stream
 
 __all__ = ["GradientDescentUnit", "GradientCommandLayout"]
@@ -48,12 +48,16 @@ class GradientDescentUnit(wiring.Component):
 
     Timing
     ------
-    A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i``,
-    parameter row ``i`` in cycle ``c+P+i``, and writes the parameter row back in
-    cycle ``c+L+i``. ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
-    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``), ``P`` is
-    :meth:`param_delay` (``L - 3``, or ``L - 4`` with ``cfg.registered_requests``, whose
-    parameter rows are registered twice on their way from the block RAM).
+    A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i*I``,
+    parameter row ``i`` in cycle ``c+P+i*I``, and writes the parameter row back in
+    cycle ``c+L+i*I``. ``busy`` is low from cycle ``c+(rows-1)*I+1+L`` on. ``L`` is
+    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``; one more with shared
+    multipliers), ``P`` is :meth:`param_delay` (``L - 3``, or ``L - 4`` with
+    ``cfg.registered_requests``, whose parameter rows are registered twice on their way
+    from the block RAM), ``I`` is :meth:`row_interval` (1, or 2 with shared multipliers:
+    ``cfg.unit_multipliers == "shared"``, one multiplier per lane through port ``mul``,
+    which takes the gradient's low part as the row arrives and its high part, registered,
+    a cycle later).
     Stages: the memories' outputs registered, the partial products (the gradient's
     low and high halves times the rate, one multiplier block each), their sum, the
     rounding offset added and the fraction dropped, the saturation to the data format,
@@ -67,7 +71,20 @@ class GradientDescentUnit(wiring.Component):
     @staticmethod
     def latency(cfg):
         """Cycles from a command's acceptance to its first row's write."""
-        return 8 + (2 if cfg.isolated_multipliers else 0)
+        return (8 + (2 if cfg.isolated_multipliers else 0)
+                + (1 if cfg.unit_multipliers == "shared" else 0))
+
+    @staticmethod
+    def row_interval(cfg):
+        """Cycles between a pass's rows: 1, or 2 with shared multipliers (the gradient's
+        two partial products take the lane's multiplier in turn)."""
+        return 2 if cfg.unit_multipliers == "shared" else 1
+
+    @staticmethod
+    def spread(cfg, rows):
+        """Cycles the gaps between a pass's rows add to each of its timings after the
+        first row: ``(rows - 1) * (interval - 1)``."""
+        return max(rows - 1, 0) * (GradientDescentUnit.row_interval(cfg) - 1)
 
     @staticmethod
     def param_delay(cfg):
@@ -77,18 +94,20 @@ class GradientDescentUnit(wiring.Component):
     @staticmethod
     def idle_after(cfg, rows):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
-        return rows + GradientDescentUnit.latency(cfg)
+        return rows + GradientDescentUnit.latency(cfg) + GradientDescentUnit.spread(cfg, rows)
 
     def __init__(self, cfg, *, multiplier_width=18, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._multiplier_width = multiplier_width
         self._family = family
         # The gradient's split for 18x18 blocks: its low k bits (unsigned) and the rest.
-        self._k = k = min(17, cfg.acc.width - 1)
-        # Multipliers in logic: the pipelined form, split as for 18x18 blocks.
+        self._k = k = gradient_split(cfg)
+        # Multipliers in logic or shared: the pipelined form, split as for 18x18 blocks.
         self._logic = cfg.unit_multipliers == "logic"
-        if self._logic:
+        self._shared = cfg.unit_multipliers == "shared"
+        if self._logic or self._shared:
             multiplier_width = self._multiplier_width = 18
+            pipelined_multipliers = True
         if pipelined_multipliers is None:
             pipelined_multipliers = self._logic or multiplier_width >= 18 and all(
                 PipelinedMultiplier.block_fits(family, width, cfg.scalar.width)
@@ -110,6 +129,8 @@ class GradientDescentUnit(wiring.Component):
             **({"reading": Out(1), "param_pending": Out(1)} if cfg.overlap_units else {}),
             # (With ``cfg.registered_requests``: ``ub_wr.en`` will be high next cycle.)
             **({"writes_next": Out(1)} if cfg.registered_requests else {}),
+            # (With shared multipliers: their port.)
+            **({"mul": Out(multiplier_port(cfg))} if self._shared else {}),
         })
 
     def elaborate(self, platform):
@@ -127,11 +148,21 @@ class GradientDescentUnit(wiring.Component):
         # ``active`` (``remaining != 0``) and ``busy`` are registers (see VectorUnit).
         active = Signal()
         busy = Signal()
-        next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
+        # ``read``: a row is read now (with shared multipliers every other cycle while
+        # ``active``: ``gap`` is high in the cycle after a read).
+        if self._shared:
+            gap = Signal()
+            read = active & ~gap
+            m.d.sync += gap.eq(read & ~self.cmd.valid)
+            next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0,
+                              Mux(gap, remaining != 0, remaining >= 2))
+        else:
+            read = active
+            next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
         m.d.sync += active.eq(next_active)
         if cfg.overlap_units:
             m.d.comb += self.reading.eq(active)
-        with m.If(active):
+        with m.If(read):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1)]
         with m.If(self.cmd.valid):
@@ -141,9 +172,11 @@ class GradientDescentUnit(wiring.Component):
 
         # valid[j]: a row is in stage j (valid[0]: the memory's output).
         isolated = cfg.isolated_multipliers
-        extra = 2 if isolated else 0
+        # (Shared multipliers: the partial products a cycle apart, their sum a stage
+        # later.)
+        extra = (2 if isolated else 0) + (1 if self._shared else 0)
         valid = [Signal(name=f"valid_{i}") for i in range(7 + extra)]
-        m.d.sync += valid[0].eq(active)
+        m.d.sync += valid[0].eq(read)
         m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, len(valid))]
         # Named by what the row is in: the products' sum, rounding, saturation, subtraction.
         v_sum, v_round, v_sat, v_write = (valid[3 + extra], valid[4 + extra],
@@ -205,8 +238,26 @@ class GradientDescentUnit(wiring.Component):
         if not self._pipelined:
             grad = Signal(data.ArrayLayout(cfg.acc.shape, n))
             m.d.sync += grad.eq(acc_row)
+        if self._shared:
+            # The low part takes the lane's multiplier as the row arrives (``first``), the
+            # high part, registered, in the next cycle; the low product waits a cycle (and
+            # with isolated multipliers both once more) for the high one.
+            first = valid[1 if isolated else 0]
+            second = valid[2 if isolated else 1]
+            m.d.comb += [self.mul.en.eq(first | second), self.mul.b.eq(self.lr)]
         for lane in range(n):
-            if self._pipelined:
+            if self._shared:
+                high_op = Signal(signed(high_width), name=f"grad_high_{lane}",
+                                 reset_less=True)
+                m.d.sync += high_op.eq(acc_row[lane][k:].as_signed())
+                m.d.comb += self.mul.a[lane].eq(
+                    Mux(second, high_op, acc_row[lane][:k].as_unsigned()))
+                low_q = Signal(signed(low_width + cfg.scalar.width), name=f"prod_low_{lane}",
+                               reset_less=True)
+                m.d.sync += low_q.eq(self.mul.p[lane])
+                low_p, high_p = self._isolated(m, low_q, self.mul.p[lane], lane)
+                m.d.sync += prods[lane].eq((high_p << k) + low_p)
+            elif self._pipelined:
                 low = PipelinedMultiplier(low_width, cfg.scalar.width, family=self._family,
                                           logic=self._logic)
                 high = PipelinedMultiplier(high_width, cfg.scalar.width, family=self._family,

@@ -12,13 +12,19 @@ blocks all go to the array (a 12x12 TPU on the ECP5-85F): the first stage regist
 products of ``a`` with each 4-bit slice of ``b`` (sums of shifted copies of ``a``), the
 second their shifted sum. Same latency and results; adders and carry chains instead of a
 block.
+
+:class:`SharedMultipliers` is one such multiplier per lane that the vector and
+gradient-descent units share (``TPUConfig.unit_multipliers="shared"``): they never run at
+the same time, and each spaces its rows so that no two of its own multiplies meet in a
+cycle.
 """
 
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PipelinedMultiplier", "MULTIPLIER_FAMILIES"]
+__all__ = ["PipelinedMultiplier", "MULTIPLIER_FAMILIES", "SharedMultipliers",
+           "gradient_split", "shared_widths", "multiplier_port"]
 
 #: The FPGA families with a dedicated form of the multiplier (others use the generic form).
 MULTIPLIER_FAMILIES = ("ecp5",)
@@ -171,3 +177,82 @@ class PipelinedMultiplier(wiring.Component):
             p_RESETMODE="SYNC",
             i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
             **ports)
+
+
+def gradient_split(cfg):
+    """Where the gradient-descent unit splits an accumulator-format gradient for 18x18
+    multiplier blocks: its low ``k`` bits (unsigned) and the rest (signed), one partial
+    product each."""
+    return min(17, cfg.acc.width - 1)
+
+
+def shared_widths(cfg):
+    """Operand widths ``(a, b)`` of the units' shared multipliers: ``a`` takes the vector
+    unit's data-format operands and both of the gradient's parts, ``b`` a scalar."""
+    k = gradient_split(cfg)
+    return max(cfg.data.width, k + 1, cfg.acc.width - k), cfg.scalar.width
+
+
+def multiplier_port(cfg):
+    """A unit's side of the shared multipliers: in a cycle with ``en`` high the lanes'
+    operands ``a`` and the scalar ``b`` are sampled; their products are ``p`` two cycles
+    later (:attr:`PipelinedMultiplier.LATENCY`)."""
+    a_width, b_width = shared_widths(cfg)
+    return wiring.Signature({
+        "en": Out(1),
+        "a": Out(data.ArrayLayout(signed(a_width), cfg.n)),
+        "b": Out(signed(b_width)),
+        "p": In(data.ArrayLayout(signed(a_width + b_width), cfg.n)),
+    })
+
+
+class SharedMultipliers(wiring.Component):
+    """One :class:`PipelinedMultiplier` per lane, shared by units that never multiply in
+    the same cycle.
+
+    Parameters
+    ----------
+    cfg : TPUConfig
+    users : sequence of str
+        The units' port names, in falling priority.
+    family : str or None
+        As for :class:`PipelinedMultiplier` (on ECP5 a ``MULT18X18D`` per lane).
+
+    Members
+    -------
+    <user> : In(:func:`multiplier_port`)
+        One port per user. The multipliers take the operands of the first user whose
+        ``en`` is high (else of the last); every user sees the products.
+
+    Timing
+    ------
+    ::
+
+        cycle      t                 t+1          t+2
+        <user>     en, a, b
+        p                                         a * b (to every user)
+    """
+
+    def __init__(self, cfg, users=("vector", "gd"), *, family=None):
+        self._cfg = cfg
+        self._users = tuple(users)
+        self._family = family
+        super().__init__({name: In(multiplier_port(cfg)) for name in self._users})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        a_width, b_width = shared_widths(cfg)
+        ports = [getattr(self, name) for name in self._users]
+        b = ports[-1].b
+        for port in reversed(ports[:-1]):
+            b = Mux(port.en, port.b, b)
+        for lane in range(cfg.n):
+            mult = PipelinedMultiplier(a_width, b_width, family=self._family)
+            m.submodules[f"mult_{lane}"] = mult
+            a = ports[-1].a[lane]
+            for port in reversed(ports[:-1]):
+                a = Mux(port.en, port.a[lane], a)
+            m.d.comb += [mult.a.eq(a), mult.b.eq(b)]
+            m.d.comb += [port.p[lane].eq(mult.p) for port in ports]
+        return m

@@ -12,6 +12,7 @@ from .host import HostInterface
 from .loader import WeightLoader
 from .matmul_engine import MatmulEngine
 from .memory import AccumulatorMemory, RowMemory, UnifiedBuffer, share_read, share_write
+from .multiplier import SharedMultipliers
 from .systolic import SystolicArray
 from .vector_unit import VectorUnit
 
@@ -113,6 +114,11 @@ class TPU(wiring.Component):
         m.submodules.vector = vector = VectorUnit(cfg, family=family)
         m.submodules.gd = gd = GradientDescentUnit(
             cfg, multiplier_width=16 if family == "ice40" else 18, family=family)
+        if cfg.unit_multipliers == "shared":
+            # One multiplier per lane for both units (they never run at the same time).
+            m.submodules.unit_mult = unit_mult = SharedMultipliers(cfg, family=family)
+            wiring.connect(m, vector.mul, unit_mult.vector)
+            wiring.connect(m, gd.mul, unit_mult.gd)
         # (With ``overlap_units`` and ``registered_requests`` the host's buffer writes wait
         # on a register, see below.)
         registered_host_writes = cfg.overlap_units and cfg.registered_requests

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa import Pathway
 from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
 from .memory import UnifiedBuffer, addr_width, read_request, write_request
-from .multiplier import PipelinedMultiplier
+from .multiplier import PipelinedMultiplier, multiplier_port
 from .signatures import valid_stream
 
 __all__ = ["VectorUnit", "VectorCommandLayout"]
@@ -60,11 +60,22 @@ class VectorUnit(wiring.Component):
     Timing
     ------
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
-    row ``i`` in cycle ``c+1+i``, aux row ``i`` in cycle ``c+A+i``, and writes output
-    row ``i`` in cycle ``c+L+i``; ``busy`` is low from cycle ``c+rows+L`` on. ``L`` is
-    :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``), ``A`` is
-    :meth:`aux_delay` (5, or 7; one less with ``cfg.registered_requests``, whose bias and
-    aux rows are registered twice on their way from the block RAM).
+    row ``i`` in cycle ``c+1+i*P``, aux row ``i`` in cycle ``c+A+i*P``, and writes output
+    row ``i`` in cycle ``c+L+i*P``; ``busy`` is low from cycle ``c+(rows-1)*P+1+L`` on.
+    ``L`` is :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``; 2 or 1 more
+    with shared multipliers), ``A`` is :meth:`aux_delay` (5, or 7; one less with
+    ``cfg.registered_requests``, whose bias and aux rows are registered twice on their way
+    from the block RAM). ``P`` is :meth:`row_interval`: 1, but with shared multipliers
+    (``cfg.unit_multipliers == "shared"``, one multiplier per lane, port ``mul``) the
+    rows are spaced so that the multiplies the pathway uses take the lane's multiplier
+    in turn, each in its product stage's cycle::
+
+        multiplies the pathway uses     P (isolated_multipliers off / on)
+        none or one                     1 / 1
+        act and loss                    2 / 2
+        act and derivative              2 / 3
+        loss and derivative             3 / 2
+        all three                       3 / 3
 
     Transposed, the rows leave the last stage as before into an ``n`` x ``n`` register
     transposer, which shifts once per cycle from the first row's cycle ``c+L`` for ``(T +
@@ -95,9 +106,52 @@ class VectorUnit(wiring.Component):
     """
 
     @staticmethod
+    def _pads(cfg):
+        """Stages added with shared multipliers, after the act stage and after the loss
+        stage, so that the three product stages lie apart as :meth:`row_interval` needs."""
+        if cfg.unit_multipliers != "shared":
+            return 0, 0
+        return (0, 1) if cfg.isolated_multipliers else (2, 0)
+
+    @staticmethod
+    def product_stages(cfg):
+        """The stages (counted as in :meth:`stages`, 0 = the accumulator row's arrival)
+        that hold the products of the act, loss and derivative multiplies."""
+        after_act, after_loss = VectorUnit._pads(cfg)
+        if cfg.isolated_multipliers:
+            act = 5
+            loss = act + 5 + after_act
+            return act, loss, loss + 4 + after_loss
+        act = 4
+        loss = act + 3 + after_act
+        return act, loss, loss + 2 + after_loss
+
+    @staticmethod
+    def row_interval(cfg, pathway):
+        """Cycles between a pass's rows (``P``): 1, but with shared multipliers the
+        smallest ``P`` no less than the number of multiplies the pathway uses for which
+        their product stages differ modulo ``P`` (no two meet in a cycle): 1 for one
+        multiply or none, 2 or 3 for two, 3 for all three."""
+        if cfg.unit_multipliers != "shared":
+            return 1
+        used = [stage for stage, bit in zip(VectorUnit.product_stages(cfg),
+                                            (Pathway.ACT, Pathway.LOSS, Pathway.DERIV))
+                if int(pathway) & bit]
+        interval = max(1, len(used))
+        while len({stage % interval for stage in used}) < len(used):
+            interval += 1
+        return interval
+
+    @staticmethod
+    def spread(cfg, rows, pathway):
+        """Cycles the gaps between a pass's rows add to each of its timings after the
+        first row: ``(rows - 1) * (P - 1)``."""
+        return max(rows - 1, 0) * (VectorUnit.row_interval(cfg, pathway) - 1)
+
+    @staticmethod
     def stages(cfg):
         """Pipeline registers between the memories' outputs and the buffer write."""
-        return 11 + (6 if cfg.isolated_multipliers else 0)
+        return 11 + (6 if cfg.isolated_multipliers else 0) + sum(VectorUnit._pads(cfg))
 
     @staticmethod
     def latency(cfg):
@@ -110,18 +164,20 @@ class VectorUnit(wiring.Component):
         return (7 if cfg.isolated_multipliers else 5) - (1 if cfg.registered_requests else 0)
 
     @staticmethod
-    def idle_after(cfg, rows, transpose=False):
+    def idle_after(cfg, rows, transpose=False, pathway=0):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
         if transpose and cfg.n > 1:
+            # (No aux row: at most one multiply, so a row every cycle.)
             return VectorUnit.latency(cfg) + (-(-rows // cfg.n) + 1) * cfg.n
-        return rows + VectorUnit.latency(cfg)
+        return rows + VectorUnit.latency(cfg) + VectorUnit.spread(cfg, rows, pathway)
 
     def __init__(self, cfg, *, family=None, pipelined_multipliers=None):
         self._cfg = cfg
         self._family = family
         self._logic = cfg.unit_multipliers == "logic"
-        if pipelined_multipliers is None:
-            pipelined_multipliers = self._logic or PipelinedMultiplier.block_fits(
+        self._shared = cfg.unit_multipliers == "shared"
+        if pipelined_multipliers is None or self._shared:
+            pipelined_multipliers = self._logic or self._shared or PipelinedMultiplier.block_fits(
                 family, cfg.data.width, cfg.scalar.width)
         self._pipelined = bool(pipelined_multipliers)
         row = data.ArrayLayout(cfg.data.shape, cfg.n)
@@ -141,6 +197,8 @@ class VectorUnit(wiring.Component):
             # (With ``cfg.registered_requests``: ``ub_wr.en`` will be high next cycle, from
             # registers.)
             **({"writes_next": Out(1)} if cfg.registered_requests else {}),
+            # (With shared multipliers: their port.)
+            **({"mul": Out(multiplier_port(cfg))} if self._shared else {}),
         })
 
     def elaborate(self, platform):
@@ -171,11 +229,31 @@ class VectorUnit(wiring.Component):
         # late in its cycle; ``busy`` feeds that decision in turn).
         active = Signal()
         busy = Signal()
-        next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
+        # ``read``: a row is read now (with shared multipliers every ``P`` cycles while
+        # ``active``: ``gap`` counts the cycles to the next read down; ``P - 1`` is looked
+        # up from the pathway as the command is accepted).
+        if self._shared:
+            gap, interval = Signal(2), Signal(2)
+            read = active & (gap == 0)
+            with m.If(self.cmd.valid):
+                m.d.sync += gap.eq(0)
+                with m.Switch(self.cmd.payload.pathway):
+                    for value in range(16):
+                        with m.Case(value):
+                            m.d.sync += interval.eq(self.row_interval(cfg, value) - 1)
+            with m.Elif(read):
+                m.d.sync += gap.eq(interval)
+            with m.Elif(gap != 0):
+                m.d.sync += gap.eq(gap - 1)
+            next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0,
+                              Mux(gap == 0, remaining >= 2, remaining != 0))
+        else:
+            read = active
+            next_active = Mux(self.cmd.valid, self.cmd.payload.rows != 0, remaining >= 2)
         m.d.sync += active.eq(next_active)
         if cfg.overlap_units:
             m.d.comb += self.reading.eq(active)
-        with m.If(active):
+        with m.If(read):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
         # With ``cfg.registered_requests``, the bias read request (``active & first &
@@ -241,17 +319,22 @@ class VectorUnit(wiring.Component):
         carried = ("x", "y", "h")
         valids = []
         chain = []                      # the stages' dicts, in order
+        products = []                   # the indices in ``valids`` of the product stages
+        # With shared multipliers: per multiply, the cycle's condition for sampling its
+        # operands (a row there and the multiply on the pathway), the operands, the scalar.
+        uses = []
 
         def step(prev, name, *, ovf=None, drop=(), product=None, **new):
             """The stage after ``prev``. ``new`` maps a field to a function of the lane giving
             its value; the carried fields of ``prev`` not in ``new`` or ``drop`` pass on.
             ``ovf`` maps a lane to its overflow bit (sticky along the pipeline, per lane).
-            ``product``: the lanes' multipliers
-            whose products (already registered) are this stage's ``p``.
+            ``product``: the lanes' products (already registered, from the multipliers'
+            output registers), this stage's ``p``.
             ``nxt["next_x"]`` (``nxt["next_d"]``) lists, per lane, the value its ``x``
             (``d``) register loads, for a multiplier that takes it as an operand in step
             with the register."""
-            nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(n, name=f"{name}_ovf")}
+            nxt = {"valid": Signal(name=f"{name}_valid"), "o": Signal(n, name=f"{name}_ovf"),
+                   "valid_in": prev["valid"]}
             valids.append(nxt["valid"])
             m.d.sync += nxt["valid"].eq(prev["valid"])
             if "x" in new:
@@ -262,7 +345,8 @@ class VectorUnit(wiring.Component):
                 nxt["next_d"] = [new["d"](lane) for lane in range(n)]
             if product is not None:
                 nxt["p"] = Signal(layouts["p"], name=f"{name}_p")
-                m.d.comb += [nxt["p"][lane].eq(mult.p) for lane, mult in enumerate(product)]
+                m.d.comb += [nxt["p"][lane].eq(p) for lane, p in enumerate(product)]
+                products.append(len(valids) - 1)
             for key, layout in layouts.items():
                 if key in new:
                     # Products have no reset, so that synthesis can put their register
@@ -282,7 +366,7 @@ class VectorUnit(wiring.Component):
         # The accumulator memory's output, registered (no logic after a block RAM output).
         raw_valid, mem_valid = Signal(), Signal()
         raw_acc = Signal(data.ArrayLayout(cfg.acc.shape, n))
-        m.d.sync += [raw_valid.eq(active), mem_valid.eq(raw_valid),
+        m.d.sync += [raw_valid.eq(read), mem_valid.eq(raw_valid),
                      raw_acc.eq(self.acc_rd.data)]
         valids += [raw_valid, mem_valid]
         s = {"valid": mem_valid}
@@ -303,15 +387,16 @@ class VectorUnit(wiring.Component):
         # is registered once more before any logic.
         isolated = cfg.isolated_multipliers
 
-        def multiply(prev, name, field, scalar, **new):
+        def multiply(prev, name, field, scalar, used, **new):
             """The stages after ``prev`` that multiply ``prev[field][lane] * scalar``; the
             last holds the product ``p``. ``new`` gives fields set (from ``prev``) in the
-            first of them and carried to the last."""
+            first of them and carried to the last. ``used``: whether the pathway uses the
+            product (for shared multipliers)."""
             if not isolated:
                 if not self._pipelined:
                     return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
-                return step(prev, name,
-                            product=multipliers(name, prev[f"next_{field}"], scalar), **new)
+                return step(prev, name, product=multipliers(
+                    name, prev[f"next_{field}"], scalar, prev["valid_in"] & used), **new)
             operands = [prev[field][lane] for lane in range(n)]
             first = dict(new)
             if field not in carried and not self._pipelined:
@@ -319,24 +404,39 @@ class VectorUnit(wiring.Component):
             s_in = step(prev, f"{name}_in", **first)
             keep = {key: (lambda l, key=key: s_in[key][l]) for key in new}
             if self._pipelined:
-                s_p = step(s_in, name, product=multipliers(name, operands, scalar), **keep)
+                s_p = step(s_in, name, product=multipliers(
+                    name, operands, scalar, prev["valid"] & used), **keep)
             else:
                 s_p = step(s_in, name, p=lambda l: s_in[field][l] * scalar, **keep)
             keep = {key: (lambda l, key=key: s_p[key][l]) for key in new}
             return step(s_p, f"{name}_out", p=lambda l: s_p["p"][l], **keep)
 
-        def multipliers(name, operands, scalar):
-            mults = []
+        def multipliers(name, operands, scalar, sample):
+            """The lanes' products of ``operands`` and ``scalar`` (sampled at the end of
+            the cycle, products two cycles later); ``sample``: the cycle's row needs them
+            (for shared multipliers)."""
+            if self._shared:
+                uses.append((sample, operands, scalar))
+                return [self.mul.p[lane] for lane in range(n)]
+            products = []
             for lane in range(n):
                 mult = PipelinedMultiplier(fmt.width, cfg.scalar.width, family=self._family,
                                            logic=self._logic)
                 m.submodules[f"{name}_mult_{lane}"] = mult
                 m.d.comb += [mult.a.eq(operands[lane]), mult.b.eq(scalar)]
-                mults.append(mult)
-            return mults
+                products.append(mult.p)
+            return products
+
+        after_act, after_loss = self._pads(cfg)
+
+        def pad(s, name, count):
+            """``count`` plain stages (with shared multipliers: they space the products)."""
+            for i in range(count):
+                s = step(s, f"{name}_{i}")
+            return s
 
         # Leaky ReLU: h = x if x >= 0 else leak * x.
-        s = multiply(s, "act_mul", "x", self.leak)
+        s = multiply(s, "act_mul", "x", self.leak, use_act)
         # The aux row is read in the cycle in which the row is two stages before the act
         # stage and registered, so that it joins the row there instead of being carried
         # through the stages before. With ``cfg.registered_requests`` it is read a stage
@@ -391,11 +491,13 @@ class VectorUnit(wiring.Component):
             with m.If(aux_valid):
                 m.d.sync += s["y"].eq(self.ub_aux.data)
 
+        s = pad(s, "act_pad", after_act)
+
         # MSE derivative: v = loss_scale * (h - y); h is kept for the derivative.
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
         s = step(s, "loss_diff", d=lambda l: diffs[l][0], h=lambda l: s["x"][l],
                  ovf=lambda l: use_loss & diffs[l][1])
-        s = multiply(s, "loss_mul", "d", self.loss_scale)
+        s = multiply(s, "loss_mul", "d", self.loss_scale, use_loss)
         scaled = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         s = step(s, "loss", x=lambda l: Mux(use_loss, scaled[l][0], s["x"][l]),
                  ovf=lambda l: use_loss & scaled[l][1])
@@ -404,13 +506,29 @@ class VectorUnit(wiring.Component):
         # Whether r > 0 is decided where the multiply starts and carried as one bit per
         # lane (``r``), so that no comparison precedes the multiplexer after the product's
         # rounding.
+        s = pad(s, "loss_pad", after_loss)
         positive = [Mux(use_loss, s["h"][l], s["y"][l]) > 0 for l in range(n)]
-        s = multiply(s, "deriv_mul", "x", self.leak, r=lambda l: positive[l])
+        s = multiply(s, "deriv_mul", "x", self.leak, use_deriv, r=lambda l: positive[l])
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
         scale = [use_deriv & ~s["r"][l] for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.stages(cfg), valids
+        if self._pipelined:
+            assert tuple(products) == self.product_stages(cfg), products
+        if self._shared:
+            # The multipliers take the operands of the multiply whose row is there (rows
+            # ``P`` cycles apart never bring two at once, see row_interval).
+            m.d.comb += self.mul.en.eq(Cat(sample for sample, _, _ in uses).any())
+            b = Const(0)
+            for sample, _, scalar in uses:
+                b = Mux(sample, scalar, b)
+            m.d.comb += self.mul.b.eq(b)
+            for lane in range(n):
+                a = Const(0)
+                for sample, operands, _ in uses:
+                    a = Mux(sample, operands[lane], a)
+                m.d.comb += self.mul.a[lane].eq(a)
 
         with m.If(s["valid"]):
             m.d.comb += self.overflow.eq(s["o"].any())
@@ -427,6 +545,8 @@ class VectorUnit(wiring.Component):
                                                         "has_rows"))
             j = Signal(range(n))
             tile = Signal.like(dst)
+            # (A transposed pass has no aux row, so its pathway has at most one multiply,
+            # and its rows come one per cycle with shared multipliers too.)
             m.d.comb += tr_shift.eq(tr_on | (transpose & s["valid"]))
             m.d.sync += tr_on.eq(tr_next)
             incoming = [Mux(s["valid"], s["x"][lane], 0) for lane in range(n)]
