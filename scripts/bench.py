@@ -135,13 +135,10 @@ def shared_multipliers_table():
             "shared / blocks | VPU rows (P = 1 / 2 / 3) | GD rows |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     rng = np.random.default_rng(2)
-    nets = [("XOR 2-2-1 training step, batch 4", [2, 2, 1], 4, ["leaky_relu", "leaky_relu"]),
-            ("digits 64-32-10 training step, batch 32", [64, 32, 10], 32,
-             ["leaky_relu", "none"])]
-    work = [(name, n, sizes, batch, acts) for name, sizes, batch, acts in nets[:1]
-            for n in (2,)] + [(name, n, sizes, batch, acts) for name, sizes, batch, acts
-                              in nets[1:] for n in (8, 12)]
-    for name, n, sizes, batch, acts in work:
+    xor = ("XOR 2-2-1 training step, batch 4", [2, 2, 1], 4, ["leaky_relu", "leaky_relu"])
+    digits = ("digits 64-32-10 training step, batch 32", [64, 32, 10], 32,
+              ["leaky_relu", "none"])
+    for (name, sizes, batch, acts), n in ((xor, 2), (digits, 8), (digits, 12)):
         model = MLP.random(sizes, seed=0, activations=acts, leak=0.1)
         x = rng.uniform(0, 1, (batch, sizes[0]))
         y = rng.uniform(0, 1, (batch, sizes[-1]))

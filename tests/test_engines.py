@@ -215,8 +215,7 @@ def test_vector_unit_transposed_output(n, rows, stride, pathway, shared):
     h.share_multipliers(vpu, "vector")
     writes, busy, result = [], [], {}
     idle = VectorUnit.idle_after(cfg, rows, transpose=True, pathway=pathway)
-    interval = VectorUnit.row_interval(cfg, pathway)
-    assert interval == 1
+    assert VectorUnit.row_interval(cfg, pathway) == 1
 
     async def tb(ctx):
         ctx.set(vpu.leak, leak)
@@ -237,18 +236,13 @@ def test_vector_unit_transposed_output(n, rows, stride, pathway, shared):
     h.run(tb)
     latency = VectorUnit.latency(cfg)
     tiles = -(-rows // n)
-    # Row i leaves the stages in cycle latency + i * interval and shifts the transposer in;
-    # after the last row it shifts in every cycle. Shift s (from 0) writes column s % n of
-    # tile s // n - 1.
-    shifts = [latency + i * interval for i in range(rows)]
-    shifts += range(shifts[-1] + 1, shifts[-1] + 1 + (tiles + 1) * n - rows)
     if n > 1:
-        assert idle == shifts[-1] + 1
-        assert writes == [(shifts[(t + 1) * n + k], dst + t + k * stride)
+        assert idle == latency + (tiles + 1) * n
+        assert writes == [(latency + n + t * n + k, dst + t + k * stride)
                           for t in range(tiles) for k in range(n)]
     else:                               # one lane: no transposer, row t to dst + t
-        assert idle == latency + (rows - 1) * interval + 1
-        assert writes == [(latency + t * interval, dst + t) for t in range(rows)]
+        assert idle == latency + rows
+        assert writes == [(latency + t, dst + t) for t in range(rows)]
     assert busy.index(0) + 1 == idle and not any(busy[idle:])
     # Independently: the plain (untransposed) output rows, then the tiles transposed by hand.
     plain = model_with(cfg, ub, acc, leak=leak, loss_scale=loss_scale)

@@ -176,8 +176,10 @@ class VectorUnit(wiring.Component):
         self._family = family
         self._logic = cfg.unit_multipliers == "logic"
         self._shared = cfg.unit_multipliers == "shared"
-        if pipelined_multipliers is None or self._shared:
-            pipelined_multipliers = self._logic or self._shared or PipelinedMultiplier.block_fits(
+        if self._shared:
+            pipelined_multipliers = True
+        elif pipelined_multipliers is None:
+            pipelined_multipliers = self._logic or PipelinedMultiplier.block_fits(
                 family, cfg.data.width, cfg.scalar.width)
         self._pipelined = bool(pipelined_multipliers)
         row = data.ArrayLayout(cfg.data.shape, cfg.n)
