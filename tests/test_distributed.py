@@ -113,7 +113,7 @@ def test_sweep_over_where_the_units_multiply(tmp_path):
     assert [r[column] for r in rows] == ["blocks", "logic"]
     assert rows[0][cycles] == rows[1][cycles] != ""
     assert DesignPoint(n=2, unit_multipliers="logic").cfg().unit_multipliers == "logic"
-    with pytest.raises(ValueError, match="unit_multipliers must be 'blocks' or 'logic'"):
+    with pytest.raises(ValueError, match="unit_multipliers must be 'blocks', 'logic' or 'shared', not 'dsp'"):
         DesignPoint(n=2, unit_multipliers="dsp")
 
 
