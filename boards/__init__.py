@@ -53,8 +53,29 @@ class Board:
 
     def with_n(self, n):
         """This board with an ``n`` x ``n`` array (other sizes kept)."""
-        from dataclasses import replace
-        return replace(self, cfg=replace(self.cfg, n=n))
+        return self.variant(n=n)
+
+    def variant(self, *, clock_hz=None, seed=None, **cfg_fields):
+        """This board with other :class:`~tinytpu_hdl.config.TPUConfig` fields
+        (``n=12, unit_multipliers="shared"``, ...: the configuration checks them), another
+        TPU clock ``clock_hz`` (the board top refuses one its PLL cannot make, before any
+        tool runs) or another nextpnr placement ``seed`` (Fmax moves with placement)."""
+        from dataclasses import fields, replace
+        known = {f.name for f in fields(TPUConfig)}
+        unknown = sorted(set(cfg_fields) - known)
+        if unknown:
+            raise ValueError(f"unknown TPU configuration field {unknown[0]!r}; the fields "
+                             f"are {', '.join(sorted(known))}")
+        board = replace(self, cfg=replace(self.cfg, **cfg_fields)) if cfg_fields else self
+        if clock_hz is not None:
+            if not clock_hz > 0:
+                raise ValueError(f"clock_hz must be positive, not {clock_hz!r}")
+            board = replace(board, clock_hz=float(clock_hz))
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+            board = replace(board, nextpnr_opts=f"{board.nextpnr_opts} --seed {seed}".strip())
+        return board
 
 
 #: Board name -> module of this package that defines ``BOARD``.

@@ -105,6 +105,42 @@ def test_build_plan_runs_the_boards_own_tool_options():
     assert "COLLISION_X_MASK" in plan.files["tinytpu.ys"]
 
 
+def test_board_variant_changes_the_configuration_clock_and_seed():
+    """What ``tinytpu build --n 12 --unit-multipliers shared --clock-mhz 62.5 --seed 3``
+    asks for: the board's other settings stay, the registry's board does not change, the
+    PLL makes the clock and nextpnr gets the seed after the board's own options."""
+    board = get_board("ulx3s-85f").variant(n=12, unit_multipliers="shared", ub_depth=8192,
+                                           ub_copy_depth=4096, clock_hz=62.5e6, seed=3)
+    cfg = board.cfg
+    assert (cfg.n, cfg.unit_multipliers, cfg.ub_depth, cfg.ub_copy_depth) == (
+        12, "shared", 8192, 4096)
+    assert (cfg.acc_depth, board.baud, board.clock_hz) == (
+        get_board("ulx3s-85f").cfg.acc_depth, get_board("ulx3s-85f").baud, 62.5e6)
+    assert get_board("ulx3s-85f").cfg.n == 8 and "--seed" not in get_board("ulx3s-85f").nextpnr_opts
+    _, top, plan = prepare_build(board.variant(n=1, ub_depth=1024, ub_copy_depth=512))
+    assert top.clock_hz == 62.5e6
+    assert re.search(r"NEXTPNR_ECP5.* --placer static --seed 3 .*--json tinytpu.json",
+                     plan.files["build_tinytpu.sh"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"nn": 3}, "unknown TPU configuration field 'nn'; the fields are "),
+    ({"unit_multipliers": "dsp"}, "'dsp'"),
+    ({"clock_hz": 0}, "clock_hz must be positive, not 0"),
+    ({"seed": -1}, "seed must be a non-negative integer, not -1"),
+    ({"seed": 1.5}, "seed must be a non-negative integer, not 1.5"),
+])
+def test_board_variant_refuses_bad_values(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_board("ulx3s-85f").variant(**changes)
+
+
+def test_board_variant_clock_the_pll_cannot_make_fails_before_the_tools():
+    with pytest.raises(ValueError, match=re.escape(
+            "ECP5 PLL output must be 3.125 to 400 MHz, not 500 MHz")):
+        prepare_build(get_board("ulx3s-85f").variant(n=1, clock_hz=500e6))
+
+
 def test_uart_divisor_refuses_inexact_or_too_fast_baud_rates():
     from dataclasses import replace
     board = get_board("icebreaker")

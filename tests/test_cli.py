@@ -51,6 +51,20 @@ def test_build_refuses_an_unknown_board(capsys):
     assert "invalid choice: 'de1-soc'" in capsys.readouterr().err
 
 
+def test_build_refuses_a_clock_the_pll_cannot_make_before_running_a_tool(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["build", "--board", "ulx3s-85f", "--n", "1", "--clock-mhz", "500",
+              "--out", str(tmp_path)])
+    assert "ECP5 PLL output must be 3.125 to 400 MHz, not 500 MHz" in capsys.readouterr().err
+    assert not (tmp_path / "tinytpu.json").exists()
+
+
+def test_build_refuses_a_bad_configuration_field(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["build", "--board", "ulx3s-85f", "--ub-depth", "0", "--out", str(tmp_path)])
+    assert "ub_depth" in capsys.readouterr().err
+
+
 def test_version(capsys):
     from tinytpu_hdl import __version__
     with pytest.raises(SystemExit) as exc:

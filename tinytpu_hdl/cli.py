@@ -132,9 +132,12 @@ def _cmd_demo_digits(args):
 def _cmd_build(args):
     from .boards import get_board
     from .build import BuildError, build_board, program_board
-    board = get_board(args.board)
-    if args.n is not None:
-        board = board.with_n(args.n)
+    changes = {name: value for name, value in (
+        ("n", args.n), ("unit_multipliers", args.unit_multipliers),
+        ("ub_depth", args.ub_depth), ("ub_copy_depth", args.ub_copy_depth)) if value is not None}
+    board = get_board(args.board).variant(
+        clock_hz=None if args.clock_mhz is None else args.clock_mhz * 1e6, seed=args.seed,
+        **changes)
     out = args.out or f"build/{board.name}"
     print(f"building {board.name}: {board.cfg.n}x{board.cfg.n} TPU, {board.clock_hz / 1e6:g} MHz, "
           f"UART {board.baud} baud, in {out} (the first run of each YoWASP tool compiles it, "
@@ -327,6 +330,18 @@ def main(argv=None):
                                      "YoWASP tools")
     p.add_argument("--board", required=True, choices=board_names(), help="the board")
     p.add_argument("--n", type=int, help="array size (default: the board's)")
+    p.add_argument("--clock-mhz", type=float,
+                   help="TPU clock from the board's PLL (default: the board's; the build "
+                        "fails when the routed design does not meet it)")
+    p.add_argument("--unit-multipliers", choices=UNIT_MULTIPLIERS,
+                   help="where the vector and gradient-descent units multiply (default: the "
+                        "board's; shared: one multiplier block per lane for both, what lets "
+                        "a 12x12 fit the ECP5-85F)")
+    p.add_argument("--ub-depth", type=int, help="unified buffer rows (default: the board's)")
+    p.add_argument("--ub-copy-depth", type=int,
+                   help="rows of the buffer's second copy (overlap_units; default: the "
+                        "board's)")
+    p.add_argument("--seed", type=int, help="nextpnr placement seed (default: nextpnr's)")
     p.add_argument("--out", help="build folder (default build/<board>)")
     p.add_argument("--program", action="store_true",
                    help="load the bitstream with openFPGALoader or iceprog")

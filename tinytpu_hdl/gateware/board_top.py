@@ -5,7 +5,7 @@ from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
-from .clocking import BoardClocking
+from .clocking import BoardClocking, board_pll
 from .tpu import TPU
 from .uart_bridge import UARTHostBridge
 
@@ -103,10 +103,12 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         board = self._board
+        # The PLL settings first: a clock the PLL cannot make fails before any logic is built.
+        clocking = BoardClocking(platform, board_pll(platform, board.clock_hz),
+                                 reset_button=board.reset_button)
         m = Module()
         m.domains.sync = ClockDomain("sync")
-        m.submodules.clocking = clocking = BoardClocking(
-            platform, board.clock_hz, reset_button=board.reset_button)
+        m.submodules.clocking = clocking
         self.clock_hz = clocking.frequency
         # The register stages of the serial path, for all but the small iCE40 devices.
         m.submodules.tpu = tpu = SerialTPU(board.cfg,

@@ -12,7 +12,7 @@ from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Sign
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import AsyncFFSynchronizer
 
-__all__ = ["PLLParams", "ice40_pll", "ecp5_pll", "BoardClocking"]
+__all__ = ["PLLParams", "ice40_pll", "ecp5_pll", "board_pll", "BoardClocking"]
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,25 @@ def ecp5_pll(f_in, f_out):
                                        "CLKOP_DIV": clkop, "CLKOP_CPHASE": clkop - 1}, f_out)
 
 
+def board_pll(platform, f_sync):
+    """The PLL that makes ``f_sync`` (Hz) from ``platform``'s default clock, or ``None``
+    when that clock is ``f_sync`` already; ``ValueError`` when the family's PLL cannot make
+    it (checked before any logic is built: :class:`BoardClocking` takes the result)."""
+    f_in = platform.default_clk_frequency
+    searches = {"ice40": ice40_pll, "ecp5": ecp5_pll}
+    if abs(f_sync - f_in) < 1:
+        return None
+    if platform.family.lower() not in searches:
+        raise ValueError(f"no PLL support for the {platform.family} family")
+    return searches[platform.family.lower()](f_in, f_sync)
+
+
 class BoardClocking(wiring.Component):
     """Drives the clock and reset of the ``sync`` domain on a board (the top level
     defines the domain).
 
-    The board's default clock drives ``sync`` directly when ``f_sync`` equals its
-    frequency, else through the family's PLL. ``sync`` is held in reset while the
+    The board's default clock drives ``sync`` directly when ``pll`` is ``None``, else
+    through the family's PLL with the settings ``pll`` (:func:`board_pll`). ``sync`` is held in reset while the
     reset button (``reset_button``: a resource name, or ``None``) is pressed or the PLL
     is not locked, and leaves reset synchronously.
 
@@ -103,16 +116,10 @@ class BoardClocking(wiring.Component):
     PLL's rounding).
     """
 
-    def __init__(self, platform, f_sync, *, reset_button=None):
+    def __init__(self, platform, pll, *, reset_button=None):
         self._f_in = platform.default_clk_frequency
         self._reset_button = reset_button
-        searches = {"ice40": ice40_pll, "ecp5": ecp5_pll}
-        if abs(f_sync - self._f_in) < 1:
-            self._pll = None
-        elif platform.family.lower() in searches:
-            self._pll = searches[platform.family.lower()](self._f_in, f_sync)
-        else:
-            raise ValueError(f"no PLL support for the {platform.family} family")
+        self._pll = pll
         self.frequency = self._f_in if self._pll is None else self._pll.f_out
         super().__init__({})
 
