@@ -26,7 +26,8 @@ class Board:
     ``reset_button``: the resource name of a button that resets the TPU, or ``None``.
     ``programmer``: the tool ``--program`` runs; ``loader_id`` the board's name for
     openFPGALoader's ``-b``. ``synth_opts``: extra options of the
-    Yosys synthesis command; ``nextpnr_opts``: extra options of nextpnr.
+    Yosys synthesis command; ``nextpnr_opts``: extra options of nextpnr; ``seed``:
+    nextpnr's placement seed (``None``: nextpnr's own).
     ``extra_resources``: names of resource lists of the
     platform class to add (e.g. a PMOD board that ships attached).
     """
@@ -43,6 +44,7 @@ class Board:
     synth_opts: str = ""
     nextpnr_opts: str = ""
     extra_resources: tuple = ()
+    seed: int = None
 
     def make_platform(self):
         """An instance of the platform with the board's extra resources added."""
@@ -74,7 +76,7 @@ class Board:
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-            board = replace(board, nextpnr_opts=f"{board.nextpnr_opts} --seed {seed}".strip())
+            board = replace(board, seed=seed)
         return board
 
 

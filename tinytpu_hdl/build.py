@@ -144,8 +144,11 @@ def prepare_build(board):
         synth_opts = f"{synth_opts} {opts}".strip()
     if synth_opts:
         overrides["synth_opts"] = synth_opts
-    if board.nextpnr_opts:
-        overrides["nextpnr_opts"] = board.nextpnr_opts
+    nextpnr_opts = board.nextpnr_opts
+    if board.seed is not None:
+        nextpnr_opts = f"{nextpnr_opts} --seed {board.seed}".strip()
+    if nextpnr_opts:
+        overrides["nextpnr_opts"] = nextpnr_opts
     return platform, top, platform.prepare(top, name="tinytpu", **overrides)
 
 

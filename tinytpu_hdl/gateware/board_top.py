@@ -104,11 +104,11 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         board = self._board
         # The PLL settings first: a clock the PLL cannot make fails before any logic is built.
-        clocking = BoardClocking(platform, board_pll(platform, board.clock_hz),
-                                 reset_button=board.reset_button)
+        pll = board_pll(platform, board.clock_hz)
         m = Module()
         m.domains.sync = ClockDomain("sync")
-        m.submodules.clocking = clocking
+        m.submodules.clocking = clocking = BoardClocking(
+            platform, pll, reset_button=board.reset_button)
         self.clock_hz = clocking.frequency
         # The register stages of the serial path, for all but the small iCE40 devices.
         m.submodules.tpu = tpu = SerialTPU(board.cfg,

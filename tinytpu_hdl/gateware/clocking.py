@@ -108,9 +108,9 @@ class BoardClocking(wiring.Component):
     defines the domain).
 
     The board's default clock drives ``sync`` directly when ``pll`` is ``None``, else
-    through the family's PLL with the settings ``pll`` (:func:`board_pll`). ``sync`` is held in reset while the
-    reset button (``reset_button``: a resource name, or ``None``) is pressed or the PLL
-    is not locked, and leaves reset synchronously.
+    through the family's PLL with the settings ``pll`` (:func:`board_pll`). ``sync`` is
+    held in reset while the reset button (``reset_button``: a resource name, or ``None``)
+    is pressed or the PLL is not locked, and leaves reset synchronously.
 
     Members: ``frequency`` -- the ``sync`` frequency in Hz (a Python float, after the
     PLL's rounding).
