@@ -134,13 +134,12 @@ def test_vector_unit_every_pathway(pathway, pipelined, isolated):
     h.share_multipliers(vpu, "vector")
     writes, busy = [], []
     result = {}
-    # Rows every ``interval`` cycles: with shared multipliers, by the multiplies used (seven
-    # stages longer, or six with isolated multipliers: one per multiply for the shared
-    # operand register, the rest spacing the products).
+    # Rows every ``interval`` cycles: with shared multipliers, by the multiplies used (two
+    # stages longer, or one with isolated multipliers: the products' spacing).
     used = [bit for bit in (Pathway.ACT, Pathway.LOSS, Pathway.DERIV) if pathway & bit]
     interval, latency = 1, 18 if isolated else 12
     if mode == "shared":
-        latency += 6 if isolated else 7
+        latency += 1 if isolated else 2
         odd_pair = {Pathway.ACT | Pathway.DERIV} if isolated else {Pathway.LOSS | Pathway.DERIV}
         interval = (max(1, len(used)) if len(used) != 2 or sum(used) not in odd_pair
                     else 3)
@@ -345,8 +344,7 @@ def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
     """Both forms of the product (two partial products for 18x18 multiplier blocks, one
     whole product for 16x16 ones) give the same values in the same cycles, with and
     without isolated multipliers (two cycles more), and so do multipliers in logic; shared
-    multipliers give them a row every other cycle, two cycles later (the high partial
-    product's turn and the shared operand register)."""
+    multipliers give them a row every other cycle, a cycle later."""
     mode = pipelined if isinstance(pipelined, str) else "blocks"
     cfg = replace(CFG, isolated_multipliers=isolated, unit_multipliers=mode)
     pipelined = None if mode != "blocks" else pipelined
@@ -373,7 +371,7 @@ def test_gradient_descent_unit(multiplier_width, pipelined, isolated):
         result["ub"], _ = await h.dump(ctx)
 
     h.run(tb)
-    latency = (10 if isolated else 8) + (2 if mode == "shared" else 0)
+    latency = (10 if isolated else 8) + (1 if mode == "shared" else 0)
     assert writes == [(latency + i * interval, param + i) for i in range(rows)]
     assert busy.index(0) + 1 == (rows - 1) * interval + 1 + latency
     assert busy.index(0) + 1 == GradientDescentUnit.idle_after(cfg, rows)

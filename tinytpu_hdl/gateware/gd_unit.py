@@ -8,9 +8,7 @@ from ..numeric import (
     FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
 from .memory import UnifiedBuffer, addr_width, read_request, write_request
-from .multiplier import (
-    PipelinedMultiplier, SharedMultipliers, gradient_split, multiplier_port,
-)
+from .multiplier import PipelinedMultiplier, gradient_split, multiplier_port
 from .signatures import valid_stream
 
 __all__ = ["GradientDescentUnit", "GradientCommandLayout"]
@@ -53,14 +51,13 @@ class GradientDescentUnit(wiring.Component):
     A command accepted in cycle ``c`` reads gradient row ``i`` in cycle ``c+1+i*I``,
     parameter row ``i`` in cycle ``c+P+i*I``, and writes the parameter row back in
     cycle ``c+L+i*I``. ``busy`` is low from cycle ``c+(rows-1)*I+1+L`` on. ``L`` is
-    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``; two more with shared
+    :meth:`latency` (8, or 10 with ``cfg.isolated_multipliers``; one more with shared
     multipliers), ``P`` is :meth:`param_delay` (``L - 3``, or ``L - 4`` with
     ``cfg.registered_requests``, whose parameter rows are registered twice on their way
     from the block RAM), ``I`` is :meth:`row_interval` (1, or 2 with shared multipliers:
     ``cfg.unit_multipliers == "shared"``, one multiplier per lane through port ``mul``,
     which takes the gradient's low part as the row arrives and its high part, registered,
-    a cycle later, and gives each product :attr:`.SharedMultipliers.LATENCY` cycles after
-    its operands).
+    a cycle later).
     Stages: the memories' outputs registered, the partial products (the gradient's
     low and high halves times the rate, one multiplier block each), their sum, the
     rounding offset added and the fraction dropped, the saturation to the data format,
@@ -75,15 +72,7 @@ class GradientDescentUnit(wiring.Component):
     def latency(cfg):
         """Cycles from a command's acceptance to its first row's write."""
         return (8 + (2 if cfg.isolated_multipliers else 0)
-                + GradientDescentUnit._shared_stages(cfg))
-
-    @staticmethod
-    def _shared_stages(cfg):
-        """Stages shared multipliers add: the sum waits a cycle for the high part's
-        product, and every product waits in the multipliers' operand register."""
-        if cfg.unit_multipliers != "shared":
-            return 0
-        return 1 + SharedMultipliers.LATENCY - PipelinedMultiplier.LATENCY
+                + (1 if cfg.unit_multipliers == "shared" else 0))
 
     @staticmethod
     def row_interval(cfg):
@@ -184,8 +173,8 @@ class GradientDescentUnit(wiring.Component):
         # valid[j]: a row is in stage j (valid[0]: the memory's output).
         isolated = cfg.isolated_multipliers
         # (Shared multipliers: the partial products a cycle apart, their sum a stage
-        # later, and each product a cycle later for the multipliers' operand register.)
-        extra = (2 if isolated else 0) + self._shared_stages(cfg)
+        # later.)
+        extra = (2 if isolated else 0) + (1 if self._shared else 0)
         valid = [Signal(name=f"valid_{i}") for i in range(7 + extra)]
         m.d.sync += valid[0].eq(read)
         m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, len(valid))]

@@ -195,8 +195,8 @@ def shared_widths(cfg):
 
 def multiplier_port(cfg):
     """A unit's side of the shared multipliers: in a cycle with ``en`` high the lanes'
-    operands ``a`` and the scalar ``b`` are sampled; their products are ``p`` three cycles
-    later (:attr:`SharedMultipliers.LATENCY`)."""
+    operands ``a`` and the scalar ``b`` are sampled; their products are ``p`` two cycles
+    later (:attr:`PipelinedMultiplier.LATENCY`)."""
     a_width, b_width = shared_widths(cfg)
     return wiring.Signature({
         "en": Out(1),
@@ -226,20 +226,12 @@ class SharedMultipliers(wiring.Component):
 
     Timing
     ------
-    The selected operands are registered in the fabric, beside the units, before the
-    multiplier block's own input register: the users' logic and the choice between them
-    end at that register, and only routing lies between it and the block, which the
-    placer may put anywhere on the device (at N = 12 on the ECP5-85F the array takes
-    144 of the 156 blocks)::
+    ::
 
-        cycle      t                 t+1            t+2            t+3
+        cycle      t                 t+1          t+2
         <user>     en, a, b
-        (regs)                       a, b (fabric)  a, b (block)
-        p                                                          a * b (to every user)
+        p                                         a * b (to every user)
     """
-
-    #: Cycles from a user's operands to their product.
-    LATENCY = PipelinedMultiplier.LATENCY + 1
 
     def __init__(self, cfg, users=("vector", "gd"), *, family=None):
         self._cfg = cfg
@@ -255,16 +247,12 @@ class SharedMultipliers(wiring.Component):
         b = ports[-1].b
         for port in reversed(ports[:-1]):
             b = Mux(port.en, port.b, b)
-        b_q = Signal(signed(b_width), name="b_q", reset_less=True)
-        m.d.sync += b_q.eq(b)
         for lane in range(cfg.n):
             mult = PipelinedMultiplier(a_width, b_width, family=self._family)
             m.submodules[f"mult_{lane}"] = mult
             a = ports[-1].a[lane]
             for port in reversed(ports[:-1]):
                 a = Mux(port.en, port.a[lane], a)
-            a_q = Signal(signed(a_width), name=f"a_q_{lane}", reset_less=True)
-            m.d.sync += a_q.eq(a)
-            m.d.comb += [mult.a.eq(a_q), mult.b.eq(b_q)]
+            m.d.comb += [mult.a.eq(a), mult.b.eq(b)]
             m.d.comb += [port.p[lane].eq(mult.p) for port in ports]
         return m

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa import Pathway
 from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
 from .memory import UnifiedBuffer, addr_width, read_request, write_request
-from .multiplier import PipelinedMultiplier, SharedMultipliers, multiplier_port
+from .multiplier import PipelinedMultiplier, multiplier_port
 from .signatures import valid_stream
 
 __all__ = ["VectorUnit", "VectorCommandLayout"]
@@ -62,10 +62,10 @@ class VectorUnit(wiring.Component):
     A command accepted in cycle ``c`` reads the bias row in cycle ``c+1``, accumulator
     row ``i`` in cycle ``c+1+i*P``, aux row ``i`` in cycle ``c+A+i*P``, and writes output
     row ``i`` in cycle ``c+L+i*P``; ``busy`` is low from cycle ``c+(rows-1)*P+1+L`` on.
-    ``L`` is :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``; 7 or 6 more
+    ``L`` is :meth:`latency` (12, or 18 with ``cfg.isolated_multipliers``; 2 or 1 more
     with shared multipliers), ``A`` is :meth:`aux_delay` (5, or 7; one less with
     ``cfg.registered_requests``, whose bias and aux rows are registered twice on their way
-    from the block RAM; one more with shared multipliers). ``P`` is :meth:`row_interval`: 1, but with shared multipliers
+    from the block RAM). ``P`` is :meth:`row_interval`: 1, but with shared multipliers
     (``cfg.unit_multipliers == "shared"``, one multiplier per lane, port ``mul``) the
     rows are spaced so that the multiplies the pathway uses take the lane's multiplier
     in turn, each in its product stage's cycle::
@@ -103,44 +103,28 @@ class VectorUnit(wiring.Component):
         operand        x ──────► (block input register)
         product                              p ─────► p
         logic                                                      round, saturate
-
-    With shared multipliers each multiply has one more stage before its product (the
-    operands in the shared multipliers' fabric register, :class:`.SharedMultipliers`),
-    and plain stages after the act and loss stages (:meth:`_pads`) space the three
-    product stages as the table of ``P`` above needs.
     """
 
     @staticmethod
     def _pads(cfg):
         """Stages added with shared multipliers, after the act stage and after the loss
-        stage, so that the three product stages lie apart as :meth:`row_interval` needs
-        (the products of two multiplies an odd number of stages apart for ``P`` = 2, the
-        three at distinct stages modulo 3 for ``P`` = 3)."""
+        stage, so that the three product stages lie apart as :meth:`row_interval` needs."""
         if cfg.unit_multipliers != "shared":
             return 0, 0
-        return (1, 2) if cfg.isolated_multipliers else (3, 1)
-
-    @staticmethod
-    def _wait(cfg):
-        """Stages each multiply adds for the shared multipliers' operand register (their
-        latency beyond a multiplier block's)."""
-        if cfg.unit_multipliers != "shared":
-            return 0
-        return SharedMultipliers.LATENCY - PipelinedMultiplier.LATENCY
+        return (0, 1) if cfg.isolated_multipliers else (2, 0)
 
     @staticmethod
     def product_stages(cfg):
         """The stages (counted as in :meth:`stages`, 0 = the accumulator row's arrival)
         that hold the products of the act, loss and derivative multiplies."""
         after_act, after_loss = VectorUnit._pads(cfg)
-        wait = VectorUnit._wait(cfg)
         if cfg.isolated_multipliers:
-            act = 5 + wait
-            loss = act + 5 + wait + after_act
-            return act, loss, loss + 4 + wait + after_loss
-        act = 4 + wait
-        loss = act + 3 + wait + after_act
-        return act, loss, loss + 2 + wait + after_loss
+            act = 5
+            loss = act + 5 + after_act
+            return act, loss, loss + 4 + after_loss
+        act = 4
+        loss = act + 3 + after_act
+        return act, loss, loss + 2 + after_loss
 
     @staticmethod
     def row_interval(cfg, pathway):
@@ -167,8 +151,7 @@ class VectorUnit(wiring.Component):
     @staticmethod
     def stages(cfg):
         """Pipeline registers between the memories' outputs and the buffer write."""
-        return (11 + (6 if cfg.isolated_multipliers else 0) + sum(VectorUnit._pads(cfg))
-                + 3 * VectorUnit._wait(cfg))
+        return 11 + (6 if cfg.isolated_multipliers else 0) + sum(VectorUnit._pads(cfg))
 
     @staticmethod
     def latency(cfg):
@@ -178,8 +161,7 @@ class VectorUnit(wiring.Component):
     @staticmethod
     def aux_delay(cfg):
         """Cycles from a command's acceptance to its first aux row's read (``A``)."""
-        return ((7 if cfg.isolated_multipliers else 5) - (1 if cfg.registered_requests else 0)
-                + VectorUnit._wait(cfg))
+        return (7 if cfg.isolated_multipliers else 5) - (1 if cfg.registered_requests else 0)
 
     @staticmethod
     def idle_after(cfg, rows, transpose=False, pathway=0):
@@ -415,12 +397,8 @@ class VectorUnit(wiring.Component):
             if not isolated:
                 if not self._pipelined:
                     return step(prev, name, p=lambda l: prev[field][l] * scalar, **new)
-                products = multipliers(name, prev[f"next_{field}"], scalar,
-                                       prev["valid_in"] & used)
-                s_wait = wait(prev, name, new)
-                if s_wait is not prev:
-                    new = {key: (lambda l, key=key: s_wait[key][l]) for key in new}
-                return step(s_wait, name, product=products, **new)
+                return step(prev, name, product=multipliers(
+                    name, prev[f"next_{field}"], scalar, prev["valid_in"] & used), **new)
             operands = [prev[field][lane] for lane in range(n)]
             first = dict(new)
             if field not in carried and not self._pipelined:
@@ -428,25 +406,12 @@ class VectorUnit(wiring.Component):
             s_in = step(prev, f"{name}_in", **first)
             keep = {key: (lambda l, key=key: s_in[key][l]) for key in new}
             if self._pipelined:
-                products = multipliers(name, operands, scalar, prev["valid"] & used)
-                s_wait = wait(s_in, name, keep)
-                if s_wait is not s_in:
-                    keep = {key: (lambda l, key=key: s_wait[key][l]) for key in new}
-                s_p = step(s_wait, name, product=products, **keep)
+                s_p = step(s_in, name, product=multipliers(
+                    name, operands, scalar, prev["valid"] & used), **keep)
             else:
                 s_p = step(s_in, name, p=lambda l: s_in[field][l] * scalar, **keep)
             keep = {key: (lambda l, key=key: s_p[key][l]) for key in new}
             return step(s_p, f"{name}_out", p=lambda l: s_p["p"][l], **keep)
-
-        def wait(prev, name, new):
-            """The stages after ``prev`` while a shared multiplier's operands are in its
-            operand register (none for a multiplier of the unit's own); ``new``'s fields
-            set in the first and carried."""
-            s = prev
-            for i in range(self._wait(cfg)):
-                s = step(s, f"{name}_wait_{i}", **new)
-                new = {key: (lambda l, key=key, s=s: s[key][l]) for key in new}
-            return s
 
         def multipliers(name, operands, scalar, sample):
             """The lanes' products of ``operands`` and ``scalar`` (sampled at the end of
