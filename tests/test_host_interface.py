@@ -1,5 +1,9 @@
 """The host protocol, answered identically by the gateware and the reference model."""
 
+import re
+import zlib
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -10,7 +14,10 @@ from tinytpu_hdl.host_protocol import (
     Command, Space, Status, header, item_words, pack_items, parse_header, unpack_items,
 )
 from tinytpu_hdl.isa import ErrorCode
-from tinytpu_hdl.runtime.driver import HostDriver, HostError, TPUError
+from tinytpu_hdl.numeric import FixedFormat
+from tinytpu_hdl.reference import ReferenceTPU, ReferenceTransport
+from tinytpu_hdl.runtime.accelerator import Accelerator
+from tinytpu_hdl.runtime.driver import ConfigMismatch, HostDriver, HostError, TPUError
 
 from tpu_helpers import BACKENDS
 
@@ -62,6 +69,40 @@ def test_write_then_read_every_space(transport):
     assert d.read(Space.CSR, CSR.REG_BASE, 4) == [0, 0, 0, 0x1234]
     assert d.csr(CSR.INFO) == CFG.n | 16 << 8 | 8 << 16
     assert d.read(Space.CSR, CSR.UB_DEPTH, 3) == [16, 8, 16]
+    # The configuration's fingerprint, a CRC-32 of every field: another value of any field
+    # changes it.
+    assert d.csr(CSR.CONFIG) == CFG.fingerprint() == zlib.crc32(
+        b"n=3;data=FixedFormat(16,8);acc=FixedFormat(32,16);scalar=FixedFormat(16,14);"
+        b"ub_depth=16;acc_depth=8;imem_depth=16;"
+        b"counter_width=64;isolated_multipliers=True;chase_matmul=True;"
+        b"registered_requests=True;registered_weight_rows=True;overlap_units=True;"
+        b"unit_multipliers='blocks';ub_copy_depth=None")
+    d.check_config()
+
+
+@pytest.mark.parametrize("device, message", [
+    (replace(CFG, n=2), "n is 2 on the device, 3 here"),
+    (replace(CFG, ub_depth=32, imem_depth=64),
+     "ub_depth is 32 on the device, 16 here; imem_depth is 64 on the device, 16 here"),
+    (replace(CFG, data=FixedFormat(12, 6), acc=FixedFormat(24, 12)),
+     "data width is 12 on the device, 16 here; data fraction bits is 6 on the device, 8 here"),
+    (replace(CFG, unit_multipliers="shared"), "its CONFIG register reads 0x"),
+    (replace(CFG, ub_copy_depth=8), "fields the other registers do not show differ"),
+])
+def test_a_device_of_another_configuration_is_refused(device, message):
+    """The Accelerator reads the device's configuration registers first and refuses a
+    device built from another configuration, naming what differs, on every backend (here
+    a reference model of another configuration behind the host's transport)."""
+    transport = ReferenceTransport(CFG, model=ReferenceTPU(device))
+    acc = Accelerator(CFG, transport=transport)
+    a = np.arange(4.0).reshape(2, 2) / 8
+    with pytest.raises(ConfigMismatch, match=re.escape(message)):
+        acc.matmul(a, a)
+    with pytest.raises(ConfigMismatch, match=re.escape(message)):
+        acc.run("halt")
+    # The device's own configuration works.
+    acc = Accelerator(device, transport=ReferenceTransport(device, model=transport.model))
+    assert np.array_equal(acc.matmul(a, a), a @ a)
 
 
 def test_out_of_range_write_changes_nothing(transport):

@@ -10,9 +10,10 @@ from .config import TPUConfig
 from .model import MLP
 from .numeric import FixedFormat
 from .runtime.accelerator import Accelerator, Stats
-from .runtime.driver import TPUError
+from .runtime.driver import ConfigMismatch, TPUError
 
-__all__ = ["TPUConfig", "FixedFormat", "Accelerator", "MLP", "Stats", "TPUError", "__version__"]
+__all__ = ["TPUConfig", "FixedFormat", "Accelerator", "MLP", "Stats", "TPUError", "ConfigMismatch",
+           "__version__"]
 
 try:
     __version__ = _version("tinytpu_hdl")

@@ -1,6 +1,7 @@
 """Configuration of one TPU instance: array size and number formats."""
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, fields
 
 from .numeric import FixedFormat, Q8_8, check_accumulator
 
@@ -121,6 +122,18 @@ class TPUConfig:
         """The buffer rows the weight loader and the units' aux, bias and parameter reads
         may use: ``ub_copy_depth``, or every row."""
         return self.ub_depth if self.ub_copy_depth is None else self.ub_copy_depth
+
+    def fingerprint(self) -> int:
+        """A 32-bit CRC of every field: what the device's ``CONFIG`` register reads, so that
+        a host can tell whether the hardware behind it was built from this configuration
+        (fields the other registers do not show: formats beyond the data's, the copy's
+        depth, the timing options)."""
+        def text(value):
+            if isinstance(value, FixedFormat):
+                return f"FixedFormat({value.width},{value.frac})"
+            return repr(value)
+        return zlib.crc32(";".join(f"{f.name}={text(getattr(self, f.name))}"
+                                   for f in fields(self)).encode())
 
     def __post_init__(self):
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:

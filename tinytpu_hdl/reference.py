@@ -148,6 +148,7 @@ class ReferenceTPU:
             CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
             CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
             CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,
+            CSR.CONFIG: cfg.fingerprint(),
         }
         # Counters: (low word, high word), wrapped to the counter width.
         for lo, value in ((CSR.CYCLES_LO, self.cycles), (CSR.ARRAY_BUSY_LO, self.array_busy),

@@ -52,6 +52,7 @@ class CSR(IntEnum):
     ACC_DEPTH = 16
     IMEM_DEPTH = 17
     SEED = 18           # read/write: writing reseeds the stochastic-rounding generators
+    CONFIG = 19         # TPUConfig.fingerprint() of the configuration built
     REG_BASE = 32       # R0..R15, read/write (R0 reads 0)
     CFG_BASE = 48       # LEAK, LR, LOSS_SCALE, read/write
 
@@ -888,7 +889,7 @@ class ControlUnit(wiring.Component):
             CSR.INSTRUCTIONS_LO: issued[:32], CSR.INSTRUCTIONS_HI: issued[32:],
             CSR.INFO: info, CSR.UB_DEPTH: Const(cfg.ub_depth, 32),
             CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),
-            CSR.SEED: self.seed,
+            CSR.SEED: self.seed, CSR.CONFIG: Const(cfg.fingerprint(), 32),
         }
         # Reads are registered, like the memories': ``csr_addr`` in cycle t gives the value
         # on ``csr_rdata`` in cycle t + 1.

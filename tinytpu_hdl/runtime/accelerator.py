@@ -68,6 +68,12 @@ class Accelerator:
     failed run left). Use it as a context manager, or call :meth:`close`, to end the
     backend's simulation or connection.
 
+    The device's configuration registers are read before the first call's first transfer:
+    a device built from another
+    configuration than ``cfg`` (a board's bitstream of another ``variant``, Verilog
+    exported for another array) raises :class:`~tinytpu_hdl.runtime.driver.ConfigMismatch`
+    naming what differs.
+
     ``transport``: a transport of your own instead of a backend (e.g. the TPU's Verilog in
     your cocotb testbench: :class:`~tinytpu_hdl.runtime.cocotb_transport.CocotbTransport`).
 
@@ -102,6 +108,7 @@ class Accelerator:
             options = dict(options, waveform=waveform)
         self.transport = transport or _transport(self.cfg, backend, options)
         self.driver = HostDriver(self.transport)
+        self._config_checked = False
         self.stats = Stats(self.cfg.n)
         self.last_program = None
         self.last_plan = None
@@ -122,6 +129,12 @@ class Accelerator:
         return list(self._events)
 
     def _start_call(self):
+        # The device's configuration, read once, before the first call's first transfer
+        # (not in the constructor: a cocotb testbench builds the Accelerator outside the
+        # thread that may talk to the simulator).
+        if not self._config_checked:
+            self.driver.check_config()
+            self._config_checked = True
         if self._events is not None:
             self._events.clear()
 

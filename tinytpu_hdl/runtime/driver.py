@@ -31,7 +31,7 @@ from ..host_protocol import (
 )
 from ..isa import ErrorCode, decode, encode
 
-__all__ = ["HostDriver", "TPUError", "HostError", "RunStats"]
+__all__ = ["HostDriver", "TPUError", "HostError", "RunStats", "ConfigMismatch"]
 
 
 class HostError(RuntimeError):
@@ -41,6 +41,11 @@ class HostError(RuntimeError):
         self.command = Command(command)
         self.status = Status(status)
         super().__init__(f"{self.command.name} refused: {self.status.name}{detail}")
+
+
+class ConfigMismatch(RuntimeError):
+    """The device behind a transport was built from another :class:`TPUConfig` than the
+    host's (its ``INFO``, depth and ``CONFIG`` registers say so)."""
 
 
 class TPUError(RuntimeError):
@@ -141,6 +146,35 @@ class HostDriver:
                 raise ProtocolError(f"read of {n} items returned {rcount} ({len(data)} words)")
             items.extend(unpack_items(self.cfg, space, data))
         return items
+
+    def check_config(self):
+        """Raise :class:`ConfigMismatch` unless the device was built from this driver's
+        configuration: the fields its registers show (array size, data format, memory
+        depths) are named with both values; the others are compared through the
+        ``CONFIG`` register's fingerprint (:meth:`TPUConfig.fingerprint`)."""
+        cfg = self.cfg
+        info, ub, acc, imem, _seed, fingerprint = self.read(Space.CSR, CSR.INFO, 6)
+        device = {"n": info & 0xFF, "data width": (info >> 8) & 0xFF,
+                  "data fraction bits": (info >> 16) & 0xFF, "ub_depth": ub,
+                  "acc_depth": acc, "imem_depth": imem}
+        host = {"n": cfg.n, "data width": cfg.data.width, "data fraction bits": cfg.data.frac,
+                "ub_depth": cfg.ub_depth, "acc_depth": cfg.acc_depth,
+                "imem_depth": cfg.imem_depth}
+        differ = [f"{name} is {device[name]} on the device, {host[name]} here"
+                  for name in host if device[name] != host[name]]
+        if not differ and fingerprint == cfg.fingerprint():
+            return
+        if not differ:
+            differ = [f"its CONFIG register reads {fingerprint:#010x} (the fingerprint of "
+                      f"this configuration is {cfg.fingerprint():#010x}), so fields the "
+                      f"other registers do not show differ: the accumulator or scalar "
+                      f"format, ub_copy_depth, counter_width, unit_multipliers or a timing "
+                      f"option" + (" (or the device predates the CONFIG register)"
+                                   if fingerprint == 0 else "")]
+        raise ConfigMismatch(
+            f"the device was built from another TPUConfig than this host's {cfg}: "
+            f"{'; '.join(differ)}. Give the host the configuration of the device's build "
+            f"(a board's: get_board(name).variant(...) with the build's options)")
 
     def csr(self, address):
         return self.read(Space.CSR, address, 1)[0]
