@@ -53,7 +53,7 @@ def test_board_registry():
     assert board_names() == ["icebreaker", "ulx3s-85f"]
     with pytest.raises(ValueError, match="unknown board 'de1'.*icebreaker, ulx3s-85f"):
         get_board("de1")
-    assert get_board("ulx3s-85f").cfg.n == 8
+    assert get_board("ulx3s-85f").cfg.n == 10
     assert get_board("ulx3s-85f").with_n(4).cfg.n == 4
 
 
@@ -116,7 +116,7 @@ def test_board_variant_changes_the_configuration_clock_and_seed():
         12, "shared", 8192, 4096)
     assert (cfg.acc_depth, board.baud, board.clock_hz) == (
         get_board("ulx3s-85f").cfg.acc_depth, get_board("ulx3s-85f").baud, 62.5e6)
-    assert get_board("ulx3s-85f").cfg.n == 8 and "--seed" not in get_board("ulx3s-85f").nextpnr_opts
+    assert get_board("ulx3s-85f").cfg.n == 10 and "--seed" not in get_board("ulx3s-85f").nextpnr_opts
     _, top, plan = prepare_build(board.variant(n=1, ub_depth=1024, ub_copy_depth=512))
     assert top.clock_hz == 62.5e6
     assert re.search(r"NEXTPNR_ECP5.* --placer static --seed 3 .*--json tinytpu.json",

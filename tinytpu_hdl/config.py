@@ -84,7 +84,7 @@ class TPUConfig:
     stops the run with ``UB_RANGE``); the matmul engine's input rows, the vector unit's
     destination rows and the host may use every row. A copy of the rows that hold
     parameters and weights only is what lets a deep buffer overlap its units where two
-    whole copies would not fit (the ULX3S: 16,384 rows, 7,168 of them copied). Without
+    whole copies would not fit (the ULX3S: 12,288 rows, 7,168 of them copied). Without
     ``overlap_units`` the buffer is held once and every row is readable everywhere.
 
     ``unit_multipliers`` is where the vector and gradient-descent units multiply:
