@@ -5,7 +5,8 @@ A 10x10 array by default, clocked at 62.5 MHz (25 MHz x 5 / 2) by the ECP5's PLL
 the 25 MHz oscillator (6.25 GMAC/s peak), with the vector and gradient-descent units
 sharing one multiplier block per lane (``unit_multipliers="shared"``: 110 of the 156
 MULT18X18D). Its board build asked for 66.7 MHz met it at 66.74 MHz, no margin; 62.5
-MHz keeps 6 % below that (docs/benchmarks.md, "Board builds"). Why not larger: a 12x12
+MHz keeps 6 % below that, and the build at 62.5 MHz met it at 67.5 MHz
+(docs/benchmarks.md, "Board builds"). Why not larger: a 12x12
 takes every multiplier block of the device, and of its three place-and-route runs on a
 2-core machine one did not finish routing (the board build that routed reached 60.8
 MHz asked for 62.5). Arrays are padded to multiples of N: networks whose widths are
