@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TPUConfig
-from .gateware.control import CHECK_CYCLES, CSR, State
+from .gateware.control import CHECK_CYCLES, CSR, State, identity_registers
 from .gateware.gd_unit import GradientDescentUnit
 from .gateware.loader import WeightLoader, load_after_matmul, matmul_after_load
 from .gateware.matmul_engine import MatmulEngine
@@ -145,10 +145,7 @@ class ReferenceTPU:
             CSR.STATUS: status, CSR.ERROR_PC: self.error_pc, CSR.PC: self.pc,
             CSR.START_PC: self.start_pc,
             CSR.WATCHDOG_LO: self.watchdog, CSR.WATCHDOG_HI: self.watchdog >> 32,
-            CSR.INFO: cfg.n | (cfg.data.width << 8) | (cfg.data.frac << 16),
-            CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
-            CSR.IMEM_DEPTH: cfg.imem_depth, CSR.SEED: self.seed,
-            CSR.CONFIG: cfg.fingerprint(),
+            CSR.SEED: self.seed, **identity_registers(cfg),
         }
         # Counters: (low word, high word), wrapped to the counter width.
         for lo, value in ((CSR.CYCLES_LO, self.cycles), (CSR.ARRAY_BUSY_LO, self.array_busy),

@@ -20,7 +20,7 @@ from .memory import read_request
 from .signatures import valid_stream
 from .vector_unit import VectorCommandLayout
 
-__all__ = ["ControlUnit", "State", "CSR", "CHECK_CYCLES"]
+__all__ = ["ControlUnit", "State", "CSR", "CHECK_CYCLES", "INFO_FIELDS", "identity_registers"]
 
 
 class State(IntEnum):
@@ -55,6 +55,20 @@ class CSR(IntEnum):
     CONFIG = 19         # TPUConfig.fingerprint() of the configuration built
     REG_BASE = 32       # R0..R15, read/write (R0 reads 0)
     CFG_BASE = 48       # LEAK, LR, LOSS_SCALE, read/write
+
+
+#: The fields of the ``INFO`` register: (name, lowest bit, value of a configuration); 8 bits each.
+INFO_FIELDS = (("n", 0, lambda cfg: cfg.n), ("data width", 8, lambda cfg: cfg.data.width),
+               ("data fraction bits", 16, lambda cfg: cfg.data.frac))
+
+
+def identity_registers(cfg):
+    """The read-only registers that say what the device was built from, and their values
+    for ``cfg`` (the gateware's constants, the reference model's values, what the host
+    compares): ``INFO``, the memory depths and ``CONFIG``."""
+    return {CSR.INFO: sum((value(cfg) & 0xFF) << shift for _, shift, value in INFO_FIELDS),
+            CSR.UB_DEPTH: cfg.ub_depth, CSR.ACC_DEPTH: cfg.acc_depth,
+            CSR.IMEM_DEPTH: cfg.imem_depth, CSR.CONFIG: cfg.fingerprint()}
 
 
 class _Mode(IntEnum):
@@ -879,7 +893,6 @@ class ControlUnit(wiring.Component):
                 m.d.comb += state.eq(State.RUNNING)
         m.d.comb += self.state.eq(state)
         status = Cat(state, Const(0, 6), error_code, Const(0, 4), flag_array, flag_vpu, flag_gd)
-        info = Cat(Const(n, 8), Const(cfg.data.width, 8), Const(cfg.data.frac, 8))
         readable = {
             CSR.STATUS: status, CSR.ERROR_PC: error_pc, CSR.PC: pc, CSR.START_PC: start_pc,
             CSR.WATCHDOG_LO: watchdog[:32], CSR.WATCHDOG_HI: watchdog[32:],
@@ -887,9 +900,8 @@ class ControlUnit(wiring.Component):
             CSR.ARRAY_BUSY_LO: array_busy[:32], CSR.ARRAY_BUSY_HI: array_busy[32:],
             CSR.MACS_LO: macs[:32], CSR.MACS_HI: macs[32:],
             CSR.INSTRUCTIONS_LO: issued[:32], CSR.INSTRUCTIONS_HI: issued[32:],
-            CSR.INFO: info, CSR.UB_DEPTH: Const(cfg.ub_depth, 32),
-            CSR.ACC_DEPTH: Const(cfg.acc_depth, 32), CSR.IMEM_DEPTH: Const(cfg.imem_depth, 32),
-            CSR.SEED: self.seed, CSR.CONFIG: Const(cfg.fingerprint(), 32),
+            CSR.SEED: self.seed,
+            **{address: Const(value, 32) for address, value in identity_registers(cfg).items()},
         }
         # Reads are registered, like the memories': ``csr_addr`` in cycle t gives the value
         # on ``csr_rdata`` in cycle t + 1.

@@ -69,10 +69,9 @@ class Accelerator:
     backend's simulation or connection.
 
     The device's configuration registers are read before the first call's first transfer:
-    a device built from another
-    configuration than ``cfg`` (a board's bitstream of another ``variant``, Verilog
-    exported for another array) raises :class:`~tinytpu_hdl.runtime.driver.ConfigMismatch`
-    naming what differs.
+    a device built from another configuration than ``cfg`` (a board's bitstream of another
+    ``variant``, Verilog exported for another array) raises
+    :class:`~tinytpu_hdl.runtime.driver.ConfigMismatch` naming what differs.
 
     ``transport``: a transport of your own instead of a backend (e.g. the TPU's Verilog in
     your cocotb testbench: :class:`~tinytpu_hdl.runtime.cocotb_transport.CocotbTransport`).

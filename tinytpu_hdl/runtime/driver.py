@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..asm import Program, format_instruction
-from ..gateware.control import CSR, State
+from ..gateware.control import CSR, INFO_FIELDS, State, identity_registers
 from ..host_protocol import (
     Command, ProtocolError, Space, Status, header, item_words, pack_items, parse_header,
     space_depth, unpack_items,
@@ -153,20 +153,25 @@ class HostDriver:
         depths) are named with both values; the others are compared through the
         ``CONFIG`` register's fingerprint (:meth:`TPUConfig.fingerprint`)."""
         cfg = self.cfg
-        info, ub, acc, imem, _seed, fingerprint = self.read(Space.CSR, CSR.INFO, 6)
-        device = {"n": info & 0xFF, "data width": (info >> 8) & 0xFF,
-                  "data fraction bits": (info >> 16) & 0xFF, "ub_depth": ub,
-                  "acc_depth": acc, "imem_depth": imem}
-        host = {"n": cfg.n, "data width": cfg.data.width, "data fraction bits": cfg.data.frac,
-                "ub_depth": cfg.ub_depth, "acc_depth": cfg.acc_depth,
-                "imem_depth": cfg.imem_depth}
-        differ = [f"{name} is {device[name]} on the device, {host[name]} here"
-                  for name in host if device[name] != host[name]]
-        if not differ and fingerprint == cfg.fingerprint():
+        expected = identity_registers(cfg)
+        first = min(expected)
+        words = self.read(Space.CSR, first, max(expected) - first + 1)
+        device = {address: words[address - first] for address in expected}
+        if device == expected:
             return
+
+        def named(values):
+            """(name, value) of the fields the registers show, INFO's taken apart."""
+            return ([(name, (values[CSR.INFO] >> shift) & 0xFF) for name, shift, _ in INFO_FIELDS]
+                    + [(address.name.lower(), values[address])
+                       for address in (CSR.UB_DEPTH, CSR.ACC_DEPTH, CSR.IMEM_DEPTH)])
+        differ = [f"{name} is {value} on the device, {ours} here"
+                  for (name, value), (_, ours) in zip(named(device), named(expected))
+                  if value != ours]
+        fingerprint = device[CSR.CONFIG]
         if not differ:
             differ = [f"its CONFIG register reads {fingerprint:#010x} (the fingerprint of "
-                      f"this configuration is {cfg.fingerprint():#010x}), so fields the "
+                      f"this configuration is {expected[CSR.CONFIG]:#010x}), so fields the "
                       f"other registers do not show differ: the accumulator or scalar "
                       f"format, ub_copy_depth, counter_width, unit_multipliers or a timing "
                       f"option" + (" (or the device predates the CONFIG register)"
