@@ -307,9 +307,12 @@ def test_control_overlaps_units_only_where_nothing_conflicts(part):
     past the first of the rows the pass reads while it still reads them. The ranges here
     are taken from the commands (independently of the control unit's registers). And
     (``passes``) a VPU or GD chases a MATMUL whose rows have not all streamed only if it
-    writes none of them. With ``wrong`` the spec demands that a MATMUL never issues beside
-    a busy unit: that must fail (the overlap happens). (Two proofs of the two parts:
-    together they take the solver several times longer.)"""
+    writes none of them; a VPU issues while the vector unit is busy (``chain_passes``) only
+    if the unit is ``chain_ready``, the VPU is not transposed, reads no aux or bias row
+    that a pass in flight writes (the passes' rows then the hull of theirs), and, with a
+    bias row, no aux row is left to read. With ``wrong`` the spec demands that a MATMUL
+    never issues beside a busy unit: that must fail (the overlap happens). (Two proofs
+    of the two parts: together they take the solver several times longer.)"""
     wrong = part == "wrong"
     cfg = TPUConfig(n=2, data=FixedFormat(4, 2), ub_depth=16, acc_depth=8, imem_depth=8,
                     overlap_units=True)
@@ -317,7 +320,7 @@ def test_control_overlaps_units_only_where_nothing_conflicts(part):
     drive_anyseq(m, cu.load_ready, cu.matmul_ready, cu.load_busy, cu.matmul_busy,
                  cu.vpu_busy, cu.gd_busy, cu.start, cu.clear, cu.row_fed, cu.array_overflow,
                  cu.vpu_overflow, cu.gd_overflow, cu.csr_addr, cu.csr_wdata, cu.csr_we,
-                 cu.unit_reading, cu.unit_r1_pending)
+                 cu.unit_reading, cu.unit_r1_pending, cu.vpu_chain_ready)
     m.d.comb += [cu.stop.eq(0), cu.host_conflict.eq(0)]
     lo, hi, acc_lo, acc_hi = (Signal(24, name=name) for name in ("lo", "hi", "acc_lo", "acc_hi"))
     reads_r1 = Signal()
@@ -326,9 +329,15 @@ def test_control_overlaps_units_only_where_nothing_conflicts(part):
     # A transposed VPU at n = 2 writes rows up to (rows - 1) // 2 + stride past dst.
     vpu_last = Mux(vpu.transpose, ((vpu.rows - 1) >> 1) + vpu.stride,
                    (vpu.rows - 1) * vpu.stride)
+    vpu_hi = vpu.dst + vpu_last
     with m.If(cu.vpu_cmd.valid):
-        m.d.sync += [lo.eq(vpu.dst), hi.eq(vpu.dst + vpu_last), reads_r1.eq(aux),
-                     acc_lo.eq(vpu.src), acc_hi.eq(vpu.src + vpu.rows - 1)]
+        m.d.sync += [acc_lo.eq(vpu.src), acc_hi.eq(vpu.src + vpu.rows - 1)]
+        with m.If(cu.vpu_busy):
+            # Behind a pass in flight: the rows of both.
+            m.d.sync += [lo.eq(Mux(vpu.dst < lo, vpu.dst, lo)),
+                         hi.eq(Mux(vpu_hi > hi, vpu_hi, hi)), reads_r1.eq(reads_r1 | aux)]
+        with m.Else():
+            m.d.sync += [lo.eq(vpu.dst), hi.eq(vpu_hi), reads_r1.eq(aux)]
     with m.If(cu.gd_cmd.valid):
         m.d.sync += [lo.eq(gd.param), hi.eq(gd.param + gd.rows - 1), reads_r1.eq(1),
                      acc_lo.eq(gd.src), acc_hi.eq(gd.src + gd.rows - 1)]
@@ -365,10 +374,17 @@ def test_control_overlaps_units_only_where_nothing_conflicts(part):
         m.d.sync += since.eq(since + 1)
     checks = ((cu.vpu_cmd, vpu.dst, vpu.dst + vpu_last),
               (cu.gd_cmd, gd.param, gd.param + gd.rows - 1)) if part == "passes" else ()
+    bias = (vpu.pathway & Pathway.BIAS) != 0
+    aux_last = vpu.aux + (vpu.rows - 1) * vpu.stride
+    may_chain = (cu.vpu_chain_ready & ~vpu.transpose &
+                 ~(aux & ~((aux_last < lo) | (hi < vpu.aux))) &
+                 ~(bias & (lo <= vpu.bias) & (vpu.bias <= hi)) &
+                 ~(bias & reads_r1 & cu.unit_r1_pending))
     for cmd, first, last in checks:
         with m.If(cmd.valid):
+            unit_ok = ~cu.vpu_busy | may_chain if cmd is cu.vpu_cmd else ~cu.vpu_busy
             m.d.comb += [
-                Assert(~cu.load_busy & ~cu.vpu_busy & ~cu.gd_busy),
+                Assert(~cu.load_busy & unit_ok & ~cu.gd_busy),
                 Assert(~cu.matmul_busy | ((since >= delay) &
                                           ((cmd.payload.src <= last_dst) |
                                            (cmd.payload.src > last_dst_end)))),

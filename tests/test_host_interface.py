@@ -76,7 +76,7 @@ def test_write_then_read_every_space(transport):
         b"ub_depth=16;acc_depth=8;imem_depth=16;"
         b"counter_width=64;isolated_multipliers=True;chase_matmul=True;"
         b"registered_requests=True;registered_weight_rows=True;overlap_units=True;"
-        b"unit_multipliers='blocks';ub_copy_depth=None")
+        b"unit_multipliers='blocks';ub_copy_depth=None;chain_passes=None")
     d.check_config()
 
 

@@ -87,6 +87,17 @@ class TPUConfig:
     whole copies would not fit (the ULX3S: 12,288 rows, 7,168 of them copied). Without
     ``overlap_units`` the buffer is held once and every row is readable everywhere.
 
+    ``chain_passes`` lets a ``vpu`` issue while the pass before it is still in the vector
+    unit's pipeline, once that pass has read its last accumulator row (a cycle later
+    without ``registered_requests``; after a transposed pass, once the next pass's rows
+    would reach the transposer after it is done), unless the new pass writes its output
+    transposed or reads (aux or bias) a row that a pass in flight writes: the passes'
+    rows then follow each other through the stages, each row carrying its pathway and
+    its buffer addresses (:class:`~tinytpu_hdl.gateware.vector_unit.VectorUnit`). By
+    default (``None``) on where ``overlap_units`` is and the units' multipliers are their
+    own (not ``"shared"``); off the vector unit takes one pass at a time, as on the
+    iCEBreaker, whose logic cells it would not fit.
+
     ``unit_multipliers`` is where the vector and gradient-descent units multiply:
     ``"blocks"`` (default) in the FPGA's multiplier blocks, ``"logic"`` in adders and
     carry chains (:class:`~tinytpu_hdl.gateware.multiplier.PipelinedMultiplier`'s logic
@@ -116,6 +127,16 @@ class TPUConfig:
     overlap_units: bool = None
     unit_multipliers: str = "blocks"
     ub_copy_depth: int = None
+    chain_passes: bool = None
+
+    @property
+    def chains_passes(self):
+        """Whether a ``vpu`` may follow the one before it through the vector unit's
+        pipeline (``chain_passes``, by default where ``overlap_units`` is on and the units
+        have multipliers of their own)."""
+        if self.chain_passes is None:
+            return self.overlap_units and self.unit_multipliers != "shared"
+        return self.chain_passes
 
     @property
     def ub_loadable_rows(self):
@@ -182,6 +203,17 @@ class TPUConfig:
         if self.unit_multipliers not in UNIT_MULTIPLIERS:
             raise ValueError(f"unit_multipliers must be 'blocks', 'logic' or 'shared', not "
                              f"{self.unit_multipliers!r}")
+        if self.chain_passes is not None:
+            if not isinstance(self.chain_passes, bool):
+                raise TypeError(f"chain_passes must be a bool or None, not "
+                                f"{self.chain_passes!r}")
+            if self.chain_passes and not self.overlap_units:
+                raise ValueError("chain_passes=True needs overlap_units (the control unit "
+                                 "tracks the rows the passes in flight write)")
+            if self.chain_passes and self.unit_multipliers == "shared":
+                raise ValueError("chain_passes=True needs unit_multipliers 'blocks' or "
+                                 "'logic', not 'shared' (passes with other row intervals "
+                                 "would meet in the shared multipliers)")
         if not isinstance(self.acc, FixedFormat):
             raise TypeError(f"Accumulator format must be a FixedFormat, not {self.acc!r}")
         check_accumulator(self.data, self.acc)

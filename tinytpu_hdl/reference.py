@@ -252,6 +252,11 @@ class ReferenceTPU:
         overlap = cfg.overlap_units
         unit_idle, unit_r1, unit_r1_done, unit_lo, unit_hi = 0, False, 0, 0, -1
         uacc_lo, uacc_hi, uacc_done = 0, -1, 0
+        # With chained passes (``cfg.chains_passes``): the cycle from which a VPU may
+        # follow the last one through the vector unit.
+        chains = cfg.chains_passes
+        vpu_chain = 0
+        chain_after = VectorUnit.chain_after
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
         # (Opcodes compared by identity: decode gives the Op members themselves, and an
@@ -340,7 +345,26 @@ class ReferenceTPU:
                     lo, hi = operands["written"]
                     if not (lo <= mm_hi and mm_src <= hi):
                         streamed = 0
-                ready = max(load_idle, vpu_idle, gd_idle, streamed, drained)
+                vpu_wait = vpu_idle
+                if op is VPU and chains:
+                    # Behind the pass in flight, unless this one is transposed (the
+                    # transposer serves one pass at a time) or reads an aux or bias row
+                    # that a pass in flight writes (unit_lo .. unit_hi).
+                    flags = ins.flags
+                    aux, bias = operands["aux"], operands["bias"]
+                    conflict = (
+                        flags & FLAG_TRANSPOSE_OUT or
+                        (flags & (Pathway.LOSS | Pathway.DERIV) and aux <= unit_hi and
+                         unit_lo <= aux + (rows - 1) * ins.stride) or
+                        (flags & Pathway.BIAS and unit_lo <= bias <= unit_hi))
+                    if not conflict:
+                        # (A bias row is read in the cycle after the issue, through the
+                        # port of the aux rows: after the last of those in flight.)
+                        chain = vpu_chain
+                        if flags & Pathway.BIAS and unit_r1:
+                            chain = max(chain, unit_r1_done)
+                        vpu_wait = min(vpu_idle, chain)
+                ready = max(load_idle, vpu_wait, gd_idle, streamed, drained)
             elif op in WAIT_ALL:
                 ready = max(load_idle, matmul_idle, vpu_idle, gd_idle)
             elif op is CFG:
@@ -398,15 +422,23 @@ class ReferenceTPU:
                 if rec is not None:
                     rec.append((VECTOR, ins, operands))
                 pathway = ins.flags & 0xF
-                vpu_idle = c + VPU_IDLE(cfg, rows, bool(ins.flags & FLAG_TRANSPOSE_OUT),
-                                        pathway)
+                transposed = bool(ins.flags & FLAG_TRANSPOSE_OUT)
+                r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
+                lo, hi = operands["written"]
+                if chains and c < vpu_idle:
+                    # Behind a pass in flight: the rows written and the aux reads are
+                    # those of every pass in flight.
+                    r1 = r1 or unit_r1
+                    lo, hi = min(lo, unit_lo), max(hi, unit_hi)
+                vpu_idle = c + VPU_IDLE(cfg, rows, transposed, pathway)
+                vpu_chain = c + chain_after(cfg, rows, transposed)
                 unit_idle = vpu_idle
-                unit_r1 = bool(ins.flags & (Pathway.LOSS | Pathway.DERIV))
+                unit_r1 = r1
                 # Aux row i is read in cycle c + A + i * P (accumulator row i in cycle
                 # c + 1 + i * P; the spread is (rows - 1) * (P - 1)).
                 spread = VectorUnit.spread(cfg, rows, pathway)
                 unit_r1_done = c + VectorUnit.aux_delay(cfg) + rows - 1 + spread
-                unit_lo, unit_hi = operands["written"]
+                unit_lo, unit_hi = lo, hi
                 uacc_lo, uacc_hi = operands["src"], operands["src"] + rows - 1
                 uacc_done = c + rows + 1 + spread
             elif op is GD:

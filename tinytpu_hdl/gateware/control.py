@@ -200,7 +200,12 @@ class ControlUnit(wiring.Component):
               ``MatmulEngine.chase_after`` cycles since the last MATMUL issued and the
               source row at or below that MATMUL's destination row; with
               ``cfg.overlap_units`` also a source row past the MATMUL's last, and the
-              rows need not have streamed unless the pass writes one of them
+              rows need not have streamed unless the pass writes one of them;
+              with ``cfg.chains_passes`` a VPU also with the vector unit busy, if it
+              is ``chain_ready`` (:meth:`.VectorUnit.chain_after`) and the VPU is not
+              transposed, reads no aux or bias row in the rows the passes in flight
+              write (``u_lo .. u_hi``, their hull), and, with a bias row, no aux row is
+              still to be read (it would meet the bias read on port r1)
     CFG       vector and gradient units idle
     SYNC      every engine idle (HALT likewise)
     others    none
@@ -229,6 +234,9 @@ class ControlUnit(wiring.Component):
             # (With ``cfg.overlap_units``: a unit still reads accumulator rows.)
             **({"unit_reading": In(1), "unit_r1_pending": In(1)}
                if cfg.overlap_units else {}),
+            # (With ``cfg.chains_passes``: the vector unit would take a pass now behind the
+            # one in flight.)
+            **({"vpu_chain_ready": In(1)} if cfg.chains_passes else {}),
             "row_fed": In(1),
             "array_overflow": In(1), "vpu_overflow": In(1), "gd_overflow": In(1),
             "leak": Out(cfg.scalar.shape), "lr": Out(cfg.scalar.shape),
@@ -686,12 +694,27 @@ class ControlUnit(wiring.Component):
         # and are registered like the checks.
         load_units_ok = units_idle
         matmul_units_ok = units_idle
+        vpu_chain_ok = Const(0)
         if cfg.overlap_units:
+            # (With chained passes, a VPU issued while the vector unit is busy extends
+            # ``u_lo .. u_hi`` to the hull of its rows and those of the passes in flight,
+            # and ``u_r1`` holds while any of them reads aux rows.)
+            chaining = self.vpu_busy if cfg.chains_passes else Const(0)
+            vpu_hi = (e_q[1] + vpu_span)[:17]
+            if cfg.chains_passes:
+                # The pass's last written row, registered in its second check cycle.
+                vpu_hi_q = Signal(17)
+                m.d.sync += vpu_hi_q.eq(vpu_hi)
+                vpu_hi = vpu_hi_q
             with m.If(self.vpu_cmd.valid | self.gd_cmd.valid):
-                m.d.sync += [u_lo.eq(e_q[1]), ua_lo.eq(e_q[0]),
-                             ua_hi.eq((e_q[0] + d_count - 1)[:17])]
+                m.d.sync += [ua_lo.eq(e_q[0]), ua_hi.eq((e_q[0] + d_count - 1)[:17])]
+            with m.If(self.gd_cmd.valid | (self.vpu_cmd.valid &
+                                           ~(chaining & (u_lo < e_q[1])))):
+                m.d.sync += u_lo.eq(e_q[1])
             with m.If(self.vpu_cmd.valid):
-                m.d.sync += [u_hi.eq((e_q[1] + vpu_span)[:17]), u_r1.eq(d_vpu_aux)]
+                m.d.sync += u_r1.eq(d_vpu_aux | (chaining & u_r1))
+                with m.If(~(chaining & (u_hi > vpu_hi))):
+                    m.d.sync += u_hi.eq(vpu_hi)
             with m.If(self.gd_cmd.valid):
                 m.d.sync += [u_hi.eq((e_q[1] + d_count - 1)[:17]), u_r1.eq(1)]
 
@@ -733,6 +756,22 @@ class ControlUnit(wiring.Component):
             m.d.sync += stream_conflict_q.eq((is_vpu & vpu_writes_streamed) |
                                              (is_gd & gd_writes_streamed))
             streamed = self.matmul_ready | ~stream_conflict_q
+            if cfg.chains_passes:
+                # A VPU may follow the pass in flight (``chain_ready``) unless it writes
+                # its output transposed (the transposer serves one pass at a time) or reads
+                # an aux or bias row in ``u_lo .. u_hi`` (the rows the passes in flight
+                # write): compared in its second check cycle, registered.
+                chain_conflict_q = Signal()
+                aux_in_flight = (d_vpu_aux & ~below([ec, vpu_span], [u_lo]) &
+                                 ~below([u_hi], [ec]))
+                bias_in_flight = d_vpu_bias & ~below([ed], [u_lo]) & ~below([u_hi], [ed])
+                m.d.sync += chain_conflict_q.eq(aux_in_flight | bias_in_flight | d_flags[4])
+                # Nor may its bias row's read (in the cycle after it issues, through port
+                # r1) meet an aux row's read of a pass in flight: with a bias row it waits
+                # until they have none to read after this cycle.
+                vpu_chain_ok = (is_vpu & self.vpu_chain_ready & ~self.gd_busy &
+                                ~chain_conflict_q &
+                                ~(d_vpu_bias & u_r1 & self.unit_r1_pending))
         else:
             streamed = self.matmul_ready
         # LOADW and MATMUL wait for their engine and the vector and gradient-descent units;
@@ -747,7 +786,7 @@ class ControlUnit(wiring.Component):
         m.d.comb += can_issue.eq(
             (is_loadw & self.load_ready & load_free & load_units_ok) |
             (is_matmul & self.matmul_ready & switch_free & matmul_units_ok) |
-            (d_chases & ~self.load_busy & units_idle & streamed & drained) |
+            (d_chases & ~self.load_busy & (units_idle | vpu_chain_ok) & streamed & drained) |
             (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
 
         # --- command payloads (valid only in the issue cycle) ----------------------------

@@ -146,6 +146,8 @@ class TPU(wiring.Component):
         if cfg.overlap_units:
             m.d.comb += [control.unit_reading.eq(vector.reading | gd.reading),
                          control.unit_r1_pending.eq(vector.aux_pending | gd.param_pending)]
+            if cfg.chains_passes:
+                m.d.comb += control.vpu_chain_ready.eq(vector.chain_ready)
             # r0 streams into the array only; the loader and the units read through r1.
             share_read(m, ub.r0, [matmul.ub, host.ub_rd])
             share_read(m, ub.r1, [loader.ub, vector.ub_bias, vector.ub_aux, gd.ub_rd])

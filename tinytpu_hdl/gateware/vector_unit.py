@@ -90,6 +90,19 @@ class VectorUnit(wiring.Component):
     ``busy`` is low from cycle ``c+L+(T+1)*n`` on (:meth:`idle_after`). With one lane
     there is no transposer: tile ``t`` is output row ``t``, written as without
     ``transpose`` (to ``dst + t``, in cycle ``c+L+t``).
+    With chained passes (``cfg.chains_passes``) a command may also be accepted while the
+    pass before it is in the stages, from the cycle ``chain_ready`` rises
+    (:meth:`chain_after`: the cycle of that pass's last accumulator read, ``c+rows``, a
+    cycle later without ``cfg.registered_requests``; ``c+(T+1)*n`` after a transposed
+    pass). The new pass's rows follow the old one's, each row carrying its pathway and
+    addresses, and every timing above holds for each pass from its own acceptance; the
+    control unit accepts no transposed pass behind another, and keeps a pass that reads
+    rows a pass in flight writes, or a bias row while aux rows are read, until it may::
+
+        cycle     c_A+1 ... c_A+rows   c_B+1 ...            c_A+L ... c_A+L+rows-1   c_B+L ...
+        acc read  pass A rows          pass B rows  (c_B = c_A + rows, the earliest)
+        write                                               pass A rows              pass B rows
+
     The rows go through :meth:`stages` registers: the memories' outputs, narrowing,
     bias, and for each of the three multiplies a product stage and a
     rounding/saturating stage (the loss also has a difference stage), so that no
@@ -164,6 +177,20 @@ class VectorUnit(wiring.Component):
         return (7 if cfg.isolated_multipliers else 5) - (1 if cfg.registered_requests else 0)
 
     @staticmethod
+    def chain_after(cfg, rows, transpose=False):
+        """With ``cfg.chains_passes``: cycles from a command's acceptance to the first in
+        which ``chain_ready`` is high, so that the next (not transposed) command may be
+        accepted while its rows are in the stages: the cycle of its last accumulator read
+        (the next pass's bias row then reaches the bias register after this pass's last
+        row has left the bias stage), a cycle later without ``cfg.registered_requests``;
+        after a transposed command (``n > 1``) ``(T + 1) * n`` cycles, so that the next
+        pass's first row reaches the last stage in the cycle after the transposer's last
+        shift (``T = ceil(rows / n)`` tiles)."""
+        if transpose and cfg.n > 1:
+            return (-(-rows // cfg.n) + 1) * cfg.n
+        return rows + (0 if cfg.registered_requests else 1)
+
+    @staticmethod
     def idle_after(cfg, rows, transpose=False, pathway=0):
         """Cycles from a command's acceptance to the first in which ``busy`` is low."""
         if transpose and cfg.n > 1:
@@ -196,6 +223,9 @@ class VectorUnit(wiring.Component):
             # (With ``cfg.overlap_units``: accumulator rows are still to be read; aux rows
             # are still to be read in a later cycle.)
             **({"reading": Out(1), "aux_pending": Out(1)} if cfg.overlap_units else {}),
+            # (With ``cfg.chains_passes``: a command accepted now would follow the pass in
+            # flight, see :meth:`chain_after`.)
+            **({"chain_ready": Out(1)} if cfg.chains_passes else {}),
             # (With ``cfg.registered_requests``: ``ub_wr.en`` will be high next cycle, from
             # registers.)
             **({"writes_next": Out(1)} if cfg.registered_requests else {}),
@@ -221,10 +251,22 @@ class VectorUnit(wiring.Component):
         bias = Signal(row)
 
         use_bias = pathway[Pathway.BIAS.bit_length() - 1]
-        use_act = pathway[Pathway.ACT.bit_length() - 1]
-        use_loss = pathway[Pathway.LOSS.bit_length() - 1]
-        use_deriv = pathway[Pathway.DERIV.bit_length() - 1]
-        use_aux = use_loss | use_deriv
+        # With chained passes (``cfg.chains_passes``) a command may be accepted while the
+        # rows of the one before are in the stages: each row then carries its pathway
+        # (``pw``), its output row's address (``wa``, from ``wptr``) and, up to the stage
+        # that reads it, its aux row's address (``aa``, from ``aux``), both pointers
+        # advancing as the row is read; the pass's registers serve its bias read (before
+        # its first row's bias stage, after the last row of the pass before has left it)
+        # and its transposer.
+        chained = cfg.chains_passes
+        wptr = Signal.like(dst, name="wptr")
+        tr_stride = Signal.like(stride, name="tr_stride") if chained else stride
+
+        def use(stage, bit):
+            """Whether the row in ``stage`` (a stage's dict, below) takes pathway ``bit``."""
+            if chained:
+                return stage["pw"][bit.bit_length() - 1]
+            return pathway[bit.bit_length() - 1]
 
         # ``active`` (rows left to read: ``remaining != 0``) and ``busy`` are registers,
         # their next values selected by ``cmd.valid`` (the control unit's issue decision,
@@ -258,6 +300,36 @@ class VectorUnit(wiring.Component):
         with m.If(read):
             m.d.comb += [self.acc_rd.addr.eq(src), self.acc_rd.en.eq(1)]
             m.d.sync += [remaining.eq(remaining - 1), src.eq(src + 1), first.eq(0)]
+            if chained:
+                m.d.sync += [aux.eq(aux + stride),
+                             wptr.eq(wptr + (Mux(transpose, 1, stride) if n == 1 else stride))]
+        if chained:
+            # ``chain_ready`` (a register, loaded with its next value, see chain_after): at
+            # most one row left to read (no row left without registered requests, whose
+            # bias row reaches the bias register a cycle sooner); for a transposed pass
+            # (``n > 1``), ``tail`` cycles after its last read, so that the next pass's
+            # first row reaches the last stage after the transposer's last shift:
+            # ``2 n - 1 - phase`` cycles, ``phase`` = the last row's index modulo ``n``.
+            chain_ready = Signal()
+            if cfg.registered_requests:
+                next_last = Mux(self.cmd.valid, self.cmd.payload.rows <= 1,
+                                Mux(read, remaining <= 2, remaining <= 1))
+            else:
+                next_last = ~next_active
+            if n > 1:
+                phase = Signal(range(n))
+                tail = Signal(range(2 * n - 1))
+                with m.If(self.cmd.valid):
+                    m.d.sync += phase.eq(0)
+                with m.Elif(read):
+                    m.d.sync += phase.eq(Mux(phase == n - 1, 0, phase + 1))
+                next_tail = Mux(read & (remaining == 1) & transpose, 2 * n - 2 - phase,
+                                Mux(tail != 0, tail - 1, 0))
+                m.d.sync += tail.eq(next_tail)
+                next_transpose = Mux(self.cmd.valid, self.cmd.payload.transpose, transpose)
+                next_last = Mux(next_transpose, ~next_active & (next_tail == 0), next_last)
+            m.d.sync += chain_ready.eq(next_last)
+            m.d.comb += self.chain_ready.eq(chain_ready)
         # With ``cfg.registered_requests``, the bias read request (``active & first &
         # use_bias``, in the cycle of the first row's accumulator read) and its gated address
         # are registers loaded with their next values, so that the unified buffer's port
@@ -299,13 +371,21 @@ class VectorUnit(wiring.Component):
                 remaining.eq(self.cmd.payload.rows),
                 src.eq(self.cmd.payload.src),
                 aux.eq(self.cmd.payload.aux),
-                dst.eq(self.cmd.payload.dst),
                 stride.eq(self.cmd.payload.stride),
                 pathway.eq(self.cmd.payload.pathway),
                 transpose.eq(self.cmd.payload.transpose),
                 first.eq(1),
                 bias_addr.eq(self.cmd.payload.bias),
             ]
+            if chained:
+                # (The transposer's pointer only for a transposed pass: a pass that
+                # follows one runs no transposer.)
+                m.d.sync += wptr.eq(self.cmd.payload.dst)
+                with m.If(self.cmd.payload.transpose):
+                    m.d.sync += [dst.eq(self.cmd.payload.dst),
+                                 tr_stride.eq(self.cmd.payload.stride)]
+            else:
+                m.d.sync += dst.eq(self.cmd.payload.dst)
 
         # The pipeline: every stage registers the row's validity and overflow flags (one
         # per lane, ORed only at the write, so that no OR across the lanes follows a
@@ -358,6 +438,11 @@ class VectorUnit(wiring.Component):
                 elif key in carried and key in prev and key not in drop:
                     nxt[key] = Signal(layout, name=f"{name}_{key}")
                     m.d.sync += nxt[key].eq(prev[key])
+            for key in ("pw", "wa", "aa", "tp"):
+                # (A row's own context, with chained passes.)
+                if key in prev and key not in drop:
+                    nxt[key] = Signal.like(prev[key], name=f"{name}_{key}")
+                    m.d.sync += nxt[key].eq(prev[key])
             prev_ovf = prev.get("o", Const(0, n))
             for lane in range(n):
                 lane_ovf = ovf(lane) & prev["valid"] if ovf is not None else Const(0, 1)
@@ -372,13 +457,21 @@ class VectorUnit(wiring.Component):
                      raw_acc.eq(self.acc_rd.data)]
         valids += [raw_valid, mem_valid]
         s = {"valid": mem_valid}
+        # ``(stage_dicts + chain)[j]``: the dict of the stage whose validity is ``valids[j]``.
+        stage_dicts = [{"valid": raw_valid}, s]
+        if chained:
+            for key, value in (("pw", pathway), ("wa", wptr), ("aa", aux), ("tp", transpose)):
+                raw, mem = (Signal.like(value, name=f"{stage}_{key}") for stage in ("raw", "mem"))
+                m.d.sync += [raw.eq(value), mem.eq(raw)]
+                stage_dicts[0][key], s[key] = raw, mem
 
         narrowed = [hdl_narrow(raw_acc[lane], cfg.acc, fmt) for lane in range(n)]
         s = step(s, "narrow", x=lambda l: narrowed[l][0], ovf=lambda l: narrowed[l][1])
 
         biased = [hdl_add_sat(s["x"][l], bias[l], fmt) for l in range(n)]
-        s = step(s, "bias", x=lambda l: Mux(use_bias, biased[l][0], s["x"][l]),
-                 ovf=lambda l: use_bias & biased[l][1])
+        row_bias = use(s, Pathway.BIAS)
+        s = step(s, "bias", x=lambda l: Mux(row_bias, biased[l][0], s["x"][l]),
+                 ovf=lambda l: row_bias & biased[l][1])
 
         # On FPGAs whose multiplier blocks have registers (ECP5), each multiply is a
         # pipelined multiplier. Without isolation it is fed with what the stage before
@@ -438,7 +531,7 @@ class VectorUnit(wiring.Component):
             return s
 
         # Leaky ReLU: h = x if x >= 0 else leak * x.
-        s = multiply(s, "act_mul", "x", self.leak, use_act)
+        s = multiply(s, "act_mul", "x", self.leak, use(s, Pathway.ACT))
         # The aux row is read in the cycle in which the row is two stages before the act
         # stage and registered, so that it joins the row there instead of being carried
         # through the stages before. With ``cfg.registered_requests`` it is read a stage
@@ -446,9 +539,10 @@ class VectorUnit(wiring.Component):
         # or here, then beside the lanes).
         aux_stage = chain[-3] if cfg.registered_requests else chain[-2]
         leaky = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
-        neg = [use_act & (s["x"][l] < 0) for l in range(n)]
+        row_act = use(s, Pathway.ACT)
+        neg = [row_act & (s["x"][l] < 0) for l in range(n)]
         s = step(s, "act", x=lambda l: Mux(neg[l], leaky[l][0], s["x"][l]),
-                 ovf=lambda l: neg[l] & leaky[l][1])
+                 ovf=lambda l: neg[l] & leaky[l][1], drop=("aa",))
 
         if cfg.overlap_units:
             # Whether a row will reach the aux stage after this cycle: a row left to read
@@ -469,19 +563,25 @@ class VectorUnit(wiring.Component):
             # pathway and the aux pointer are this pass's whenever a row is there).
             k = next(i for i, v in enumerate(valids) if v is aux_stage["valid"])
             assert k >= 1
-            aux_read_next = valids[k - 1] & use_aux
+            before = (stage_dicts + chain)[k - 1]
+            assert before["valid"] is valids[k - 1]
+            aux_read_next = valids[k - 1] & (use(before, Pathway.LOSS) |
+                                             use(before, Pathway.DERIV))
             aux_read = Signal(name="aux_read")
             aux_req_addr = Signal.like(aux)
+            next_addr = before["aa"] if chained else Mux(aux_read, aux + stride, aux)
             m.d.sync += [aux_read.eq(aux_read_next),
-                         aux_req_addr.eq(Mux(aux_read_next,
-                                             Mux(aux_read, aux + stride, aux), 0))]
+                         aux_req_addr.eq(Mux(aux_read_next, next_addr, 0))]
             m.d.comb += [self.ub_aux.addr.eq(aux_req_addr), self.ub_aux.en.eq(aux_read)]
         else:
-            aux_read = aux_stage["valid"] & use_aux
-            m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux, 0)),
+            aux_read = aux_stage["valid"] & (use(aux_stage, Pathway.LOSS) |
+                                             use(aux_stage, Pathway.DERIV))
+            m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux_stage["aa"] if chained else aux,
+                                                 0)),
                          self.ub_aux.en.eq(aux_read)]
-        with m.If(aux_read):
-            m.d.sync += aux.eq(aux + stride)
+        if not chained:
+            with m.If(aux_read):
+                m.d.sync += aux.eq(aux + stride)
         if cfg.registered_requests:
             aux_row = UnifiedBuffer.registered_row(m, cfg, self.ub_aux.data, "aux_row")
             aux_arrived = Signal()
@@ -497,22 +597,27 @@ class VectorUnit(wiring.Component):
 
         # MSE derivative: v = loss_scale * (h - y); h is kept for the derivative.
         diffs = [hdl_add_sat(s["x"][l], -s["y"][l], fmt) for l in range(n)]
+        row_loss = use(s, Pathway.LOSS)
         s = step(s, "loss_diff", d=lambda l: diffs[l][0], h=lambda l: s["x"][l],
-                 ovf=lambda l: use_loss & diffs[l][1])
-        s = multiply(s, "loss_mul", "d", self.loss_scale, use_loss)
+                 ovf=lambda l: row_loss & diffs[l][1])
+        s = multiply(s, "loss_mul", "d", self.loss_scale, use(s, Pathway.LOSS))
         scaled = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
-        s = step(s, "loss", x=lambda l: Mux(use_loss, scaled[l][0], s["x"][l]),
-                 ovf=lambda l: use_loss & scaled[l][1])
+        row_loss = use(s, Pathway.LOSS)
+        s = step(s, "loss", x=lambda l: Mux(row_loss, scaled[l][0], s["x"][l]),
+                 ovf=lambda l: row_loss & scaled[l][1])
 
         # Leaky-ReLU derivative: v if r > 0 else leak * v, r = h if LOSS else the aux row.
         # Whether r > 0 is decided where the multiply starts and carried as one bit per
         # lane (``r``), so that no comparison precedes the multiplexer after the product's
         # rounding.
         s = pad(s, "loss_pad", after_loss)
-        positive = [Mux(use_loss, s["h"][l], s["y"][l]) > 0 for l in range(n)]
-        s = multiply(s, "deriv_mul", "x", self.leak, use_deriv, r=lambda l: positive[l])
+        row_loss = use(s, Pathway.LOSS)
+        positive = [Mux(row_loss, s["h"][l], s["y"][l]) > 0 for l in range(n)]
+        s = multiply(s, "deriv_mul", "x", self.leak, use(s, Pathway.DERIV),
+                     r=lambda l: positive[l])
         deriv = [hdl_narrow(s["p"][l], prod_fmt, fmt) for l in range(n)]
-        scale = [use_deriv & ~s["r"][l] for l in range(n)]
+        row_deriv = use(s, Pathway.DERIV)
+        scale = [row_deriv & ~s["r"][l] for l in range(n)]
         s = step(s, "deriv", x=lambda l: Mux(scale[l], deriv[l][0], s["x"][l]),
                  ovf=lambda l: scale[l] & deriv[l][1], drop=("y", "h"))
         assert len(valids) == self.stages(cfg), valids
@@ -549,7 +654,11 @@ class VectorUnit(wiring.Component):
             tile = Signal.like(dst)
             # (A transposed pass has no aux row, so its pathway has at most one multiply,
             # and its rows come one per cycle with shared multipliers too.)
-            m.d.comb += tr_shift.eq(tr_on | (transpose & s["valid"]))
+            # (With chained passes each row says whether it is transposed; the transposer
+            # runs no longer than its pass's rows, a row of the next pass reaches the last
+            # stage after its last shift, see chain_after.)
+            row_tp = s["tp"] if chained else transpose
+            m.d.comb += tr_shift.eq(tr_on | (row_tp & s["valid"]))
             m.d.sync += tr_on.eq(tr_next)
             incoming = [Mux(s["valid"], s["x"][lane], 0) for lane in range(n)]
             # The registers shift in every cycle, not only while ``tr_shift``: a pass shifts
@@ -572,7 +681,7 @@ class VectorUnit(wiring.Component):
                     m.d.sync += [vertical.eq(~vertical), full.eq(filled), has_rows.eq(0)]
                 with m.Else():
                     m.d.sync += has_rows.eq(filled)
-            with m.If(self.cmd.valid):
+            with m.If(self.cmd.valid & (self.cmd.payload.transpose if chained else 1)):
                 m.d.sync += tile.eq(self.cmd.payload.dst)
             # The write enable is a register of its own, loaded with what the conditions
             # below will be next cycle (it reaches the buffer's shared address and the
@@ -580,25 +689,39 @@ class VectorUnit(wiring.Component):
             write = Signal()
             valid_next = valids[-2]
             full_next = Mux(tr_shift & wrap, filled, full)
-            write_next = Mux(transpose, (tr_next | valid_next) & full_next, valid_next)
+            if chained:
+                # ``tr_sel``: the transposer writes (is shifting) in this cycle; a register
+                # loaded with its next value, like the write enable.
+                tr_sel = Signal()
+                sel_next = tr_next | (valid_next & chain[-2]["tp"])
+                m.d.sync += tr_sel.eq(sel_next)
+                write_next = Mux(sel_next, (tr_next | valid_next) & full_next, valid_next)
+                addr = Mux(tr_sel, dst, s["wa"])
+            else:
+                tr_sel = transpose
+                write_next = Mux(transpose, (tr_next | valid_next) & full_next, valid_next)
+                addr = dst
             m.d.sync += write.eq(write_next)
-            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.en.eq(write),
-                         self.ub_wr.data.eq(Mux(transpose, out_row, s["x"]))]
-            with m.If(transpose):
+            m.d.comb += [self.ub_wr.addr.eq(addr), self.ub_wr.en.eq(write),
+                         self.ub_wr.data.eq(Mux(tr_sel, out_row, s["x"]))]
+            with m.If(tr_sel):
                 with m.If(tr_shift & full):
                     with m.If(wrap):
                         m.d.sync += [tile.eq(tile + 1), dst.eq(tile + 1)]
                     with m.Else():
-                        m.d.sync += dst.eq(dst + stride)
-            with m.Elif(s["valid"]):
-                m.d.sync += dst.eq(dst + stride)
+                        m.d.sync += dst.eq(dst + tr_stride)
+            if not chained:
+                with m.Elif(s["valid"]):
+                    m.d.sync += dst.eq(dst + stride)
         else:
             # One lane: tile t is output row t, written to dst + t as it leaves the stages.
-            m.d.comb += [self.ub_wr.addr.eq(dst), self.ub_wr.data.eq(s["x"])]
+            m.d.comb += [self.ub_wr.addr.eq(s["wa"] if chained else dst),
+                         self.ub_wr.data.eq(s["x"])]
             write_next = valids[-2]
             with m.If(s["valid"]):
                 m.d.comb += self.ub_wr.en.eq(1)
-                m.d.sync += dst.eq(dst + Mux(transpose, 1, stride))
+                if not chained:
+                    m.d.sync += dst.eq(dst + Mux(transpose, 1, stride))
         # Next cycle, the rows in the pipeline are those now in all stages but the last,
         # and one more if a row is read now; the transposer runs on after them.
         m.d.sync += busy.eq(next_active | active | Cat(valids[:-1]).any() | tr_next)
