@@ -121,6 +121,13 @@ def training_table(sizes):
                 label = ("overlap_units off" if cfg.overlap_units else
                          "overlap_units on (the buffer held twice)")
                 runs.append((acc.stats, f"{memories(other)}, {label}"))
+            if cfg.chains_passes and n in (2, 8):
+                # One vector pass at a time, for comparison.
+                other = replace(cfg, chain_passes=False)
+                acc = Accelerator(other)
+                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
+                          record_loss=False)
+                runs.append((acc.stats, f"{memories(other)}, chain_passes off"))
             for s, memories in runs:
                 rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "
                             f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "

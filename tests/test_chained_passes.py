@@ -11,6 +11,7 @@ import pytest
 from tinytpu_hdl.asm import assemble
 from tinytpu_hdl.config import TPUConfig
 from tinytpu_hdl.gateware.control import CSR
+from tinytpu_hdl.gateware.vector_unit import VectorUnit
 from tinytpu_hdl.isa import Op
 from tinytpu_hdl.reference import ReferenceTransport
 from tinytpu_hdl.runtime.pysim import PysimTransport
@@ -76,6 +77,50 @@ def test_chained_passes_match_the_reference_cycle_for_cycle(cfg):
             assert chained_pairs(ref) >= 1 and cycles < serial, (name, cycles, serial)
         else:
             assert chained_pairs(ref) == 0 and cycles == serial, (name, cycles, serial)
+
+
+@pytest.mark.parametrize("source, chases", [
+    # The matmul streams the pass's output rows, from its first (stride 1 both).
+    ("vpu acc[0], ub[8], rows=6, bias=ub[40], path=bias|act\n"
+     "loadw ub[44], rows=2\nmatmul ub[8], acc[16], rows=6\n", True),
+    # From a row below the pass's first.
+    ("vpu acc[0], ub[8], rows=6, path=act\nloadw ub[44], rows=2\n"
+     "matmul ub[5], acc[16], rows=8\n", True),
+    # Its last rows only.
+    ("vpu acc[0], ub[8], rows=6, path=act\nloadw ub[44], rows=2\n"
+     "matmul ub[12], acc[16], rows=5\n", True),
+    # Strided: waits for the pass.
+    ("vpu acc[0], ub[8], rows=6, path=act\nloadw ub[44], rows=2\n"
+     "matmul ub[8], acc[16], rows=3, stride=2\n", False),
+    # The pass transposed: waits.
+    ("vpu acc[0], ub[8], rows=6, stride=2, path=act, transpose\nloadw ub[44], rows=2\n"
+     "matmul ub[8], acc[16], rows=3\n", False),
+    # The pass behind another (chained): waits.
+    ("vpu acc[0], ub[24], rows=2, path=act\nvpu acc[2], ub[8], rows=6, path=act\n"
+     "loadw ub[44], rows=2\nmatmul ub[8], acc[16], rows=6\n", False),
+])
+def test_a_matmul_chases_the_writes_of_a_lone_pass(source, chases):
+    """A ``matmul`` that streams rows a lone ``vpu`` writes (not transposed, both with
+    stride 1) issues before the pass is idle, as early as reading each row after its write
+    allows: the gateware's memories and cycles are the reference model's, the matmul
+    overlaps the pass exactly when it may, and the result is the one-at-a-time result."""
+    cfg = CFG
+    sim, ref = PysimTransport(cfg, check_collisions=True), ReferenceTransport(cfg)
+    ref.model.events = []
+    case = case_for(cfg, source, seed=3)
+    (ro, re_), (so, se) = run_case(ref, case), run_case(sim, case)
+    assert re_ is None and se is None
+    assert not compare(ro, so), compare(ro, so)
+    vpu = [e for e in ref.model.events if e.instruction.op is Op.VPU][-1]
+    mm = next(e for e in ref.model.events if e.instruction.op is Op.MATMUL)
+    assert (mm.issue < vpu.end) == chases, (mm.issue, vpu.end)
+    if chases:
+        # The earliest issue that reads each row after it is written: row dst + i is
+        # written in vpu.issue + L + i, the matmul reads row src + j in its issue + 1 + j.
+        src, dst = mm.instruction.a[0], vpu.instruction.b[0]
+        assert mm.issue == max(mm.ready, vpu.issue + VectorUnit.latency(cfg) + src - dst)
+    (oo, _) = run_case(ReferenceTransport(replace(cfg, chain_passes=False)), case)
+    assert np.array_equal(oo["ub"], ro["ub"]) and np.array_equal(oo["acc"], ro["acc"])
 
 
 def test_fuzz_programs_whose_passes_chain():

@@ -346,12 +346,24 @@ def test_control_overlaps_units_only_where_nothing_conflicts(part):
     def disjoint(first, last):
         return (last < lo) | (hi < first)
     load, mm = cu.load_cmd.payload, cu.matmul_cmd.payload
+    # A MATMUL may stream rows a lone VPU (issued with the unit idle; not transposed,
+    # stride 1) writes if it has stride 1 and issues L + src - dst cycles after the VPU or
+    # later (row dst + i is written L + i cycles after the VPU's issue, row src + j read
+    # 1 + j cycles after the MATMUL's).
+    lone, since = Signal(), Signal(8)
+    with m.If(cu.vpu_cmd.valid):
+        m.d.sync += [lone.eq(~cu.vpu_busy & ~vpu.transpose & (vpu.stride == 1)), since.eq(1)]
+    with m.Elif(since != 255):
+        m.d.sync += since.eq(since + 1)
+    with m.If(cu.gd_cmd.valid):
+        m.d.sync += lone.eq(0)
+    chased = lone & (mm.stride == 1) & (since + lo >= VectorUnit.latency(cfg) + mm.src)
     if part == "loads":
         with m.If(cu.load_cmd.valid & busy):
             m.d.comb += Assert(~(reads_r1 & cu.unit_r1_pending) &
                                disjoint(load.addr, load.addr + load.rows - 1))
         with m.If(cu.matmul_cmd.valid & busy):
-            m.d.comb += Assert(disjoint(mm.src, mm.src + (mm.rows - 1) * mm.stride) &
+            m.d.comb += Assert((disjoint(mm.src, mm.src + (mm.rows - 1) * mm.stride) | chased) &
                                ~((acc_lo < mm.dst) & (mm.dst <= acc_hi) & cu.unit_reading))
     if wrong:
         with m.If(cu.matmul_cmd.valid & busy):

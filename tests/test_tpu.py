@@ -401,8 +401,9 @@ def test_vector_and_gd_units_chase_the_matmul(offset):
                                   "aux", "load_reads_result", "without"])
 def test_loads_and_matmuls_overlap_vector_passes(case):
     """With ``overlap_units`` a LOADW and a MATMUL after a VPU issue while it runs unless
-    they conflict with it: a MATMUL streaming rows the pass writes, or a LOADW loading
-    them, waits until it is idle; a MATMUL whose destination starts inside the accumulator
+    they conflict with it: a MATMUL streaming rows the pass writes chases its writes (with
+    ``chain_passes``, the default), a LOADW loading them waits until it is idle; a MATMUL
+    whose destination starts inside the accumulator
     rows the pass reads (past the first) waits until it has read them (``rows + 1`` cycles
     after its issue); at or below the first it does not wait (it writes each row after the
     pass read it); a LOADW after a pass with aux rows (read through the loader's port)
@@ -440,7 +441,11 @@ def test_loads_and_matmuls_overlap_vector_passes(case):
         assert ld.issue == max(ld.ready, unit.issue + VectorUnit.aux_delay(cfg) + m - 1)
     elif not waits_for_load:
         assert ld.issue == ld.ready
-    if case in ("reads_result", "without") or waits_for_load:
+    if case == "reads_result":
+        # It chases the pass's writes (chain_passes): row 20 + i is written in cycle
+        # issue + L + i, and read after that.
+        assert mm.issue == max(mm.ready, unit.issue + VectorUnit.latency(cfg)) < unit.end
+    elif case == "without" or waits_for_load:
         assert mm.issue >= unit.end
     elif case == "aux":
         assert mm.issue == mm.ready < unit.end

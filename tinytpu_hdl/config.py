@@ -93,10 +93,13 @@ class TPUConfig:
     would reach the transposer after it is done), unless the new pass writes its output
     transposed or reads (aux or bias) a row that a pass in flight writes: the passes'
     rows then follow each other through the stages, each row carrying its pathway and
-    its buffer addresses (:class:`~tinytpu_hdl.gateware.vector_unit.VectorUnit`). By
-    default (``None``) on where ``overlap_units`` is and the units' multipliers are their
-    own (not ``"shared"``); off the vector unit takes one pass at a time, as on the
-    iCEBreaker, whose logic cells it would not fit.
+    its buffer addresses (:class:`~tinytpu_hdl.gateware.vector_unit.VectorUnit`). With
+    it, a ``matmul`` that streams the rows a lone pass writes (a pass issued with the unit
+    idle, not transposed, both with stride 1) chases the pass's writes instead of waiting
+    for it to finish: it reads each row after the pass has written it. By default
+    (``None``) on where ``overlap_units`` is and the units' multipliers are their own (not
+    ``"shared"``); off the vector unit takes one pass at a time, as on the iCEBreaker,
+    whose logic cells it would not fit.
 
     ``unit_multipliers`` is where the vector and gradient-descent units multiply:
     ``"blocks"`` (default) in the FPGA's multiplier blocks, ``"logic"`` in adders and

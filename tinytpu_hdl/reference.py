@@ -257,6 +257,9 @@ class ReferenceTPU:
         chains = cfg.chains_passes
         vpu_chain = 0
         chain_after = VectorUnit.chain_after
+        # And whether a matmul may chase the last pass's writes (a lone VPU, not
+        # transposed, stride 1), the cycle that VPU issued, and the unit's latency.
+        unit_chase, vpu_issue, vpu_latency = False, 0, VectorUnit.latency(cfg)
         f = 0                       # first cycle of the current instruction (fetch or decode)
         first = True
         # (Opcodes compared by identity: decode gives the Op members themselves, and an
@@ -308,12 +311,16 @@ class ReferenceTPU:
                 # they are read (from the destination's first row down the matmul writes
                 # each row after the unit has read it).
                 src, dst = operands["src"], operands["dst"]
+                acc_wait = uacc_done if uacc_lo < dst <= uacc_hi else 0
                 if src <= unit_hi and unit_lo <= src + (rows - 1) * ins.stride:
                     wait = unit_idle
-                elif uacc_lo < dst <= uacc_hi:
-                    wait = uacc_done
+                    if unit_chase and ins.stride == 1:
+                        # Chasing the pass's writes: row src + j is read in cycle
+                        # issue + 1 + j, row dst + i written in vpu_issue + L + i.
+                        wait = min(unit_idle, max(vpu_issue + vpu_latency + src - unit_lo,
+                                                  acc_wait))
                 else:
-                    wait = 0
+                    wait = acc_wait
                 ready = max(matmul_ready, switch_allowed, wait)
             elif op is LOADW and overlap:
                 # Beside a busy unit unless it writes rows this load reads, once it has
@@ -430,6 +437,8 @@ class ReferenceTPU:
                     # those of every pass in flight.
                     r1 = r1 or unit_r1
                     lo, hi = min(lo, unit_lo), max(hi, unit_hi)
+                unit_chase = chains and c >= vpu_idle and not transposed and ins.stride == 1
+                vpu_issue = c
                 vpu_idle = c + VPU_IDLE(cfg, rows, transposed, pathway)
                 vpu_chain = c + chain_after(cfg, rows, transposed)
                 unit_idle = vpu_idle
@@ -448,7 +457,7 @@ class ReferenceTPU:
                 if rec is not None:
                     rec.append((GD_PASS, operands["src"], operands["param"], rows, stochastic))
                 gd_idle = c + GD_IDLE(cfg, rows)
-                unit_idle, unit_r1 = gd_idle, True
+                unit_idle, unit_r1, unit_chase = gd_idle, True, False
                 # Parameter row i is read in cycle c + P + i * I (gradient row i in cycle
                 # c + 1 + i * I; I = row_interval, the spread is (rows - 1) * (I - 1)).
                 spread = GradientDescentUnit.spread(cfg, rows)

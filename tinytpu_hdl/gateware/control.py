@@ -18,7 +18,7 @@ from .loader import LoadCommandLayout, load_after_matmul, matmul_after_load
 from .matmul_engine import MatmulCommandLayout, MatmulEngine
 from .memory import read_request
 from .signatures import valid_stream
-from .vector_unit import VectorCommandLayout
+from .vector_unit import VectorCommandLayout, VectorUnit
 
 __all__ = ["ControlUnit", "State", "CSR", "CHECK_CYCLES", "INFO_FIELDS", "identity_registers"]
 
@@ -193,7 +193,11 @@ class ControlUnit(wiring.Component):
               :func:`.matmul_after_load`); vector and gradient units idle; with
               ``cfg.overlap_units``: or the last pass writes none of the rows streamed, and the
               destination row is at or below the first accumulator row the pass
-              reads, or past its last, or the pass has read its rows
+              reads, or past its last, or the pass has read its rows; with
+              ``cfg.chains_passes`` the rows streamed may be the pass's if it is a lone
+              VPU (issued with the unit idle), not transposed, both strides are 1, and
+              ``L + src - dst`` cycles have passed since the VPU issued (``L`` =
+              :meth:`.VectorUnit.latency`: each row is read after it is written)
     VPU, GD   loader, matmul engine, vector and gradient units all idle; with
               ``cfg.chase_matmul``: loader, vector and gradient units idle, and the
               matmul engine idle, or ready (its rows streamed) with
@@ -741,8 +745,30 @@ class ControlUnit(wiring.Component):
             matmul_conflict = matmul_reaches_lo & first_below_hi
             acc_conflict = dst_above_alo & dst_within_ahi
             load_units_ok = units_idle | ~(load_conflict | (u_r1 & self.unit_r1_pending))
-            matmul_units_ok = units_idle | ~(matmul_conflict |
-                                             (acc_conflict & self.unit_reading))
+            write_chased = Const(0)
+            if cfg.chains_passes:
+                # A MATMUL that streams rows the last pass writes may chase its writes
+                # when that pass is a lone VPU (issued with the unit idle), not transposed,
+                # with stride 1, and the MATMUL's stride is 1: it reads row ``src + j`` in
+                # cycle ``issue + 1 + j``, the pass writes row ``dst + i`` in cycle
+                # ``c_v + L + i``, so every row it reads is written before once ``issue >=
+                # c_v + L + src - dst`` (``since_vpu``: cycles since the VPU issued,
+                # saturating; compared every cycle for the next one, registered).
+                u_chase = Signal()
+                since_vpu = Signal(17)
+                with m.If(self.vpu_cmd.valid):
+                    m.d.sync += [u_chase.eq(~self.vpu_busy & ~d_flags[4] & (d_stride == 1)),
+                                 since_vpu.eq(1)]
+                with m.Elif(~since_vpu.all()):
+                    m.d.sync += since_vpu.eq(since_vpu + 1)
+                with m.If(self.gd_cmd.valid):
+                    m.d.sync += u_chase.eq(0)
+                write_chased = Signal()
+                not_yet = neg([since_vpu, Const(1)],
+                              [d_diff["a_lo"], reg_a, Const(VectorUnit.latency(cfg))])
+                m.d.sync += write_chased.eq(u_chase & (d_stride == 1) & ~not_yet)
+            matmul_units_ok = units_idle | ((~matmul_conflict | write_chased) &
+                                            ~(acc_conflict & self.unit_reading))
             # A VPU or GD that chases the last MATMUL need not wait for its rows to stream
             # (the units no longer read port r0) unless it writes rows the MATMUL streams.
             # Compared in the pass's last check cycle (a VPU's second, with its write span
