@@ -752,20 +752,31 @@ class ControlUnit(wiring.Component):
                 # with stride 1, and the MATMUL's stride is 1: it reads row ``src + j`` in
                 # cycle ``issue + 1 + j``, the pass writes row ``dst + i`` in cycle
                 # ``c_v + L + i``, so every row it reads is written before once ``issue >=
-                # c_v + L + src - dst`` (``since_vpu``: cycles since the VPU issued,
-                # saturating; compared every cycle for the next one, registered).
+                # c_v + L + src - dst``. ``chase_count`` is ``t - c_v + 3 - L`` in cycle
+                # ``t`` (set when the VPU issues, saturating, in ``CHASE_WIDTH`` bits two's
+                # complement), so that ``next cycle >= c_v + L + src - dst`` is
+                # ``chase_count + ~(src - dst) + ~0 >= 0`` modulo ``2 ** CHASE_WIDTH``:
+                # three terms, one compressor level and a carry chain, compared every cycle
+                # for the next one and registered. (``src - dst`` lies in
+                # ``(-2 ** 16, 2 ** 16)``, the count below ``2 ** 17``: the true difference
+                # fits.)
                 u_chase = Signal()
-                since_vpu = Signal(17)
+                chase_width = 19
+                latency = VectorUnit.latency(cfg)
+                chase_count = Signal(chase_width)
+                saturated = ~chase_count[-1] & chase_count[-2]
                 with m.If(self.vpu_cmd.valid):
                     m.d.sync += [u_chase.eq(~self.vpu_busy & ~d_flags[4] & (d_stride == 1)),
-                                 since_vpu.eq(1)]
-                with m.Elif(~since_vpu.all()):
-                    m.d.sync += since_vpu.eq(since_vpu + 1)
+                                 chase_count.eq((4 - latency) % (1 << chase_width))]
+                with m.Elif(~saturated):
+                    m.d.sync += chase_count.eq(chase_count + 1)
                 with m.If(self.gd_cmd.valid):
                     m.d.sync += u_chase.eq(0)
                 write_chased = Signal()
-                not_yet = neg([since_vpu, Const(1)],
-                              [d_diff["a_lo"], reg_a, Const(VectorUnit.latency(cfg))])
+                s_, c_ = compress([chase_count, complement(d_diff["a_lo"][:chase_width],
+                                                           chase_width),
+                                   complement(reg_a, chase_width)], chase_width)
+                not_yet = (s_ + c_)[chase_width - 1]
                 m.d.sync += write_chased.eq(u_chase & (d_stride == 1) & ~not_yet)
             matmul_units_ok = units_idle | ((~matmul_conflict | write_chased) &
                                             ~(acc_conflict & self.unit_reading))
