@@ -111,23 +111,21 @@ def training_table(sizes):
                 copy = f", {c.ub_copy_depth:,} in the second copy" if c.ub_copy_depth else ""
                 return f"{where} ({c.ub_depth:,} rows{copy})"
             runs = [(acc.stats, memories(cfg))]
+            # The same memories with overlap_units toggled (on where it is off: the buffer
+            # held twice), and one vector pass at a time, for comparison.
+            others = []
             if n == 8 or not cfg.overlap_units:
-                # The same memories with overlap_units toggled, for comparison (on where
-                # it is off: the buffer held twice).
-                other = replace(cfg, overlap_units=not cfg.overlap_units, ub_copy_depth=None)
-                acc = Accelerator(other)
-                acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
-                          record_loss=False)
-                label = ("overlap_units off" if cfg.overlap_units else
-                         "overlap_units on (the buffer held twice)")
-                runs.append((acc.stats, f"{memories(other)}, {label}"))
+                others.append((replace(cfg, overlap_units=not cfg.overlap_units,
+                                       ub_copy_depth=None),
+                               "overlap_units off" if cfg.overlap_units else
+                               "overlap_units on (the buffer held twice)"))
             if cfg.chains_passes and n in (2, 8):
-                # One vector pass at a time, for comparison.
-                other = replace(cfg, chain_passes=False)
+                others.append((replace(cfg, chain_passes=False), "chain_passes off"))
+            for other, label in others:
                 acc = Accelerator(other)
                 acc.train(model.copy(), x, y, lr=0.01, epochs=1, batch_size=batch,
                           record_loss=False)
-                runs.append((acc.stats, f"{memories(other)}, chain_passes off"))
+                runs.append((acc.stats, f"{memories(other)}, {label}"))
             for s, memories in runs:
                 rows.append(f"| {name} | {batch} | {n}x{n} | {memories} | {s.cycles:,} | "
                             f"{macs:,} | {100 * macs / (s.cycles * n * n):.1f}% | "

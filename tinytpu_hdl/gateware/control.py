@@ -753,9 +753,10 @@ class ControlUnit(wiring.Component):
                 # cycle ``issue + 1 + j``, the pass writes row ``dst + i`` in cycle
                 # ``c_v + L + i``, so every row it reads is written before once ``issue >=
                 # c_v + L + src - dst``. ``chase_count`` is ``t - c_v + 3 - L`` in cycle
-                # ``t`` (set when the VPU issues, saturating, in ``CHASE_WIDTH`` bits two's
+                # ``t`` (set when the VPU issues, saturating, in ``chase_width`` bits two's
                 # complement), so that ``next cycle >= c_v + L + src - dst`` is
-                # ``chase_count + ~(src - dst) + ~0 >= 0`` modulo ``2 ** CHASE_WIDTH``:
+                # ``chase_count + ~a_lo + ~reg_a >= 0`` (``a_lo + reg_a = src - dst``)
+                # modulo ``2 ** chase_width``:
                 # three terms, one compressor level and a carry chain, compared every cycle
                 # for the next one and registered. (``src - dst`` lies in
                 # ``(-2 ** 16, 2 ** 16)``, the count below ``2 ** 17``: the true difference

@@ -259,7 +259,7 @@ class VectorUnit(wiring.Component):
         # its first row's bias stage, after the last row of the pass before has left it)
         # and its transposer.
         chained = cfg.chains_passes
-        wptr = Signal.like(dst, name="wptr")
+        wptr = Signal.like(dst, name="wptr") if chained else None
         tr_stride = Signal.like(stride, name="tr_stride") if chained else stride
 
         def use(stage, bit):
