@@ -16,7 +16,8 @@ from tinytpu_hdl.gateware.loader import WeightLoader
 from tinytpu_hdl.gateware.matmul_engine import MatmulEngine
 from tinytpu_hdl.gateware.multiplier import SharedMultipliers
 from tinytpu_hdl.gateware.memory import (
-    RowMemory, UnifiedBuffer, collision_checker, read_request, share_read, share_write,
+    AccumulatorMemory, RowMemory, UnifiedBuffer, collision_checker, read_request, share_read,
+    share_write,
 )
 from tinytpu_hdl.gateware.systolic import SystolicArray
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
@@ -41,9 +42,11 @@ class Harness:
         self.m.submodules.ub = self.ub = UnifiedBuffer(cfg, cfg.ub_depth,
                                                        init=[list(r) for r in ub_init])
         self.units_port = self.ub.r1 if cfg.overlap_units else self.ub.r0
-        self.m.submodules.acc = self.acc = RowMemory(cfg.acc_depth, acc_row, read_ports=1,
-                                                     transparent=acc_transparent,
-                                                     init=[list(r) for r in acc_init])
+        # The accumulators' data registered once more where the TPU's are.
+        self.m.submodules.acc = self.acc = RowMemory(
+            cfg.acc_depth, acc_row, read_ports=1, transparent=acc_transparent,
+            init=[list(r) for r in acc_init],
+            registered=AccumulatorMemory.registered_reads(cfg))
         self.tb_ub = read_request(cfg.ub_depth, ub_row).create()
         self.tb_acc = read_request(cfg.acc_depth, acc_row).create()
 
@@ -70,8 +73,9 @@ class Harness:
     async def dump(self, ctx):
         ub, acc = [], []
         ub_wait = 1 if UnifiedBuffer.registered_reads(self.cfg) else 0
+        acc_wait = 1 if AccumulatorMemory.registered_reads(self.cfg) else 0
         for port, depth, out, wait in ((self.tb_ub, self.cfg.ub_depth, ub, ub_wait),
-                                       (self.tb_acc, self.cfg.acc_depth, acc, 0)):
+                                       (self.tb_acc, self.cfg.acc_depth, acc, acc_wait)):
             for addr in range(depth):
                 ctx.set(port.addr, addr)
                 ctx.set(port.en, 1)
@@ -562,9 +566,11 @@ def test_matmul_engine_back_to_back_accumulation(seed):
     assert ovf == want_ovf and any(ovf)
 
 
-def test_row_memory_transparent_read():
-    cfg = CFG
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, isolated_multipliers=False)],
+                         ids=["registered", "unregistered"])
+def test_row_memory_transparent_read(cfg):
     h = Harness(cfg, np.zeros((cfg.ub_depth, cfg.n), int), np.zeros((cfg.acc_depth, cfg.n), int))
+    assert h.acc.registered == (cfg is CFG)
     wr = h.acc.w
     share_read(h.m, h.acc.r0, [h.tb_acc])
     share_read(h.m, h.ub.r0, [h.tb_ub])
@@ -578,9 +584,13 @@ def test_row_memory_transparent_read():
         ctx.set(h.tb_acc.addr, 5)
         ctx.set(h.tb_acc.en, 1)
         await ctx.tick()
-        seen["same_cycle"] = [int(v) for v in ctx.get(h.tb_acc.data)]
         ctx.set(wr.en, 0)
         ctx.set(h.tb_acc.en, 0)
+        if h.acc.registered:
+            # (Through the port's register: a cycle later.)
+            assert [int(v) for v in ctx.get(h.tb_acc.data)] == [0, 0, 0]
+            await ctx.tick()
+        seen["same_cycle"] = [int(v) for v in ctx.get(h.tb_acc.data)]
         await ctx.tick()
         seen["held"] = [int(v) for v in ctx.get(h.tb_acc.data)]
 

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..numeric import (
     FixedFormat, hdl_saturate, hdl_stochastic_round, hdl_xorshift32, xorshift_seed,
 )
-from .memory import UnifiedBuffer, addr_width, read_request, write_request
+from .memory import AccumulatorMemory, UnifiedBuffer, addr_width, read_request, write_request
 from .multiplier import PipelinedMultiplier, gradient_split, multiplier_port
 from .signatures import valid_stream
 
@@ -187,9 +187,7 @@ class GradientDescentUnit(wiring.Component):
         # registered in the fabric first, the multipliers' input registers a stage later.
         acc_row = self.acc_rd.data
         if isolated:
-            acc_row = Signal(data.ArrayLayout(cfg.acc.shape, n), name="grad_in",
-                             reset_less=True)
-            m.d.sync += acc_row.eq(self.acc_rd.data)
+            acc_row = AccumulatorMemory.registered_row(m, cfg, self.acc_rd.data, "grad_in")
         # The parameter row is read four cycles after the gradient row (six with isolated
         # multipliers) and registered, so that it arrives in the subtraction stage instead
         # of being carried to it. With ``cfg.registered_requests`` it is read a cycle

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..numeric import hdl_saturate
 from .delay import delayed
-from .memory import UnifiedBuffer, addr_width, read_request, write_request
+from .memory import AccumulatorMemory, UnifiedBuffer, addr_width, read_request, write_request
 from .signatures import valid_stream
 from .systolic import InputRowLayout, ResultRowLayout, array_latency
 
@@ -203,8 +203,8 @@ class MatmulEngine(wiring.Component):
         if early:
             written_2 = Signal(acc_row, name="written_row_2", reset_less=True)  # in t-2
             w_tag_2 = Signal(_TagLayout(cfg), name="dst_tag_written")           # its tag
-            read_row = Signal(acc_row, name="read_row", reset_less=True)
-            m.d.sync += [written_2.eq(written), w_tag_2.eq(w_tag), read_row.eq(self.acc_rd.data)]
+            m.d.sync += [written_2.eq(written), w_tag_2.eq(w_tag)]
+            read_row = AccumulatorMemory.registered_row(m, cfg, self.acc_rd.data, "read_row")
         else:
             read_row = self.acc_rd.data
 

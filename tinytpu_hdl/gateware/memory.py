@@ -29,14 +29,15 @@ iCE40's), with a register and a bypass multiplexer for every data bit (about
 300 logic cells for the 1x1 TPU's memories).
 """
 
-from amaranth.hdl import Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Const, Module, Mux, Shape, ShapeCastable, Signal, Value
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["SYNTHESIS_SCRIPT", "read_request", "write_request", "RowMemory", "UnifiedBuffer", "AccumulatorMemory",
-           "share_read", "share_write", "addr_width", "collision_checker"]
+__all__ = ["SYNTHESIS_SCRIPT", "read_request", "write_request", "RowMemory", "UnifiedBuffer",
+           "AccumulatorMemory", "share_read", "share_write", "addr_width", "collision_checker",
+           "registered_row"]
 
 
 #: Yosys commands to run after reading the design: reads of a row in the cycle it is
@@ -74,13 +75,23 @@ class RowMemory(wiring.Component):
     holds the memory once (one port reads ``r0``, the other reads ``ri`` or writes)
     instead of once per read port. Its users must never read through ``ri`` in a cycle
     in which the memory is written (:func:`collision_checker` checks it in simulation).
+
+    With ``registered``, every read port's data is registered once more and arrives two
+    cycles after its request: a :class:`~.block_ram.RegisteredReadRAM` (a copy of the
+    memory) per read port, whose register is the block RAM's output register on ECP5
+    (``family``).
     """
 
     def __init__(self, depth, shape, *, read_ports=1, transparent=False, init=(),
-                 granularity=None, shared_port=None):
+                 granularity=None, shared_port=None, registered=False, family=None):
         if shared_port is not None and not 0 <= shared_port < read_ports:
             raise ValueError(f"shared_port must name one of the {read_ports} read ports, "
                              f"not {shared_port!r}")
+        if registered and (shared_port is not None or granularity is not None):
+            raise ValueError("a RowMemory with registered reads has neither a shared port "
+                             "nor a write granularity")
+        self._registered = registered
+        self._family = family
         self._depth = depth
         self._shape = shape
         self._read_ports = read_ports
@@ -105,7 +116,13 @@ class RowMemory(wiring.Component):
     def shared_port(self):
         return self._shared_port
 
+    @property
+    def registered(self):
+        return self._registered
+
     def elaborate(self, platform):
+        if self._registered:
+            return self._elaborate_registered()
         m = Module()
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
         wp = mem.write_port(granularity=self._granularity)
@@ -122,6 +139,21 @@ class RowMemory(wiring.Component):
             rp = mem.read_port(transparent_for=(wp,) if self._transparent else ())
             addr = w_addr if i == self._shared_port else req.addr
             m.d.comb += [rp.addr.eq(addr), rp.en.eq(req.en), req.data.eq(rp.data)]
+        return m
+
+    def _elaborate_registered(self):
+        from .block_ram import RegisteredReadRAM
+        m = Module()
+        width = Shape.cast(self._shape).width
+        init = [_raw_row(self._shape, row) for row in self._init]
+        for i in range(self._read_ports):
+            req = getattr(self, f"r{i}")
+            ram = RegisteredReadRAM(self._depth, width, family=self._family, init=init,
+                                    transparent=self._transparent)
+            m.submodules[f"copy{i}"] = ram
+            m.d.comb += [ram.w.addr.eq(self.w.addr), ram.w.data.eq(Value.cast(self.w.data)),
+                         ram.w.en.eq(self.w.en), ram.r.addr.eq(req.addr),
+                         ram.r.en.eq(req.en), Value.cast(req.data).eq(ram.r.data)]
         return m
 
 
@@ -146,23 +178,25 @@ class UnifiedBuffer(RowMemory):
     write above them goes to the first copy alone).
     """
 
-    def __init__(self, cfg, depth, *, init=()):
+    def __init__(self, cfg, depth, *, init=(), family=None):
         super().__init__(depth, data.ArrayLayout(cfg.data.shape, cfg.n), read_ports=2,
                          shared_port=None if cfg.overlap_units else 1, init=init)
         self._copy_depth = cfg.ub_copy_depth if cfg.overlap_units else None
-        self._registered = self.registered_reads(cfg)
+        self._registered_ports = self.registered_reads(cfg)
+        self._family = family
 
     @staticmethod
     def registered_reads(cfg):
-        """Whether each read port's data is registered after the multiplexer over the block
-        RAMs, arriving two cycles after its request instead of one: with
-        ``cfg.overlap_units`` (``r0`` serves the matmul engine and the host, ``r1`` the
-        weight loader and the units), ``cfg.registered_requests`` and
-        ``cfg.registered_weight_rows``. The engines, which registered the row each by
-        itself in that cycle (the matmul engine its input row, the loader its weight row,
-        the units their bias, aux and parameter rows), then take the port's register
-        instead, so that each multiplexer drives one register beside the block RAMs
-        instead of one in each engine; the host latches what it reads a cycle later."""
+        """Whether each read port's data is registered once more, arriving two cycles after
+        its request instead of one: with ``cfg.overlap_units`` (``r0`` serves the matmul
+        engine and the host, ``r1`` the weight loader and the units),
+        ``cfg.registered_requests`` and ``cfg.registered_weight_rows``. The engines, which
+        registered the row each by itself in that cycle (the matmul engine its input row,
+        the loader its weight row, the units their bias, aux and parameter rows), then take
+        the port's register instead, which is the block RAMs' output register on ECP5
+        (:class:`~.block_ram.RegisteredReadRAM`; one register in the fabric, after the
+        multiplexer over the block RAMs, elsewhere); the host latches what it reads a
+        cycle later."""
         return cfg.overlap_units and cfg.registered_requests and cfg.registered_weight_rows
 
     @staticmethod
@@ -170,36 +204,52 @@ class UnifiedBuffer(RowMemory):
         """A row an engine read from the buffer in cycle ``t``, registered in ``t+1``: the
         port's own register where it has one (:meth:`registered_reads`), else a register
         ``name`` of the engine's in ``m``."""
-        if UnifiedBuffer.registered_reads(cfg):
-            return port_data
-        reg = Signal.like(port_data, name=name, reset_less=True)
-        m.d.sync += reg.eq(port_data)
-        return reg
+        return registered_row(m, UnifiedBuffer.registered_reads(cfg), port_data, name)
 
     def elaborate(self, platform):
-        if self._copy_depth is None and not self._registered:
+        if self._copy_depth is None and not self._registered_ports:
             return super().elaborate(platform)
+        from .block_ram import RegisteredReadRAM
         m = Module()
         copy_depth = self._depth if self._copy_depth is None else self._copy_depth
-        m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=self._init)
-        m.submodules.copy = copy = Memory(shape=self._shape, depth=copy_depth,
-                                          init=self._init[:copy_depth])
-        wp, wc = mem.write_port(), copy.write_port()
-        m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
-                     wc.addr.eq(self.w.addr), wc.data.eq(self.w.data)]
-        if copy_depth < self._depth:
-            m.d.comb += wc.en.eq(Mux(self.w.addr < copy_depth, self.w.en, 0))
+        width = Shape.cast(self._shape).width
+        init = [_raw_row(self._shape, row) for row in self._init]
+        if self._registered_ports:
+            mem = RegisteredReadRAM(self._depth, width, family=self._family, init=init)
+            copy = RegisteredReadRAM(copy_depth, width, family=self._family,
+                                     init=init[:copy_depth])
         else:
-            m.d.comb += wc.en.eq(self.w.en)
-        for name, req, memory in (("r0", self.r0, mem), ("r1", self.r1, copy)):
-            rp = memory.read_port()
-            m.d.comb += [rp.addr.eq(req.addr), rp.en.eq(req.en)]
-            if self._registered:
-                data_q = Signal.like(rp.data, name=f"{name}_data", reset_less=True)
-                m.d.sync += data_q.eq(rp.data)
-                m.d.comb += req.data.eq(data_q)
-            else:
-                m.d.comb += req.data.eq(rp.data)
+            mem = _PlainRAM(self._depth, width, init=init)
+            copy = _PlainRAM(copy_depth, width, init=init[:copy_depth])
+        m.submodules.mem, m.submodules.copy = mem, copy
+        m.d.comb += [mem.w.addr.eq(self.w.addr), mem.w.data.eq(Value.cast(self.w.data)),
+                     mem.w.en.eq(self.w.en),
+                     copy.w.addr.eq(self.w.addr), copy.w.data.eq(Value.cast(self.w.data))]
+        if copy_depth < self._depth:
+            m.d.comb += copy.w.en.eq(Mux(self.w.addr < copy_depth, self.w.en, 0))
+        else:
+            m.d.comb += copy.w.en.eq(self.w.en)
+        for req, ram in ((self.r0, mem), (self.r1, copy)):
+            m.d.comb += [ram.r.addr.eq(req.addr), ram.r.en.eq(req.en),
+                         Value.cast(req.data).eq(ram.r.data)]
+        return m
+
+
+class _PlainRAM(wiring.Component):
+    """A memory with a write port ``w`` and a read port ``r`` whose data arrives a cycle
+    after the request (a :class:`RowMemory`'s port, for raw bits)."""
+
+    def __init__(self, depth, width, *, init=()):
+        self._depth, self._width, self._init = depth, width, init
+        super().__init__({"w": In(write_request(depth, width)),
+                          "r": In(read_request(depth, width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=self._width, depth=self._depth, init=self._init)
+        wp, rp = mem.write_port(), mem.read_port()
+        m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
+                     rp.addr.eq(self.r.addr), rp.en.eq(self.r.en), self.r.data.eq(rp.data)]
         return m
 
 
@@ -212,11 +262,52 @@ class AccumulatorMemory(RowMemory):
     read rows while the matmul engine writes others. (The matmul engine forwards rows it
     is still writing to its own additions, and the units read a row only after the cycle
     it is written, so reads of a row being written are "don't care" here too.)
+
+    With :meth:`registered_reads` both ports' data arrive two cycles after the request,
+    through the block RAMs' output registers on ECP5 (``family``).
     """
 
-    def __init__(self, cfg, depth):
+    def __init__(self, cfg, depth, *, family=None):
         super().__init__(depth, data.ArrayLayout(cfg.acc.shape, cfg.n),
-                         read_ports=2 if cfg.chase_matmul else 1)
+                         read_ports=2 if cfg.chase_matmul else 1,
+                         registered=self.registered_reads(cfg), family=family)
+
+    @staticmethod
+    def registered_reads(cfg):
+        """Whether the ports' data is registered once more (arriving two cycles after the
+        request): where the engines that read the accumulators register the row straight
+        from the port anyway and take the port's register instead (the matmul engine's
+        old row with ``cfg.registered_requests``, the vector unit's row, the
+        gradient-descent unit's row with ``cfg.isolated_multipliers``) and the host
+        latches what it reads a cycle later (:meth:`UnifiedBuffer.registered_reads`)."""
+        return (UnifiedBuffer.registered_reads(cfg) and cfg.registered_requests
+                and cfg.isolated_multipliers)
+
+    @staticmethod
+    def registered_row(m, cfg, port_data, name, *, reset_less=True):
+        """A row an engine read from the accumulators in cycle ``t``, registered in
+        ``t+1``: the port's own register where it has one, else a register ``name`` of the
+        engine's in ``m``."""
+        return registered_row(m, AccumulatorMemory.registered_reads(cfg), port_data, name,
+                              reset_less=reset_less)
+
+
+def registered_row(m, registered, port_data, name, *, reset_less=True):
+    """``port_data`` (a memory port's data, a row read in cycle ``t``) as a register that
+    holds it in ``t+1``: the port's own when ``registered``, else a new register ``name``
+    in ``m``."""
+    if registered:
+        return port_data
+    reg = Signal.like(port_data, name=name, reset_less=reset_less)
+    m.d.sync += reg.eq(port_data)
+    return reg
+
+
+def _raw_row(shape, row):
+    """The bits of an initial row ``row`` of a memory of ``shape``."""
+    if isinstance(shape, ShapeCastable):
+        return Const.cast(shape.const(row)).value
+    return Const(row, Shape.cast(shape)).value
 
 
 def share_read(m, port, requesters):

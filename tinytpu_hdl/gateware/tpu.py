@@ -89,8 +89,8 @@ class TPU(wiring.Component):
         m.submodules.array = array = SystolicArray(
             cfg.n, cfg.n, fmt=cfg.data, acc=cfg.acc, family=family,
             product_registers=cfg.isolated_multipliers)
-        m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth)
-        m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth)
+        m.submodules.ub = ub = UnifiedBuffer(cfg, cfg.ub_depth, family=family)
+        m.submodules.acc = acc = AccumulatorMemory(cfg, cfg.acc_depth, family=family)
         # (The host writes instructions a 32-bit word at a time.)
         m.submodules.imem = imem = RowMemory(cfg.imem_depth, INSTRUCTION_BITS, granularity=32)
         # The control unit's instruction register and the host interface's read register

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..isa import Pathway
 from ..numeric import FixedFormat, hdl_add_sat, hdl_narrow
-from .memory import UnifiedBuffer, addr_width, read_request, write_request
+from .memory import AccumulatorMemory, UnifiedBuffer, addr_width, read_request, write_request
 from .multiplier import PipelinedMultiplier, multiplier_port
 from .signatures import valid_stream
 
@@ -450,11 +450,12 @@ class VectorUnit(wiring.Component):
             chain.append(nxt)
             return nxt
 
-        # The accumulator memory's output, registered (no logic after a block RAM output).
+        # The accumulator memory's output, registered (no logic after a block RAM output):
+        # the port's own register where it has one.
         raw_valid, mem_valid = Signal(), Signal()
-        raw_acc = Signal(data.ArrayLayout(cfg.acc.shape, n))
-        m.d.sync += [raw_valid.eq(read), mem_valid.eq(raw_valid),
-                     raw_acc.eq(self.acc_rd.data)]
+        raw_acc = AccumulatorMemory.registered_row(m, cfg, self.acc_rd.data, "raw_acc",
+                                                   reset_less=False)
+        m.d.sync += [raw_valid.eq(read), mem_valid.eq(raw_valid)]
         valids += [raw_valid, mem_valid]
         s = {"valid": mem_valid}
         # ``(stage_dicts + chain)[j]``: the dict of the stage whose validity is ``valids[j]``.
