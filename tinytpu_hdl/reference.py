@@ -357,18 +357,17 @@ class ReferenceTPU:
                     # Behind the pass in flight, unless this one is transposed (the
                     # transposer serves one pass at a time) or reads an aux or bias row
                     # that a pass in flight writes (unit_lo .. unit_hi).
-                    flags = ins.flags
-                    aux, bias = operands["aux"], operands["bias"]
+                    aux_rows, bias = operands["aux_rows"], operands["bias_row"]
                     conflict = (
-                        flags & FLAG_TRANSPOSE_OUT or
-                        (flags & (Pathway.LOSS | Pathway.DERIV) and aux <= unit_hi and
-                         unit_lo <= aux + (rows - 1) * ins.stride) or
-                        (flags & Pathway.BIAS and unit_lo <= bias <= unit_hi))
+                        ins.flags & FLAG_TRANSPOSE_OUT or
+                        (aux_rows is not None and aux_rows[0] <= unit_hi and
+                         unit_lo <= aux_rows[1]) or
+                        (bias is not None and unit_lo <= bias <= unit_hi))
                     if not conflict:
                         # (A bias row is read in the cycle after the issue, through the
                         # port of the aux rows: after the last of those in flight.)
                         chain = vpu_chain
-                        if flags & Pathway.BIAS and unit_r1:
+                        if bias is not None and unit_r1:
                             chain = max(chain, unit_r1_done)
                         vpu_wait = min(vpu_idle, chain)
                 ready = max(load_idle, vpu_wait, gd_idle, streamed, drained)
@@ -532,7 +531,9 @@ class ReferenceTPU:
         if dst_end >= cfg.ub_depth or (use_aux and aux_end >= loadable) or \
                 (use_bias and ed >= loadable):
             raise _Fault(ErrorCode.UB_RANGE)
-        return {"src": ea, "dst": eb, "aux": ec, "bias": ed, "written": (eb, dst_end)}
+        return {"src": ea, "dst": eb, "aux": ec, "bias": ed, "written": (eb, dst_end),
+                "aux_rows": (ec, aux_end) if use_aux else None,
+                "bias_row": ed if use_bias else None}
 
     def _loadw(self, src, rows, transpose):
         tile = np.zeros((self.cfg.n, self.cfg.n), dtype=np.int64)

@@ -818,14 +818,30 @@ class ControlUnit(wiring.Component):
         # With ``cfg.chase_matmul`` VPU and GD wait for the loader and both units, and for
         # the matmul engine to be idle, or to have streamed its rows (``ready``) with the
         # chase delay over and their source at or below its destination.
+        # (Each engine's command is valid on its own term, not on ``can_issue``: the
+        # opcode classes are one-hot, which synthesis cannot know, so that the other
+        # engines' conditions stay off the paths to its command registers' enables.)
         can_issue = Signal()
         waits_any = is_loadw | is_matmul | d_waits_all | d_waits_units | d_chases
         drained = ~self.matmul_busy | (chase_free & chase_ok)
-        m.d.comb += can_issue.eq(
-            (is_loadw & self.load_ready & load_free & load_units_ok) |
-            (is_matmul & self.matmul_ready & switch_free & matmul_units_ok) |
-            (d_chases & ~self.load_busy & (units_idle | vpu_chain_ok) & streamed & drained) |
-            (d_waits_all & all_idle) | (d_waits_units & units_idle) | ~waits_any)
+        load_go = Signal()
+        matmul_go = Signal()
+        unit_go = Signal()      # a VPU or GD (or SYNC, HALT) may issue
+        m.d.comb += [
+            load_go.eq(is_loadw & self.load_ready & load_free & load_units_ok),
+            matmul_go.eq(is_matmul & self.matmul_ready & switch_free & matmul_units_ok),
+            unit_go.eq((d_chases & ~self.load_busy & (units_idle | vpu_chain_ok) & streamed &
+                        drained) | (d_waits_all & all_idle)),
+            can_issue.eq(load_go | matmul_go | unit_go | (d_waits_units & units_idle) |
+                         ~waits_any),
+        ]
+        issue_ok = Signal()     # in ISSUE, nothing stops or fails it, the checks are over
+        m.d.comb += [
+            self.load_cmd.valid.eq(issue_ok & load_go),
+            self.matmul_cmd.valid.eq(issue_ok & matmul_go),
+            self.vpu_cmd.valid.eq(issue_ok & is_vpu & unit_go),
+            self.gd_cmd.valid.eq(issue_ok & is_gd & unit_go),
+        ]
 
         # --- command payloads (valid only in the issue cycle) ----------------------------
         pathway = d_flags[:4]
@@ -923,7 +939,9 @@ class ControlUnit(wiring.Component):
                     fail(ErrorCode.ILLEGAL_INSTRUCTION)
                 with m.Elif(checked & checks_failed):
                     fail(checked_error)
-                with m.Elif(can_issue & (checked | ~engine_op)):
+                with m.Elif(checked | ~engine_op):
+                    m.d.comb += issue_ok.eq(1)
+                with m.If(issue_ok & can_issue):
                     m.d.sync += [issue_pulse.eq(1), pc.eq(d_next_pc),
                                  *seq_pc_loads(d_next_pc)]
                     with m.If(d_next_ok):
@@ -938,20 +956,14 @@ class ControlUnit(wiring.Component):
                         with m.Case(Op.CFG):
                             m.d.comb += cfg_we.eq(1 << d_flags[:2])
                         with m.Case(Op.LOADW):
-                            m.d.comb += self.load_cmd.valid.eq(1)
                             m.d.sync += [switch_hold.eq(switch_wait),
                                          switch_free.eq(switch_wait == 0)]
                         with m.Case(Op.MATMUL):
-                            m.d.comb += self.matmul_cmd.valid.eq(1)
                             m.d.sync += [load_hold.eq(load_wait), load_free.eq(load_wait == 0),
                                          chase_hold.eq(chase_delay - 1), chase_free.eq(0),
                                          mm_dst.eq(e_q[1])]
                             if cfg.overlap_units:
                                 m.d.sync += mm_dst_end.eq((e_q[1] + d_count - 1)[:17])
-                        with m.Case(Op.VPU):
-                            m.d.comb += self.vpu_cmd.valid.eq(1)
-                        with m.Case(Op.GD):
-                            m.d.comb += self.gd_cmd.valid.eq(1)
             with m.State("DRAIN"):
                 m.d.comb += mode.eq(_Mode.DRAIN)
                 with m.If(all_idle):

@@ -555,6 +555,11 @@ class VectorUnit(wiring.Component):
             pending = Signal()
             m.d.sync += pending.eq(next_active | active | Cat(valids[:k - 1]).any())
             m.d.comb += self.aux_pending.eq(pending)
+        def uses_aux(stage):
+            """Whether the row in ``stage`` reads an aux row (the loss derivative's target,
+            or the stored activation that the activation derivative tests)."""
+            return use(stage, Pathway.LOSS) | use(stage, Pathway.DERIV)
+
         aux_valid = Signal()
         s["y"] = Signal(row, name="aux_y")
         if cfg.registered_requests:
@@ -566,8 +571,7 @@ class VectorUnit(wiring.Component):
             assert k >= 1
             before = (stage_dicts + chain)[k - 1]
             assert before["valid"] is valids[k - 1]
-            aux_read_next = valids[k - 1] & (use(before, Pathway.LOSS) |
-                                             use(before, Pathway.DERIV))
+            aux_read_next = valids[k - 1] & uses_aux(before)
             aux_read = Signal(name="aux_read")
             aux_req_addr = Signal.like(aux)
             next_addr = before["aa"] if chained else Mux(aux_read, aux + stride, aux)
@@ -575,8 +579,7 @@ class VectorUnit(wiring.Component):
                          aux_req_addr.eq(Mux(aux_read_next, next_addr, 0))]
             m.d.comb += [self.ub_aux.addr.eq(aux_req_addr), self.ub_aux.en.eq(aux_read)]
         else:
-            aux_read = aux_stage["valid"] & (use(aux_stage, Pathway.LOSS) |
-                                             use(aux_stage, Pathway.DERIV))
+            aux_read = aux_stage["valid"] & uses_aux(aux_stage)
             m.d.comb += [self.ub_aux.addr.eq(Mux(aux_read, aux_stage["aa"] if chained else aux,
                                                  0)),
                          self.ub_aux.en.eq(aux_read)]
