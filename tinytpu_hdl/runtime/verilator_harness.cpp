@@ -82,22 +82,24 @@ static void tick(Harness *h) {
 
 // The simulation backdoor: rows of the unified buffer and the accumulators copied between
 // host words (lane 0 in the lowest bits, as the host protocol packs them) and the model's
-// memory arrays, with no clock cycle. Built only when the model has the arrays under these
-// names (checked at compile time); otherwise tpu_backdoor answers -1.
-// With TPUConfig.overlap_units the buffer may be held twice (``ub.copy``, the second copy's
-// rows, which a write also reaches where the copy holds them).
-#define UB_MEM tinytpu__DOT__ub__DOT__mem
-#define UB_COPY tinytpu__DOT__ub__DOT__copy
-#define ACC_MEM tinytpu__DOT__acc__DOT__mem
-template <typename R, typename = void> struct has_ub_copy : std::false_type {};
-template <typename R>
-struct has_ub_copy<R, std::void_t<decltype(std::declval<R &>().UB_COPY)>> : std::true_type {};
-template <typename R, typename = void> struct has_ub : std::false_type {};
-template <typename R>
-struct has_ub<R, std::void_t<decltype(std::declval<R &>().UB_MEM)>> : std::true_type {};
-template <typename R, typename = void> struct has_acc : std::false_type {};
-template <typename R>
-struct has_acc<R, std::void_t<decltype(std::declval<R &>().ACC_MEM)>> : std::true_type {};
+// memory arrays, with no clock cycle. Built only when the model has the arrays under one of
+// the names below (checked at compile time); otherwise tpu_backdoor answers -1.
+// The buffer: one array (``ub.mem``), or with TPUConfig.overlap_units two copies (``ub.mem``
+// and ``ub.copy``, the second holding the lower rows, which a write also reaches), each an
+// array of its own or inside a RegisteredReadRAM (``ub.mem.mem``, ``ub.copy.mem``). The
+// accumulators: one array (``acc.mem``), or a RegisteredReadRAM per read port
+// (``acc.copy0.mem``, ``acc.copy1.mem``), every copy written.
+#define HAS_MEMBER(TRAIT, MEMBER)                                                        \
+    template <typename R, typename = void> struct TRAIT : std::false_type {};             \
+    template <typename R>                                                                 \
+    struct TRAIT<R, std::void_t<decltype(std::declval<R &>().MEMBER)>> : std::true_type {};
+HAS_MEMBER(has_ub_plain, tinytpu__DOT__ub__DOT__mem)
+HAS_MEMBER(has_ub_ram, tinytpu__DOT__ub__DOT__mem__DOT__mem)
+HAS_MEMBER(has_ub_copy_plain, tinytpu__DOT__ub__DOT__copy)
+HAS_MEMBER(has_ub_copy_ram, tinytpu__DOT__ub__DOT__copy__DOT__mem)
+HAS_MEMBER(has_acc_plain, tinytpu__DOT__acc__DOT__mem)
+HAS_MEMBER(has_acc_ram0, tinytpu__DOT__acc__DOT__copy0__DOT__mem)
+HAS_MEMBER(has_acc_ram1, tinytpu__DOT__acc__DOT__copy1__DOT__mem)
 
 template <typename Row> static void copy_row(Row &row, uint32_t *words, int n, bool write) {
     if constexpr (std::is_integral_v<Row>) {
@@ -116,25 +118,41 @@ template <typename Row> static void copy_row(Row &row, uint32_t *words, int n, b
     }
 }
 
+// Rows of `mem` from `addr` (those below its depth, for a partial copy).
 template <typename Mem> static void copy_rows(Mem &mem, int64_t addr, int64_t count,
                                               uint32_t *words, int n, bool write) {
-    for (int64_t r = 0; r < count; r++) copy_row(mem[addr + r], words + r * n, n, write);
+    int64_t depth = (int64_t)mem.size();
+    int64_t rows = addr >= depth ? 0 : std::min(count, depth - addr);
+    for (int64_t r = 0; r < rows; r++) copy_row(mem[addr + r], words + r * n, n, write);
 }
 
 template <typename Root> static int backdoor(Root *root, int space, int64_t addr, int64_t count,
                                              uint32_t *words, int n, bool write) {
-    if constexpr (has_ub<Root>::value && has_acc<Root>::value) {
+    constexpr bool ub_plain = has_ub_plain<Root>::value, ub_ram = has_ub_ram<Root>::value;
+    constexpr bool acc_plain = has_acc_plain<Root>::value, acc_ram = has_acc_ram0<Root>::value;
+    if constexpr ((ub_plain || ub_ram) && (acc_plain || acc_ram)) {
         if (space == 0) {
-            copy_rows(root->UB_MEM, addr, count, words, n, write);
-            if constexpr (has_ub_copy<Root>::value) {
-                if (write) {
-                    int64_t depth = (int64_t)root->UB_COPY.size();
-                    int64_t rows = addr >= depth ? 0 : std::min(count, depth - addr);
-                    copy_rows(root->UB_COPY, addr, rows, words, n, true);
-                }
+            if constexpr (ub_ram) copy_rows(root->tinytpu__DOT__ub__DOT__mem__DOT__mem, addr,
+                                            count, words, n, write);
+            else copy_rows(root->tinytpu__DOT__ub__DOT__mem, addr, count, words, n, write);
+            if (write) {
+                if constexpr (has_ub_copy_ram<Root>::value)
+                    copy_rows(root->tinytpu__DOT__ub__DOT__copy__DOT__mem, addr, count, words,
+                              n, true);
+                else if constexpr (has_ub_copy_plain<Root>::value)
+                    copy_rows(root->tinytpu__DOT__ub__DOT__copy, addr, count, words, n, true);
             }
         } else {
-            copy_rows(root->ACC_MEM, addr, count, words, n, write);
+            if constexpr (acc_ram) {
+                copy_rows(root->tinytpu__DOT__acc__DOT__copy0__DOT__mem, addr, count, words, n,
+                          write);
+                if constexpr (has_acc_ram1<Root>::value) {
+                    if (write) copy_rows(root->tinytpu__DOT__acc__DOT__copy1__DOT__mem, addr,
+                                         count, words, n, true);
+                }
+            } else {
+                copy_rows(root->tinytpu__DOT__acc__DOT__mem, addr, count, words, n, write);
+            }
         }
         return 0;
     } else {
