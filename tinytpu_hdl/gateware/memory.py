@@ -279,9 +279,9 @@ class AccumulatorMemory(RowMemory):
         from the port anyway and take the port's register instead (the matmul engine's
         old row with ``cfg.registered_requests``, the vector unit's row, the
         gradient-descent unit's row with ``cfg.isolated_multipliers``) and the host
-        latches what it reads a cycle later (:meth:`UnifiedBuffer.registered_reads`)."""
-        return (UnifiedBuffer.registered_reads(cfg) and cfg.registered_requests
-                and cfg.isolated_multipliers)
+        latches what it reads a cycle later (:meth:`UnifiedBuffer.registered_reads`, which
+        includes ``cfg.registered_requests``)."""
+        return UnifiedBuffer.registered_reads(cfg) and cfg.isolated_multipliers
 
     @staticmethod
     def registered_row(m, cfg, port_data, name, *, reset_less=True):
