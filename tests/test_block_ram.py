@@ -15,7 +15,7 @@ from amaranth.back import verilog
 from amaranth.sim import Simulator
 
 from tinytpu_hdl import TPUConfig
-from tinytpu_hdl.gateware.block_ram import RegisteredReadRAM, dp16kd_shape
+from tinytpu_hdl.gateware.block_ram import BlockRAM, dp16kd_shape
 from tinytpu_hdl.gateware.memory import AccumulatorMemory, UnifiedBuffer
 
 from test_multiplier import HARNESS, _verilator
@@ -38,9 +38,9 @@ def test_dp16kd_shape_takes_the_fewest_blocks(depth, width, want):
 
 def test_the_ecp5_form_refuses_contents_and_transparency():
     with pytest.raises(ValueError, match="initial contents"):
-        RegisteredReadRAM(16, 8, family="ecp5", init=[1])
+        BlockRAM(16, 8, family="ecp5", init=[1])
     with pytest.raises(ValueError, match="transparent"):
-        RegisteredReadRAM(16, 8, family="ecp5", transparent=True)
+        BlockRAM(16, 8, family="ecp5", transparent=True)
 
 
 def test_default_memories_register_their_reads():
@@ -49,12 +49,13 @@ def test_default_memories_register_their_reads():
     assert not AccumulatorMemory.registered_reads(TPUConfig(n=8, isolated_multipliers=False))
 
 
-def _stimulus(depth, width, cycles, seed):
+def _stimulus(depth, width, cycles, seed, registered=True):
     """Per cycle ``(w_en, w_addr, w_data, r_en, r_addr)`` over a few rows (so that rows
     are read after they are written; among them a row's neighbours in every address
     bit), never reading the row written in the same cycle;
     and the read data the memory gives in each cycle (that of the last read requested
-    two or more cycles before, as the memory was when requested)."""
+    two or more cycles before, one or more unregistered, as the memory was when
+    requested)."""
     rng = random.Random(seed)
     # Neighbouring rows too (a row address bit lost or moved makes two of them one).
     base = rng.randrange(depth)
@@ -71,7 +72,7 @@ def _stimulus(depth, width, cycles, seed):
         if w_en and r_addr == w_addr:
             r_en = False
         ops.append((int(w_en), w_addr, w_data, int(r_en), r_addr))
-        out.append(reg)
+        out.append(reg if registered else latch)
         # The clock edge: the register takes the latch, the latch the row, then the write.
         reg = latch
         if r_en:
@@ -81,10 +82,12 @@ def _stimulus(depth, width, cycles, seed):
     return ops, out
 
 
+@pytest.mark.parametrize("registered", [True, False], ids=["registered", "unregistered"])
 @pytest.mark.parametrize("depth, width", [(64, 24), (300, 40)])
-def test_fabric_form_reads_two_cycles_later(depth, width):
-    dut = RegisteredReadRAM(depth, width)
-    ops, want = _stimulus(depth, width, 400, seed=depth)
+def test_fabric_form_reads_two_cycles_later(depth, width, registered):
+    """Registered: a read's row arrives two cycles after the request; unregistered, one."""
+    dut = BlockRAM(depth, width, registered=registered)
+    ops, want = _stimulus(depth, width, 400, seed=depth, registered=registered)
     seen = []
 
     async def bench(ctx):
@@ -157,7 +160,7 @@ def test_ecp5_form_matches_the_memory_under_verilator(tmp_path):
         for form, family in (("ecp5", "ecp5"), ("generic", None)):
             name = f"ram{k}_{form}"
             # (The bench's addresses are 14 bits wide, the memories' narrower.)
-            dut = RegisteredReadRAM(depth, width, family=family)
+            dut = BlockRAM(depth, width, family=family)
             text = verilog.convert(dut, name=name)
             (tmp_path / f"{name}.v").write_text(text)
             sources.append(f"{name}.v")

@@ -1,18 +1,22 @@
-"""A block RAM whose read data leaves through a register: the block's own output register
-on ECP5, a register in the fabric elsewhere.
+"""A block RAM with a write port and a read port, whose read data leaves through a
+register (the block's own output register on ECP5, a register in the fabric elsewhere) or,
+unregistered, straight from the block.
 
 A read through a block RAM without its output register spends the block's clock-to-output
 (5.8 ns on the ECP5-85F, speed grade 6) and the routing to wherever the reader's register
 is placed in one cycle; those paths bound the 8x8 TPU's clock out of context. The ECP5's
 ``DP16KD`` has an output register (``REGMODE = "OUTREG"``) that Yosys never uses, so
-:class:`RegisteredReadRAM` instantiates the blocks by hand there: the register that the
+:class:`BlockRAM` instantiates the blocks by hand there: the register that the
 engines would load with the row anyway is in the block, and what leaves it is a register.
 
-Timing (the same on every family; ``en`` low keeps the data)::
+Timing of the registered form (the same on every family; ``en`` low keeps the data)::
 
     cycle      t              t+1                    t+2
     r          addr, en       -                      data = row addr
     block      -              row in output latch    row in output register
+
+The unregistered form's data arrives in ``t + 1`` (a :class:`~amaranth.lib.memory.Memory`'s
+read port on every family: Yosys maps it to whichever blocks it chooses).
 
 A write presented in cycle ``t`` is seen by reads presented in ``t + 1`` and later. Reads
 of the row written in the same cycle are "don't care" (the TPU never makes them).
@@ -32,7 +36,7 @@ from amaranth.utils import ceil_log2
 
 from .memory import read_request, write_request
 
-__all__ = ["RegisteredReadRAM", "dp16kd_shape"]
+__all__ = ["BlockRAM", "dp16kd_shape"]
 
 #: ``DP16KD`` shapes: (data width, rows); 36 is the pseudo-dual-port form.
 DP16KD_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -51,16 +55,19 @@ def dp16kd_shape(depth, width):
     return min(s for s in shapes if s[1] * 10 <= fewest * 11)[2]
 
 
-class RegisteredReadRAM(wiring.Component):
+class BlockRAM(wiring.Component):
     """``depth`` rows of ``width`` bits; a write port ``w`` and a read port ``r`` whose data
-    arrives two cycles after the request (module documentation).
+    arrives two cycles after the request, or one with ``registered=False`` (module
+    documentation).
 
     Parameters
     ----------
+    registered : bool
+        The read data leaves through a register (the default).
     family : str or None
-        ``"ecp5"``: ``DP16KD`` blocks with their output registers (no initial contents
-        other than zeros). Otherwise a :class:`~amaranth.lib.memory.Memory` and a register
-        in the fabric.
+        ``"ecp5"`` and registered: ``DP16KD`` blocks with their output registers (no
+        initial contents other than zeros). Otherwise a
+        :class:`~amaranth.lib.memory.Memory` (and a register in the fabric).
     init : list of int
         Initial rows (the fabric form only).
     transparent : bool
@@ -68,30 +75,36 @@ class RegisteredReadRAM(wiring.Component):
         form only).
     """
 
-    def __init__(self, depth, width, *, family=None, init=(), transparent=False):
+    def __init__(self, depth, width, *, registered=True, family=None, init=(),
+                 transparent=False):
+        self._registered = registered
         self._depth = depth
         self._width = width
         self._init = list(init)
         self._transparent = transparent
         self._family = None if family is None else str(family).lower()
-        if self._family == "ecp5" and (any(self._init) or transparent):
-            raise ValueError("RegisteredReadRAM: the ECP5 form has neither initial contents "
+        if registered and self._family == "ecp5" and (any(self._init) or transparent):
+            raise ValueError("BlockRAM: the registered ECP5 form has neither initial contents "
                              "(its block RAMs start at zero) nor transparent reads")
         super().__init__({"w": In(write_request(depth, unsigned(width))),
                           "r": In(read_request(depth, unsigned(width)))})
 
     def elaborate(self, platform):
-        if self._family == "ecp5":
+        if self._registered and self._family == "ecp5":
             return self._elaborate_ecp5()
         m = Module()
         m.submodules.mem = mem = Memory(shape=unsigned(self._width), depth=self._depth,
                                         init=self._init)
         wp = mem.write_port()
         rp = mem.read_port(transparent_for=(wp,) if self._transparent else ())
-        data_q = Signal(self._width, name="data_q", reset_less=True)
         m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
-                     rp.addr.eq(self.r.addr), rp.en.eq(self.r.en), self.r.data.eq(data_q)]
-        m.d.sync += data_q.eq(rp.data)
+                     rp.addr.eq(self.r.addr), rp.en.eq(self.r.en)]
+        if self._registered:
+            data_q = Signal(self._width, name="data_q", reset_less=True)
+            m.d.sync += data_q.eq(rp.data)
+            m.d.comb += self.r.data.eq(data_q)
+        else:
+            m.d.comb += self.r.data.eq(rp.data)
         return m
 
     def _elaborate_ecp5(self):

@@ -77,7 +77,7 @@ class RowMemory(wiring.Component):
     in which the memory is written (:func:`collision_checker` checks it in simulation).
 
     With ``registered``, every read port's data is registered once more and arrives two
-    cycles after its request: a :class:`~.block_ram.RegisteredReadRAM` (a copy of the
+    cycles after its request: a :class:`~.block_ram.BlockRAM` (a copy of the
     memory) per read port, whose register is the block RAM's output register on ECP5
     (``family``).
     """
@@ -142,13 +142,13 @@ class RowMemory(wiring.Component):
         return m
 
     def _elaborate_registered(self):
-        from .block_ram import RegisteredReadRAM
+        from .block_ram import BlockRAM
         m = Module()
         width = Shape.cast(self._shape).width
         init = [_raw_row(self._shape, row) for row in self._init]
         for i in range(self._read_ports):
             req = getattr(self, f"r{i}")
-            ram = RegisteredReadRAM(self._depth, width, family=self._family, init=init,
+            ram = BlockRAM(self._depth, width, family=self._family, init=init,
                                     transparent=self._transparent)
             m.submodules[f"copy{i}"] = ram
             m.d.comb += [ram.w.addr.eq(self.w.addr), ram.w.data.eq(Value.cast(self.w.data)),
@@ -194,7 +194,7 @@ class UnifiedBuffer(RowMemory):
         registered the row each by itself in that cycle (the matmul engine its input row,
         the loader its weight row, the units their bias, aux and parameter rows), then take
         the port's register instead, which is the block RAMs' output register on ECP5
-        (:class:`~.block_ram.RegisteredReadRAM`; one register in the fabric, after the
+        (:class:`~.block_ram.BlockRAM`; one register in the fabric, after the
         multiplexer over the block RAMs, elsewhere); the host latches what it reads a
         cycle later."""
         return cfg.overlap_units and cfg.registered_requests and cfg.registered_weight_rows
@@ -209,18 +209,15 @@ class UnifiedBuffer(RowMemory):
     def elaborate(self, platform):
         if self._copy_depth is None and not self._registered_ports:
             return super().elaborate(platform)
-        from .block_ram import RegisteredReadRAM
+        from .block_ram import BlockRAM
         m = Module()
         copy_depth = self._depth if self._copy_depth is None else self._copy_depth
         width = Shape.cast(self._shape).width
         init = [_raw_row(self._shape, row) for row in self._init]
-        if self._registered_ports:
-            mem = RegisteredReadRAM(self._depth, width, family=self._family, init=init)
-            copy = RegisteredReadRAM(copy_depth, width, family=self._family,
-                                     init=init[:copy_depth])
-        else:
-            mem = _PlainRAM(self._depth, width, init=init)
-            copy = _PlainRAM(copy_depth, width, init=init[:copy_depth])
+        mem = BlockRAM(self._depth, width, registered=self._registered_ports,
+                       family=self._family, init=init)
+        copy = BlockRAM(copy_depth, width, registered=self._registered_ports,
+                        family=self._family, init=init[:copy_depth])
         m.submodules.mem, m.submodules.copy = mem, copy
         m.d.comb += [mem.w.addr.eq(self.w.addr), mem.w.data.eq(Value.cast(self.w.data)),
                      mem.w.en.eq(self.w.en),
@@ -232,24 +229,6 @@ class UnifiedBuffer(RowMemory):
         for req, ram in ((self.r0, mem), (self.r1, copy)):
             m.d.comb += [ram.r.addr.eq(req.addr), ram.r.en.eq(req.en),
                          Value.cast(req.data).eq(ram.r.data)]
-        return m
-
-
-class _PlainRAM(wiring.Component):
-    """A memory with a write port ``w`` and a read port ``r`` whose data arrives a cycle
-    after the request (a :class:`RowMemory`'s port, for raw bits)."""
-
-    def __init__(self, depth, width, *, init=()):
-        self._depth, self._width, self._init = depth, width, init
-        super().__init__({"w": In(write_request(depth, width)),
-                          "r": In(read_request(depth, width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.mem = mem = Memory(shape=self._width, depth=self._depth, init=self._init)
-        wp, rp = mem.write_port(), mem.read_port()
-        m.d.comb += [wp.addr.eq(self.w.addr), wp.data.eq(self.w.data), wp.en.eq(self.w.en),
-                     rp.addr.eq(self.r.addr), rp.en.eq(self.r.en), self.r.data.eq(rp.data)]
         return m
 
 

@@ -86,8 +86,8 @@ static void tick(Harness *h) {
 // the names below (checked at compile time); otherwise tpu_backdoor answers -1.
 // The buffer: one array (``ub.mem``), or with TPUConfig.overlap_units two copies (``ub.mem``
 // and ``ub.copy``, the second holding the lower rows, which a write also reaches), each an
-// array of its own or inside a RegisteredReadRAM (``ub.mem.mem``, ``ub.copy.mem``). The
-// accumulators: one array (``acc.mem``), or a RegisteredReadRAM per read port
+// array of its own or inside a BlockRAM (``ub.mem.mem``, ``ub.copy.mem``). The
+// accumulators: one array (``acc.mem``), or a BlockRAM per read port
 // (``acc.copy0.mem``, ``acc.copy1.mem``), every copy written.
 #define HAS_MEMBER(TRAIT, MEMBER)                                                        \
     template <typename R, typename = void> struct TRAIT : std::false_type {};             \
