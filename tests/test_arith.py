@@ -89,3 +89,18 @@ def test_quotient_in_gateware(divisor):
     vectors = np.arange(1 << 10)[:, None]
     got = _eval_comb([a], [(out, quotient(a, divisor))], vectors)
     assert np.array_equal(got[:, 0], vectors[:, 0] // divisor)
+
+
+@pytest.mark.parametrize("divisor, less", [(3, 1), (10, 1), (12, 1), (7, 5), (8, 1), (1, 1),
+                                           (10, 0)])
+def test_quotient_of_a_difference_in_gateware(divisor, less):
+    """``(v - less) // divisor`` on 16-bit values (the transposed VPU's extent takes
+    ``(rows - 1) // n``), including the largest, where the reciprocal's product needs
+    every bit."""
+    a = Signal(16)
+    out = Signal(16)
+    rng = np.random.default_rng(divisor * 10 + less)
+    v = np.unique(np.concatenate([np.arange(less, 1500), np.arange(65536 - 1500, 65536),
+                                  rng.integers(less, 65536, 1500)]))
+    got = _eval_comb([a], [(out, quotient(a, divisor, less=less))], v[:, None])
+    assert np.array_equal(got[:, 0], (v - less) // divisor)

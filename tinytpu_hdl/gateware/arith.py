@@ -80,15 +80,23 @@ def reciprocal(divisor, width):
     return -(-(1 << shift) // divisor), shift
 
 
-def quotient(value, divisor):
-    """``value // divisor`` for the unsigned ``value`` and a constant ``divisor``: a shift,
-    or the partial products of :func:`reciprocal` compressed to two terms and one carry
-    chain."""
+def quotient(value, divisor, *, less=0):
+    """``(value - less) // divisor`` for the unsigned ``value``, a constant ``divisor`` and
+    a constant ``less`` no greater than ``value`` (else the result is undefined): a
+    subtraction and a shift, or the partial products of :func:`reciprocal` compressed with
+    ``-less * m`` to two terms and one carry chain (the subtraction then costs no carry
+    chain of its own)."""
     value = Value.cast(value).as_unsigned()
     m, shift = reciprocal(divisor, len(value))
     if m == 1:
+        if less:
+            value = (value - less)[:len(value)]
         return value[shift:] if shift < len(value) else Const(0, 1)
     width = len(value) + m.bit_length()
     terms = [Cat(Const(0, bit), value) for bit in range(m.bit_length()) if (m >> bit) & 1]
+    if less:
+        # (value - less) * m = value * m - less * m, below 2 ** width for value - less
+        # below 2 ** len(value): modulo 2 ** width the constant's complement is exact.
+        terms.append((-less * m) % (1 << width))
     s, c = compress(terms, width)
     return (s + c)[shift:width]

@@ -517,7 +517,9 @@ class ControlUnit(wiring.Component):
         else:
             span_terms = product_terms(rows, ins.stride) + [complement(ins.stride, CHECK_WIDTH)]
             span = compress(span_terms, CHECK_WIDTH, carry_in=1)
-        extent_terms = [quotient((rows - 1)[:16], n)] + [
+        # (rows - 1) // n with the decrement inside the quotient's compressors: rows == 0
+        # is a bad operand (``d_bad``) whatever the extent.
+        extent_terms = [quotient(rows, n, less=1)] + [
             Cat(Const(0, bit), ins.stride) for bit in range((n - 1).bit_length())
             if ((n - 1) >> bit) & 1]
         if self._span_multiplier and n == 1:
