@@ -1,15 +1,15 @@
 """ULX3S with the ECP5 LFE5U-85F (CABGA381): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD,
 25 MHz oscillator.
 
-A 10x10 array by default, clocked at 62.5 MHz (25 MHz x 5 / 2) by the ECP5's PLL from
-the 25 MHz oscillator (6.25 GMAC/s peak), with the vector and gradient-descent units
+A 10x10 array by default, clocked at 66.7 MHz (25 MHz x 8 / 3) by the ECP5's PLL from
+the 25 MHz oscillator (6.67 GMAC/s peak), with the vector and gradient-descent units
 sharing one multiplier block per lane (``unit_multipliers="shared"``: 110 of the 156
-MULT18X18D). Its board build asked for 66.7 MHz met it at 66.74 MHz, no margin; 62.5
-MHz keeps 6 % below that, and the build at 62.5 MHz met it at 67.5 MHz
-(docs/benchmarks.md, "Board builds"). Why not larger: a 12x12
-takes every multiplier block of the device, and of its three place-and-route runs on a
-2-core machine one did not finish routing (the board build that routed reached 60.8
-MHz asked for 62.5). Arrays are padded to multiples of N: networks whose widths are
+MULT18X18D). Its board build met 66.7 MHz at 76.4 MHz (2026-12-06, 15 % margin; 69.1
+MHz before the transposed extent's quotient lost a carry chain, 72.9 MHz asked for the
+earlier 62.5 MHz clock; docs/benchmarks.md, "Board builds"). Why not larger: a 12x12
+takes every multiplier block of the device, and its board builds on a 2-core machine
+route slowly or not at all: asked for 62.5 MHz it reached 60.8 MHz (58 minutes), asked
+for 58.3 and for 75 MHz router1 was stopped far from done after 30 and 38 minutes. Arrays are padded to multiples of N: networks whose widths are
 multiples of 8 (the digits demo's 64-32-10) run more cycles per step on the 10x10 than
 on an 8x8 (``variant(n=8, unit_multipliers="blocks", ub_depth=16384, clock_hz=200e6 /
 3)`` is the earlier default, 4.3 GMAC/s peak).
@@ -34,7 +34,7 @@ BOARD = Board(
     # copy of all of it for ``overlap_units`` would not fit beside it, one of its lower
     # 7,168 rows does.
     cfg=TPUConfig(n=10, ub_depth=12288, ub_copy_depth=7168, unit_multipliers="shared"),
-    clock_hz=62.5e6,
+    clock_hz=200e6 / 3,
     baud=1_000_000,
     leds={"running": ("led", 0), "done": ("led", 1), "error": ("led", 2)},
     reset_button="button_fire",

@@ -253,7 +253,7 @@ def anysize_tables():
         b = get_board(name)
         device = acc.stats.cycles / b.clock_hz
         link = acc.transport.seconds(b.baud)
-        board_rows.append(f"| {name} ({b.cfg.n}x{b.cfg.n}, {b.clock_hz / 1e6:g} MHz, "
+        board_rows.append(f"| {name} ({b.cfg.n}x{b.cfg.n}, {b.clock_hz / 1e6:.3g} MHz, "
                           f"{b.baud:,} baud) | {work} | {device * 1e3:,.1f} ms | "
                           f"{link:,.1f} s | {100 * link / (link + device):.1f}% | "
                           f"{acc.transport.exchanges:,} |")
@@ -563,7 +563,7 @@ def board_table(keep):
             return f"{u:,} / {a:,} {key}"
         ff = f"{report.utilization['TRELLIS_FF'][0]:,}" if ecp5 else "(in the LCs)"
         rows.append(f"| {name} | {n}x{n} | {used(logic)} | {ff} | {used(dsp)} | {used(ram)} | "
-                    f"{report.fmax_mhz:.1f} MHz | {report.clock_mhz:g} MHz | "
+                    f"{report.fmax_mhz:.1f} MHz | {report.clock_mhz:.3g} MHz | "
                     f"{report.seconds:.0f} s |")
         print(rows[-1], flush=True)
     return rows
