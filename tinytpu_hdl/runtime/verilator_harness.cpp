@@ -84,9 +84,9 @@ static void tick(Harness *h) {
 // host words (lane 0 in the lowest bits, as the host protocol packs them) and the model's
 // memory arrays, with no clock cycle. Built only when the model has the arrays under one of
 // the names below (checked at compile time); otherwise tpu_backdoor answers -1.
-// The buffer: one array (``ub.mem``), or with TPUConfig.overlap_units two copies (``ub.mem``
-// and ``ub.copy``, the second holding the lower rows, which a write also reaches), each an
-// array of its own or inside a BlockRAM (``ub.mem.mem``, ``ub.copy.mem``). The
+// The buffer: one array (``ub.mem``), or with TPUConfig.overlap_units two BlockRAM copies
+// (``ub.mem.mem`` and ``ub.copy.mem``, the second holding the lower rows, which a write also
+// reaches). The
 // accumulators: one array (``acc.mem``), or a BlockRAM per read port
 // (``acc.copy0.mem``, ``acc.copy1.mem``), every copy written.
 #define HAS_MEMBER(TRAIT, MEMBER)                                                        \
@@ -95,8 +95,7 @@ static void tick(Harness *h) {
     struct TRAIT<R, std::void_t<decltype(std::declval<R &>().MEMBER)>> : std::true_type {};
 HAS_MEMBER(has_ub_plain, tinytpu__DOT__ub__DOT__mem)
 HAS_MEMBER(has_ub_ram, tinytpu__DOT__ub__DOT__mem__DOT__mem)
-HAS_MEMBER(has_ub_copy_plain, tinytpu__DOT__ub__DOT__copy)
-HAS_MEMBER(has_ub_copy_ram, tinytpu__DOT__ub__DOT__copy__DOT__mem)
+HAS_MEMBER(has_ub_copy, tinytpu__DOT__ub__DOT__copy__DOT__mem)
 HAS_MEMBER(has_acc_plain, tinytpu__DOT__acc__DOT__mem)
 HAS_MEMBER(has_acc_ram0, tinytpu__DOT__acc__DOT__copy0__DOT__mem)
 HAS_MEMBER(has_acc_ram1, tinytpu__DOT__acc__DOT__copy1__DOT__mem)
@@ -135,12 +134,9 @@ template <typename Root> static int backdoor(Root *root, int space, int64_t addr
             if constexpr (ub_ram) copy_rows(root->tinytpu__DOT__ub__DOT__mem__DOT__mem, addr,
                                             count, words, n, write);
             else copy_rows(root->tinytpu__DOT__ub__DOT__mem, addr, count, words, n, write);
-            if (write) {
-                if constexpr (has_ub_copy_ram<Root>::value)
-                    copy_rows(root->tinytpu__DOT__ub__DOT__copy__DOT__mem, addr, count, words,
-                              n, true);
-                else if constexpr (has_ub_copy_plain<Root>::value)
-                    copy_rows(root->tinytpu__DOT__ub__DOT__copy, addr, count, words, n, true);
+            if constexpr (has_ub_copy<Root>::value) {
+                if (write) copy_rows(root->tinytpu__DOT__ub__DOT__copy__DOT__mem, addr, count,
+                                     words, n, true);
             }
         } else {
             if constexpr (acc_ram) {
